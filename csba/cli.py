@@ -1,0 +1,424 @@
+"""Command line (DESIGN.md section 6): ``python -m csba train|evaluate|diagnose|compare|list``.
+
+Errors a user can cause (wrong dataset, missing data root, a folder that is not a run, a damaged
+checkpoint) print one line on stderr and exit with status 2, without a traceback. ``--json``
+prints exactly one JSON document on stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .data import DATASETS, DataError, ImageLoadError
+
+EXIT_USER_ERROR = 2
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _print_json(obj) -> None:
+    from .store import _clean_nan, _json_default
+
+    sys.stdout.write(json.dumps(_clean_nan(obj), default=_json_default, allow_nan=False) + "\n")
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- train -----------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .models import list_models
+    from .store import run_dir_for
+    from .train import TrainConfig, train
+
+    if args.dataset not in DATASETS:
+        raise CLIError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DATASETS)}")
+    if args.variant not in list_models():
+        raise CLIError(
+            f"unknown variant {args.variant!r}; choose one of: {', '.join(list_models())}"
+        )
+    cfg = TrainConfig(
+        dataset=args.dataset,
+        variant=args.variant,
+        seed=args.seed,
+        image_size=args.image_size,
+        data_root=args.data_root,
+        split_seed=args.split_seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        device=args.device,
+        precision=args.precision,
+        conflict_every=args.conflict_every,
+        out=args.out,
+        run_dir=args.run_dir,
+    )
+    run_dir = (
+        Path(args.run_dir)
+        if args.run_dir
+        else run_dir_for(cfg.out, cfg.dataset, cfg.variant, cfg.seed, cfg.image_size)
+    )
+    if (run_dir / "run.json").exists() and not args.overwrite:
+        raise CLIError(f"'{run_dir}' already holds a run; pass --overwrite or choose --out")
+    cfg.run_dir = str(run_dir)
+
+    def progress(ev: dict) -> None:
+        if ev["type"] == "start":
+            _err(
+                f"training {cfg.variant} on {cfg.dataset} at {cfg.image_size}px, seed {cfg.seed}: "
+                f"{ev['num_batches']} batches/epoch on {ev['device']} ({ev['precision']})"
+            )
+        elif ev["type"] == "epoch":
+            mark = " *" if ev["improved"] else ""
+            _err(
+                f"epoch {ev['epoch']:3d}  train loss {ev['train_loss']:.4f}  "
+                f"val loss {ev['val_loss']:.4f}  val acc {ev['val_accuracy']:.3f}  "
+                f"val macro-F1 {ev['val_macro_f1']:.3f}{mark}  {ev['seconds']:.1f}s"
+            )
+
+    meta = train(cfg, callback=progress)
+    t = meta["metrics"]["test"]
+    _err(
+        f"{meta['status']}: kept epoch {meta['best_epoch']} of {meta['epochs_run']} "
+        f"({meta['stop_reason']}); test accuracy {t['accuracy']:.3f}, macro-F1 {t['macro_f1']:.3f}"
+    )
+    print(meta["run_dir"])
+    return 0 if meta["status"] != "interrupted" else 130
+
+
+# ---- evaluate --------------------------------------------------------------------------------
+
+
+def load_run_and_data(run_dir: str, data_root: str | None = None):
+    """A run plus its dataset rebuilt from run.json (same size, split seed, source)."""
+    from .data import load_dataset
+    from .store import load_run
+
+    run = load_run(run_dir)
+    ds = run.meta["dataset"]
+    cfg = run.meta["config"]
+    bundle = load_dataset(
+        ds["name"],
+        int(ds["image_size"]),
+        data_root=data_root or ds.get("data_root") or cfg.get("data_root"),
+        split_seed=int(ds["split_seed"]),
+    )
+    if bundle.classes != run.classes:
+        raise CLIError(
+            f"'{run.path}': the run's classes {run.classes} differ from the dataset's "
+            f"{bundle.classes}"
+        )
+    if bundle.fingerprint != ds.get("fingerprint"):
+        _err(f"warning: the {ds['name']} source differs from the one this run was trained on")
+    return run, bundle
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_split
+
+    run, bundle = load_run_and_data(args.run_dir, args.data_root)
+    metrics, _ = evaluate_split(
+        run.model, bundle.split(args.split), bundle.classes, bundle.mean, bundle.std
+    )
+    metrics = {"run": str(run.path), "split": args.split, **metrics}
+    if args.json:
+        _print_json(metrics)
+        return 0
+    print(f"{run.path}  ({run.variant}, seed {run.seed})  split: {args.split}, n={metrics['n']}")
+    print(
+        f"accuracy {metrics['accuracy']:.4f}  balanced accuracy "
+        f"{metrics['balanced_accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}"
+    )
+    width = max(len(c) for c in bundle.classes)
+    print(f"{'class':<{width}}  precision  recall     f1  support")
+    for c, m in metrics["per_class"].items():
+        print(
+            f"{c:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  "
+            f"{m['support']:7d}"
+        )
+    print("confusion matrix (rows: true, columns: predicted)")
+    for c, row in zip(bundle.classes, metrics["confusion_matrix"], strict=True):
+        print(f"{c:<{width}}  " + " ".join(f"{v:5d}" for v in row))
+    return 0
+
+
+# ---- list ------------------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .store import list_runs
+
+    runs = list_runs(args.root)
+    rows = []
+    for info in runs:
+        if info.error:
+            rows.append({"path": str(info.path), "error": info.error})
+            continue
+        m = info.meta
+        test = m.get("metrics", {}).get("test", {})
+        rows.append(
+            {
+                "path": str(info.path),
+                "dataset": m["dataset"]["name"],
+                "variant": m["variant"],
+                "seed": m["config"].get("seed"),
+                "image_size": m["dataset"].get("image_size"),
+                "parameters": m.get("parameters"),
+                "accuracy": test.get("accuracy"),
+                "macro_f1": test.get("macro_f1"),
+                "best_epoch": m.get("best_epoch"),
+                "status": m.get("status"),
+                "diagnosed": "diagnostics" in m,
+                "created": m.get("created"),
+            }
+        )
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print(f"no runs under '{args.root}' (train one: python -m csba train --epochs 2)")
+        return 0
+    for r in rows:
+        if "error" in r:
+            print(f"{r['path']}  ERROR: {r['error']}")
+        else:
+            print(
+                f"{r['path']}  {r['dataset']}  {r['variant']:<11} seed {r['seed']}  "
+                f"{r['image_size']}px  acc {r['accuracy']:.3f}  macro-F1 {r['macro_f1']:.3f}  "
+                f"{r['status']}"
+            )
+    return 0
+
+
+# ---- diagnose / compare (implemented in their modules) ---------------------------------------
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .diagnostics.run import diagnose_run_cli
+
+    return diagnose_run_cli(args, load_run_and_data, _print_json)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import compare_cli
+
+    return compare_cli(args, _print_json)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report_cli
+
+    return report_cli(args, _print_json)
+
+
+# ---- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models import list_models
+    from .train import TrainConfig
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m csba",
+        description="CSBA Explorer: train, evaluate and diagnose multi-branch CNNs under class "
+        "imbalance (gradient conflict, class-specific branch attention).",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train",
+        help="train one variant and store a run folder",
+        description="Train one variant with the pinned protocol (DESIGN.md §2) "
+        "and store model.safetensors + run.json.",
+    )
+    t.add_argument(
+        "--dataset",
+        default=d.dataset,
+        metavar="NAME",
+        help=f"one of {', '.join(DATASETS)} (default %(default)s: the ELPV solar "
+        "cells shipped by the elpv-dataset package)",
+    )
+    t.add_argument(
+        "--variant",
+        default=d.variant,
+        metavar="NAME",
+        help=f"one of {', '.join(list_models())} (default %(default)s)",
+    )
+    t.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="seed for initialisation, batch order and augmentation (default 0)",
+    )
+    t.add_argument(
+        "--epochs",
+        type=int,
+        default=d.epochs,
+        help="maximum epochs; early stopping may end sooner (default %(default)s)",
+    )
+    t.add_argument(
+        "--image-size",
+        type=int,
+        default=d.image_size,
+        help="square input size in pixels (default %(default)s)",
+    )
+    t.add_argument(
+        "--device",
+        default=d.device,
+        choices=("auto", "cpu", "cuda"),
+        help="auto picks CUDA when present (default %(default)s)",
+    )
+    t.add_argument(
+        "--precision",
+        default=d.precision,
+        choices=("auto", "bf16", "fp32"),
+        help="auto: bfloat16 autocast + channels_last where the hardware supports it "
+        "(default %(default)s)",
+    )
+    t.add_argument(
+        "--data-root",
+        default=None,
+        help="source folder for imagefolder (class folders) or cifar10-lt (CIFAR-10 "
+        "batches); not needed for elpv/elpv8",
+    )
+    t.add_argument(
+        "--out",
+        default=d.out,
+        help="root of run folders: OUT/<dataset>/<variant>-s<seed> (default %(default)s)",
+    )
+    t.add_argument("--run-dir", default=None, help="exact run folder (overrides --out)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument(
+        "--split-seed",
+        type=int,
+        default=d.split_seed,
+        help="seed of the stratified train/val/test split (default %(default)s)",
+    )
+    t.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help="default %(default)s (pinned)"
+    )
+    t.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default 1e-4)")
+    t.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="early-stopping patience in epochs (default %(default)s)",
+    )
+    t.add_argument(
+        "--conflict-every",
+        type=int,
+        default=d.conflict_every,
+        help="record the gradient conflict matrix every N epochs (0: off)",
+    )
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser(
+        "evaluate",
+        help="metrics of a run on a split",
+        description="Rebuild a run from its folder and compute accuracy, "
+        "balanced accuracy, macro-F1, per-class P/R/F1 and the confusion matrix.",
+    )
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (holding run.json)")
+    e.add_argument(
+        "--split", default="test", choices=("test", "val", "train"), help="default %(default)s"
+    )
+    e.add_argument("--data-root", default=None, help="override the run's recorded data root")
+    e.add_argument("--json", action="store_true", help="print one JSON document")
+    e.set_defaults(func=cmd_evaluate)
+
+    g = sub.add_parser(
+        "diagnose",
+        help="gradient conflict and every diagnostic of the paper",
+        description="Compute the Gradient Conflict Matrix (overall and per layer "
+        "group), branch specialisation, attention overlap, class-mean angles and "
+        "the generalisation gap, and store them in the run folder.",
+    )
+    g.add_argument("run_dir", metavar="RUN_DIR", help="a run folder")
+    g.add_argument("--data-root", default=None, help="override the run's recorded data root")
+    g.add_argument(
+        "--split",
+        default="train",
+        choices=("train", "val", "test"),
+        help="split the gradients are taken on (default %(default)s)",
+    )
+    g.add_argument(
+        "--per-class",
+        type=int,
+        default=0,
+        help="use at most N images per class (0: the whole split)",
+    )
+    g.add_argument("--json", action="store_true", help="print one JSON document")
+    g.set_defaults(func=cmd_diagnose)
+
+    c = sub.add_parser(
+        "compare",
+        help="compare runs: per-class tables with bootstrap intervals",
+        description="Per-class precision/recall/F1 with bootstrap 95%% intervals, "
+        "deltas against the first run, seed aggregates and conflict tables.",
+    )
+    c.add_argument(
+        "run_dirs", metavar="RUN_DIR", nargs="+", help="run folders; the first is the reference"
+    )
+    c.add_argument("--json", action="store_true", help="print one JSON document")
+    c.add_argument("--csv", metavar="DIR", default=None, help="write every table as CSV here")
+    c.add_argument("--latex", metavar="DIR", default=None, help="write every table as LaTeX")
+    c.add_argument(
+        "--figures", metavar="DIR", default=None, help="write figures as PNG and HTML here"
+    )
+    c.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    c.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    c.set_defaults(func=cmd_compare)
+
+    r = sub.add_parser(
+        "report",
+        help="write the README results section from a folder of runs",
+        description="Aggregate the runs under ROOT (seeds, bootstrap intervals, "
+        "conflict) into the README between <!-- results:start/end --> markers.",
+    )
+    r.add_argument("root", metavar="ROOT", help="folder of runs, e.g. checkpoints")
+    r.add_argument("--readme", default="README.md", help="default %(default)s")
+    r.add_argument("--dataset", default="elpv", help="dataset key (default %(default)s)")
+    r.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="only runs at this size (default: the size with the most runs)",
+    )
+    r.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    r.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    r.add_argument("--json", action="store_true", help="print one JSON document")
+    r.set_defaults(func=cmd_report)
+
+    ls = sub.add_parser("list", help="list the runs found", description="List run folders.")
+    ls.add_argument("--root", default="checkpoints", help="default %(default)s")
+    ls.add_argument("--json", action="store_true", help="print one JSON document")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .store import RunError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, RunError, DataError, ImageLoadError, FileNotFoundError) as e:
+        _err(f"csba {args.command}: error: {e}")
+        return EXIT_USER_ERROR
+    except ValueError as e:  # bad option values caught by our own checks (device, precision)
+        _err(f"csba {args.command}: error: {e}")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        _err(f"csba {args.command}: interrupted")
+        return 130

@@ -1,0 +1,376 @@
+"""The five CSBA variants (DESIGN.md section 1) behind one registry.
+
+Every model maps images (B, 3, H, W) to logits (B, C) and exposes the same analysis hooks:
+
+* ``forward_features(x) -> Z``: the shared backbone output, (B, 768, h, w).
+* ``head_parts(z) -> HeadOutput``: fused logits, per-branch outputs before fusion and, where the
+  variant has them, the attention gates a_k.
+* ``layer_groups()``: parameter names per layer group (stem, fire1..fire8, attention, heads).
+* ``branch_parameter_names()``: parameter names per branch (its attention included).
+
+Use :func:`create_model` and :func:`list_models`; never instantiate the classes by hand in callers
+that take a variant name from a user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "Backbone",
+    "BaselineNet",
+    "CSBANet",
+    "ClassHeadsNet",
+    "GradNormNet",
+    "HeadOutput",
+    "SEGate",
+    "TriFire",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "model_info",
+]
+
+NEG_SLOPE = 0.1  # LeakyReLU slope everywhere (pinned)
+FEATURE_CHANNELS = 768  # channels of Z
+
+# (name, squeeze, expand per path); out channels = 3 * expand. Pools after fire2 and fire4.
+FIRE_SPEC: tuple[tuple[str, int, int], ...] = (
+    ("fire1", 16, 64),
+    ("fire2", 16, 64),
+    ("fire3", 32, 128),
+    ("fire4", 32, 128),
+    ("fire5", 48, 192),
+    ("fire6", 48, 192),
+    ("fire7", 64, 256),
+    ("fire8", 64, 256),
+)
+POOL_AFTER = ("fire2", "fire4")
+
+
+def _conv_bn_act(cin: int, cout: int, k: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=True),
+        nn.BatchNorm2d(cout),
+        nn.LeakyReLU(NEG_SLOPE, inplace=True),
+    )
+
+
+class TriFire(nn.Module):
+    """Fire module with three expand paths (1x1, 3x3, 3x3) on one squeezed tensor.
+
+    (B, cin, h, w) -> (B, 3 * expand, h, w).
+    """
+
+    def __init__(self, cin: int, squeeze: int, expand: int) -> None:
+        super().__init__()
+        self.squeeze = _conv_bn_act(cin, squeeze, 1)
+        self.expand1 = _conv_bn_act(squeeze, expand, 1)
+        self.expand3a = _conv_bn_act(squeeze, expand, 3)
+        self.expand3b = _conv_bn_act(squeeze, expand, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.squeeze(x)
+        return torch.cat([self.expand1(s), self.expand3a(s), self.expand3b(s)], dim=1)
+
+
+class Backbone(nn.Module):
+    """Shared tri-path SqueezeNet-style extractor: (B, 3, H, W) -> Z (B, 768, ~H/16, ~W/16)."""
+
+    def __init__(self, in_channels: int = 3, stem_channels: int = 64) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            _conv_bn_act(in_channels, stem_channels, 3, stride=2),
+            nn.MaxPool2d(3, stride=2, ceil_mode=True),
+        )
+        cin = stem_channels
+        for name, squeeze, expand in FIRE_SPEC:
+            self.add_module(name, TriFire(cin, squeeze, expand))
+            cin = 3 * expand
+        self.out_channels = cin
+        self.pool = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        for name, _, _ in FIRE_SPEC:
+            x = getattr(self, name)(x)
+            if name in POOL_AFTER:
+                x = self.pool(x)
+        return x
+
+
+class SEGate(nn.Module):
+    """Bias-free squeeze-and-excitation gate: Z (B, C, h, w) -> a (B, C) in (0, 1)."""
+
+    def __init__(self, channels: int = FEATURE_CHANNELS, hidden: int = 96) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(channels, hidden, bias=False)  # W1: hidden x channels
+        self.fc2 = nn.Linear(hidden, channels, bias=False)  # W2: channels x hidden
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(z.mean(dim=(2, 3))))))
+
+
+@dataclass
+class HeadOutput:
+    """Everything a head computes, for analysis.
+
+    logits: (B, C) fused logits. branch_logits: one tensor per branch before fusion, (B, C) for the
+    summed-branch variants and (B, 1) per class head for class_heads. attention: (B, K, 768) gates
+    or None for variants without attention.
+    """
+
+    logits: Tensor
+    branch_logits: list[Tensor]
+    attention: Tensor | None = None
+
+
+class _Net(nn.Module):
+    """Common plumbing: backbone + a head that implements ``head_parts``."""
+
+    variant: str = ""
+    loss: str = "ce"  # training loss this variant is defined with: "ce" or "focal"
+
+    def __init__(self, num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        self.num_classes = num_classes
+        self.backbone = Backbone(in_channels)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Backbone output Z, (B, 768, h, w)."""
+        return self.backbone(x)
+
+    def head_parts(self, z: Tensor) -> HeadOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward_parts(self, x: Tensor) -> HeadOutput:
+        """Logits plus per-branch outputs and attention for images x."""
+        return self.head_parts(self.forward_features(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head_parts(self.forward_features(x)).logits
+
+    @property
+    def num_branches(self) -> int:
+        return len(self.branch_parameter_names())
+
+    def branch_parameter_names(self) -> list[list[str]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def layer_groups(self) -> dict[str, list[str]]:
+        """Parameter names per layer group: stem, fire1..fire8, attention, heads (DESIGN §4)."""
+        groups: dict[str, list[str]] = {"stem": []}
+        groups.update({name: [] for name, _, _ in FIRE_SPEC})
+        groups["attention"] = []
+        groups["heads"] = []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            parts = name.split(".")
+            if parts[0] == "backbone":
+                groups[parts[1]].append(name)
+            elif any(part in ("gate", "gates") for part in parts):
+                groups["attention"].append(name)
+            else:
+                groups["heads"].append(name)
+        return {k: v for k, v in groups.items() if v}
+
+
+def _init_weights(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_uniform_(m.weight, a=NEG_SLOPE, nonlinearity="leaky_relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class BaselineNet(_Net):
+    """K branches Dropout -> Conv1x1(768 -> C), summed, global average pooled."""
+
+    variant = "baseline"
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        branches: int = 3,  # K (pinned)
+        dropout: float = 0.5,  # per-branch dropout before the 1x1 conv (pinned)
+    ) -> None:
+        super().__init__(num_classes, in_channels)
+        self.drop = nn.ModuleList(nn.Dropout(dropout) for _ in range(branches))
+        self.branches = nn.ModuleList(
+            nn.Conv2d(FEATURE_CHANNELS, num_classes, 1) for _ in range(branches)
+        )
+        _init_weights(self)
+
+    def _branch_inputs(self, z: Tensor) -> tuple[list[Tensor], Tensor | None]:
+        return [z] * len(self.branches), None
+
+    def _fuse(self, branch_logits: list[Tensor]) -> Tensor:
+        return torch.stack(branch_logits, 0).sum(0)
+
+    def head_parts(self, z: Tensor) -> HeadOutput:
+        inputs, attention = self._branch_inputs(z)
+        # GAP commutes with the sum, so pooling each branch first gives the same fused logits.
+        branch_logits = [
+            conv(drop(zk)).mean(dim=(2, 3))
+            for drop, conv, zk in zip(self.drop, self.branches, inputs, strict=True)
+        ]
+        return HeadOutput(self._fuse(branch_logits), branch_logits, attention)
+
+    def branch_parameter_names(self) -> list[list[str]]:
+        names = [n for n, _ in self.named_parameters()]
+        return [
+            [n for n in names if n.startswith((f"branches.{k}.", f"gates.{k}."))]
+            for k in range(len(self.branches))
+        ]
+
+
+class CSBANet(BaselineNet):
+    """Baseline whose branch k sees a_k * Z, a_k an independent bias-free SE gate."""
+
+    variant = "csba"
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        branches: int = 3,
+        dropout: float = 0.5,
+        se_hidden: int = 96,  # SE bottleneck width, 768 / 8 (pinned)
+    ) -> None:
+        super().__init__(num_classes, in_channels, branches, dropout)
+        self.gates = nn.ModuleList(SEGate(FEATURE_CHANNELS, se_hidden) for _ in range(branches))
+        _init_weights(self.gates)
+
+    def _branch_inputs(self, z: Tensor) -> tuple[list[Tensor], Tensor | None]:
+        a = torch.stack([gate(z) for gate in self.gates], dim=1)  # (B, K, 768)
+        return [z * a[:, k, :, None, None] for k in range(a.shape[1])], a
+
+
+class GradNormNet(BaselineNet):
+    """Baseline with branch outputs scaled by softmax(w), w in R^K learnable, init 0."""
+
+    variant = "gradnorm"
+
+    def __init__(
+        self, num_classes: int, in_channels: int = 3, branches: int = 3, dropout: float = 0.5
+    ) -> None:
+        super().__init__(num_classes, in_channels, branches, dropout)
+        self.branch_weights = nn.Parameter(torch.zeros(branches))
+
+    def _fuse(self, branch_logits: list[Tensor]) -> Tensor:
+        w = torch.softmax(self.branch_weights, 0)
+        return (torch.stack(branch_logits, 0) * w[:, None, None]).sum(0)
+
+
+class FocalNet(BaselineNet):
+    """Baseline topology, trained with focal loss (see csba.losses)."""
+
+    variant = "focal"
+    loss = "focal"
+
+
+class ClassHead(nn.Module):
+    """One class's head: SE gate -> Conv3x3(768->128) -> BN -> LReLU -> Dropout -> Conv1x1 -> GAP.
+
+    Returns the class logit (B, 1) and the gate (B, 768).
+    """
+
+    def __init__(self, hidden: int = 128, se_hidden: int = 96, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.gate = SEGate(FEATURE_CHANNELS, se_hidden)
+        self.body = nn.Sequential(
+            _conv_bn_act(FEATURE_CHANNELS, hidden, 3),
+            nn.Dropout(dropout),
+            nn.Conv2d(hidden, 1, 1),
+        )
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        a = self.gate(z)  # (B, 768)
+        return self.body(z * a[:, :, None, None]).mean(dim=(2, 3)), a  # (B, 1), (B, 768)
+
+
+class ClassHeadsNet(_Net):
+    """C independent heads; head c produces class c's logit (hard class-to-branch routing)."""
+
+    variant = "class_heads"
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        hidden: int = 128,  # Conv3x3 width per head (pinned)
+        se_hidden: int = 96,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__(num_classes, in_channels)
+        self.heads = nn.ModuleList(
+            ClassHead(hidden, se_hidden, dropout) for _ in range(num_classes)
+        )
+        _init_weights(self)
+
+    def head_parts(self, z: Tensor) -> HeadOutput:
+        outs = [head(z) for head in self.heads]
+        branch_logits = [o[0] for o in outs]
+        return HeadOutput(
+            torch.cat(branch_logits, dim=1), branch_logits, torch.stack([o[1] for o in outs], 1)
+        )
+
+    def branch_parameter_names(self) -> list[list[str]]:
+        names = [n for n, _ in self.named_parameters()]
+        return [[n for n in names if n.startswith(f"heads.{c}.")] for c in range(len(self.heads))]
+
+
+# ---- registry --------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, Callable[..., _Net]] = {
+    "baseline": BaselineNet,
+    "csba": CSBANet,
+    "focal": FocalNet,
+    "gradnorm": GradNormNet,
+    "class_heads": ClassHeadsNet,
+}
+
+_DESCRIPTIONS = {
+    "baseline": "3 summed branches, Dropout -> Conv1x1, weighted cross-entropy",
+    "csba": "baseline + an independent SE attention gate before each branch",
+    "focal": "baseline topology trained with focal loss (gamma 2, alpha = class weights)",
+    "gradnorm": "baseline with learnable softmax branch weights",
+    "class_heads": "one SE-gated Conv3x3 head per class, logits concatenated",
+}
+
+
+def list_models() -> list[str]:
+    """Names of the registered variants, in the paper's order."""
+    return list(_REGISTRY)
+
+
+def create_model(name: str, num_classes: int, **kwargs) -> _Net:
+    """Build variant ``name`` for ``num_classes`` classes; kwargs override pinned defaults."""
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown variant {name!r}; choose one of: {', '.join(list_models())}"
+        ) from None
+    return cls(num_classes, **kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def model_info(name: str) -> dict[str, str]:
+    """Short description and training loss of a variant, for tables and pickers."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown variant {name!r}; choose one of: {', '.join(list_models())}")
+    return {"name": name, "description": _DESCRIPTIONS[name], "loss": _REGISTRY[name].loss}

@@ -1,0 +1,275 @@
+"""Run folders on disk (DESIGN.md section 5): ``model.safetensors`` + ``run.json``.
+
+Never a pickle. Writes are atomic (temporary file in the same folder, then ``os.replace``); the
+weights are written first and ``run.json`` last, and run.json records the SHA-256 of the weights, so
+a process killed at any moment leaves either the previous complete run or one that is refused with
+a clear error, never one that loads wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .models import create_model, list_models
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Run",
+    "RunError",
+    "RunInfo",
+    "atomic_write_json",
+    "cleanup_stale_temp",
+    "list_runs",
+    "load_run",
+    "read_run_json",
+    "run_dir_for",
+    "save_run",
+]
+
+SCHEMA_VERSION = 1
+WEIGHTS = "model.safetensors"
+META = "run.json"
+REQUIRED_FIELDS = ("schema_version", "variant", "num_classes", "classes", "config", "dataset")
+DEFAULT_IMAGE_SIZE = 128
+
+
+class RunError(ValueError):
+    """A run folder cannot be used; the message names the file and says why, on one line."""
+
+
+def _json_default(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _clean_nan(o):
+    """JSON has no NaN: store None instead (readers treat None as missing)."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _clean_nan(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean_nan(v) for v in o]
+    return o
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+
+
+def atomic_write_json(path: Path, data: dict) -> None:
+    """Write JSON to ``path`` atomically (NaN stored as null)."""
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        with tmp.open("w") as f:
+            json.dump(_clean_nan(data), f, indent=1, default=_json_default, allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cleanup_stale_temp(run_dir: Path, older_than_s: float = 0.0) -> int:
+    """Remove temporary files left by a killed writer; returns how many were removed."""
+    n = 0
+    now = time.time()
+    for p in Path(run_dir).glob(".*.tmp"):
+        try:
+            if now - p.stat().st_mtime >= older_than_s:
+                p.unlink()
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+def run_dir_for(root: str | os.PathLike, dataset: str, variant: str, seed: int, image_size: int):
+    """``root/<dataset>/<variant>-s<seed>``; sizes other than 128 px get ``<dataset>-<S>px``."""
+    key = dataset if image_size == DEFAULT_IMAGE_SIZE else f"{dataset}-{image_size}px"
+    return Path(root) / key / f"{variant}-s{seed}"
+
+
+def save_run(run_dir: str | os.PathLike, model: nn.Module, meta: dict) -> Path:
+    """Store weights and metadata atomically; returns the run folder."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cleanup_stale_temp(run_dir)
+    weights = run_dir / WEIGHTS
+    tmp = _tmp_path(weights)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    try:
+        save_file(state, str(tmp), metadata={"format": "csba", "variant": meta["variant"]})
+        digest = _sha256(tmp)
+        os.replace(tmp, weights)
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta = {**meta, "schema_version": SCHEMA_VERSION, "weights_sha256": digest}
+    atomic_write_json(run_dir / META, meta)
+    return run_dir
+
+
+def update_run_json(run_dir: str | os.PathLike, **fields) -> dict:
+    """Merge ``fields`` into a run's run.json atomically (used to add diagnostics)."""
+    run_dir = Path(run_dir)
+    meta = read_run_json(run_dir)
+    meta.update(fields)
+    atomic_write_json(run_dir / META, meta)
+    return meta
+
+
+def read_run_json(run_dir: str | os.PathLike) -> dict:
+    """Parse and validate a run's run.json, or raise :class:`RunError`."""
+    run_dir = Path(run_dir)
+    path = run_dir / META
+    if not run_dir.exists():
+        raise RunError(f"'{run_dir}': no such run folder")
+    if not run_dir.is_dir():
+        raise RunError(f"'{run_dir}' is not a folder (a run is a folder holding {META})")
+    if not path.is_file():
+        raise RunError(f"'{run_dir}' is not a run folder: {META} is missing")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"'{path}' is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise RunError(f"'{path}' does not hold a JSON object")
+    missing = [k for k in REQUIRED_FIELDS if k not in meta]
+    if missing:
+        raise RunError(f"'{path}' lacks field(s): {', '.join(missing)}")
+    version = meta["schema_version"]
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise RunError(
+            f"'{path}' has schema version {version}; this csba reads up to {SCHEMA_VERSION} "
+            "(upgrade csba)"
+        )
+    if meta["variant"] not in list_models():
+        raise RunError(f"'{path}': unknown variant {meta['variant']!r}")
+    if len(meta["classes"]) != meta["num_classes"]:
+        raise RunError(
+            f"'{path}': {len(meta['classes'])} class names but num_classes={meta['num_classes']}"
+        )
+    return meta
+
+
+@dataclass
+class Run:
+    """A loaded run: its folder, metadata and the rebuilt model (eval mode, on the CPU)."""
+
+    path: Path
+    meta: dict
+    model: nn.Module
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def variant(self) -> str:
+        return self.meta["variant"]
+
+    @property
+    def seed(self) -> int:
+        return int(self.meta["config"].get("seed", 0))
+
+    @property
+    def dataset(self) -> dict:
+        return self.meta["dataset"]
+
+    @property
+    def name(self) -> str:
+        return f"{self.path.parent.name}/{self.path.name}"
+
+
+def load_run(run_dir: str | os.PathLike, *, verify: bool = True) -> Run:
+    """Rebuild a run's model from run.json alone and load its weights (safetensors only).
+
+    Raises :class:`RunError` with a one-line message naming the file for anything wrong: missing
+    files, bad JSON, unknown variant, newer schema, truncated or altered weights, or weights that do
+    not fit the recorded classes.
+    """
+    run_dir = Path(run_dir)
+    meta = read_run_json(run_dir)
+    weights = run_dir / WEIGHTS
+    if not weights.is_file():
+        raise RunError(f"'{weights}' is missing")
+    if verify and meta.get("weights_sha256") and _sha256(weights) != meta["weights_sha256"]:
+        raise RunError(f"'{weights}' does not match the checksum in {META} (altered or truncated)")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RunError(f"'{weights}' is not a readable safetensors file ({e})") from None
+    try:
+        model = create_model(meta["variant"], int(meta["num_classes"]), **meta.get("model", {}))
+    except (TypeError, ValueError) as e:
+        raise RunError(f"'{run_dir / META}': cannot rebuild the model ({e})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    bad_shape = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or bad_shape:
+        detail = (
+            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(bad_shape)} wrong-shaped "
+            f"tensors"
+        )
+        raise RunError(
+            f"'{weights}' does not fit a {meta['variant']} model with "
+            f"{meta['num_classes']} classes ({detail})"
+        )
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return Run(run_dir, meta, model)
+
+
+@dataclass
+class RunInfo:
+    """A run found on disk: its folder and metadata, or the error that makes it unusable."""
+
+    path: Path
+    meta: dict | None = None
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def list_runs(root: str | os.PathLike = "checkpoints") -> list[RunInfo]:
+    """Every run folder under ``root`` (any depth holding run.json), sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for meta_path in sorted(root.rglob(META)):
+        run_dir = meta_path.parent
+        try:
+            found.append(RunInfo(run_dir, read_run_json(run_dir)))
+        except RunError as e:
+            found.append(RunInfo(run_dir, None, str(e)))
+    return found
+
+
+def torch_state_equal(a: nn.Module, b: nn.Module) -> bool:
+    """True when two models hold identical tensors (test helper)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -1,0 +1,331 @@
+"""Training (DESIGN.md section 2): one function, :func:`train`, driven by a :class:`TrainConfig`.
+
+Data stay uint8 tensors (on the device when it is a GPU); each batch is augmented, normalised and
+cast on the fly. bfloat16 autocast + channels_last where supported (``precision="auto"``), float32
+otherwise. Early stopping on validation macro-F1 keeps the best weights in memory; Ctrl-C or a
+cancel request stops after the current batch and still saves the best weights so far.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import DatasetBundle, augment_batch, load_dataset, normalize
+from .evaluate import evaluate_split
+from .losses import class_weights, make_loss
+from .models import count_parameters, create_model
+from .store import run_dir_for, save_run
+
+__all__ = ["TrainConfig", "TrainingStopped", "resolve_device", "resolve_precision", "train"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; stored whole in run.json so the run rebuilds itself."""
+
+    dataset: str = "elpv"  # elpv | elpv8 | imagefolder | cifar10-lt
+    variant: str = "csba"  # a name from csba.list_models()
+    seed: int = 0  # model init, batch order, augmentation
+    image_size: int = 128  # pixels (square)
+    data_root: str | None = None  # imagefolder / cifar10-lt source folder
+    split_seed: int = 0  # fixed across training seeds so runs share one test set
+    epochs: int = 300  # maximum epochs (pinned)
+    batch_size: int = 32  # pinned
+    lr: float = 1e-4  # Adam; 1e-3 was unstable on ELPV at 128 px (DESIGN.md §2)
+    weight_decay: float = 0.0
+    lr_step: int = 30  # StepLR step, epochs (pinned)
+    lr_gamma: float = 0.5  # StepLR factor (pinned)
+    patience: int = 20  # early stopping on validation macro-F1, epochs (pinned)
+    focal_gamma: float = 2.0  # focal variant only
+    augment: bool = True  # flips, plus 90-degree rotations for EL cells
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 where fast) | bf16 | fp32
+    channels_last: bool | None = None  # None: on with bf16
+    conflict_every: int = 0  # record the gradient conflict matrix every N epochs; 0 = off
+    conflict_per_class: int = 16  # images per class in the fixed diagnostic subset
+    deterministic: bool = True  # deterministic kernels; off allows cudnn.benchmark
+    eval_batch_size: int = 128
+    out: str = "checkpoints"  # root of run folders
+    run_dir: str | None = None  # explicit run folder (overrides out/dataset/variant/seed)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class TrainingStopped(Exception):
+    """Raised inside the loop when a cancel is requested; the best weights are still saved."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """auto -> cuda when available, else cpu; an explicit cuda without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; choose auto, cpu or cuda")
+    return torch.device(device)
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16", "avx512bw"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto -> bf16 on CUDA and on CPUs with AVX-512/AMX, else fp32."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"unknown precision {precision!r}; choose auto, bf16 or fp32")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if _cpu_has_bf16() else "fp32"
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def train(
+    config: TrainConfig,
+    *,
+    bundle: DatasetBundle | None = None,
+    callback: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    model_kwargs: dict | None = None,
+    save: bool = True,
+) -> dict:
+    """Train one run and store it; returns the run's metadata (what run.json holds).
+
+    ``callback(event)`` receives dicts with ``type`` "start", "batch", "epoch" or "end" so a
+    dashboard can follow progress; ``should_stop()`` is polled every batch (cancel). A
+    KeyboardInterrupt or cancel ends training early and the best weights so far are kept.
+    """
+    cfg = copy.deepcopy(config)
+    emit = callback or (lambda event: None)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    channels_last = precision == "bf16" if cfg.channels_last is None else cfg.channels_last
+    seed_everything(cfg.seed, cfg.deterministic)
+    if bundle is None:
+        bundle = load_dataset(
+            cfg.dataset, cfg.image_size, data_root=cfg.data_root, split_seed=cfg.split_seed
+        )
+    C = bundle.num_classes
+    counts = bundle.train.counts(C)
+    weight = class_weights(counts).to(device)
+    model_kwargs = dict(model_kwargs or {})
+    model = create_model(cfg.variant, C, **model_kwargs).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = make_loss(model.loss, weight, cfg.focal_gamma)
+    val_loss_fn = make_loss(model.loss, weight, cfg.focal_gamma)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+
+    # uint8 data on the device once (GPU: no host->device copies per batch).
+    train_x = bundle.train.images.to(device)
+    train_y = bundle.train.labels.to(device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    tracker = None
+    if cfg.conflict_every > 0:
+        from .diagnostics import ConflictTracker
+
+        tracker = ConflictTracker.from_split(
+            bundle.train, bundle.mean, bundle.std, C, cfg.conflict_per_class, cfg.seed
+        )
+
+    history: list[dict] = []
+    best = {"macro_f1": -1.0, "epoch": 0, "state": None}
+    n = len(train_y)
+    num_batches = math.ceil(n / cfg.batch_size)
+    status = "completed"
+    stop_reason = ""
+    t_start = time.perf_counter()
+    emit(
+        {
+            "type": "start",
+            "epochs": cfg.epochs,
+            "num_batches": num_batches,
+            "device": str(device),
+            "precision": precision,
+        }
+    )
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            perm = torch.randperm(n, generator=gen).to(device)
+            loss_sum = torch.zeros((), device=device)
+            for b in range(num_batches):
+                if should_stop is not None and should_stop():
+                    raise TrainingStopped("cancelled")
+                idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                xb = train_x[idx]
+                if cfg.augment:
+                    xb = augment_batch(xb, gen, bundle.rot90)
+                x = normalize(xb, bundle.mean, bundle.std)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast:
+                    logits = model(x)
+                loss = loss_fn(logits, train_y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.detach() * len(idx)
+                if callback is not None:
+                    emit(
+                        {
+                            "type": "batch",
+                            "epoch": epoch,
+                            "batch": b + 1,
+                            "num_batches": num_batches,
+                            "loss": float(loss.detach()),
+                        }
+                    )
+            train_loss = float(loss_sum) / n
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(
+                    f"training loss became {train_loss} at epoch {epoch}; lower the learning rate "
+                    "or use --precision fp32"
+                )
+            lr = opt.param_groups[0]["lr"]
+            sched.step()
+            t_train = time.perf_counter() - t0
+            val_metrics, val_probs = evaluate_split(
+                model, bundle.val, bundle.classes, bundle.mean, bundle.std, device=device
+            )
+            val_loss = float(
+                val_loss_fn(
+                    torch.log(torch.from_numpy(val_probs).clamp_min(1e-12)).float(),
+                    bundle.val.labels,
+                )
+            )
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_accuracy": val_metrics["accuracy"],
+                "val_macro_f1": val_metrics["macro_f1"],
+                "lr": lr,
+                "seconds": time.perf_counter() - t0,
+                "train_seconds": t_train,
+            }
+            if tracker is not None and (epoch % cfg.conflict_every == 0 or epoch == 1):
+                tracker.record(model, epoch)
+            history.append(record)
+            improved = val_metrics["macro_f1"] > best["macro_f1"]
+            if improved:
+                best = {
+                    "macro_f1": val_metrics["macro_f1"],
+                    "epoch": epoch,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                }
+            emit({"type": "epoch", **record, "best_epoch": best["epoch"], "improved": improved})
+            if epoch - best["epoch"] >= cfg.patience:
+                stop_reason = f"early stop: no validation macro-F1 gain for {cfg.patience} epochs"
+                break
+    except KeyboardInterrupt:
+        status, stop_reason = "interrupted", "interrupted (Ctrl-C)"
+    except TrainingStopped:
+        status, stop_reason = "cancelled", "cancelled"
+    if best["state"] is None:
+        raise TrainingStopped(f"{stop_reason or 'stopped'} before the first epoch finished")
+    train_seconds = time.perf_counter() - t_start
+
+    model.load_state_dict(best["state"])
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    test_metrics, test_probs = evaluate_split(
+        model, bundle.test, bundle.classes, bundle.mean, bundle.std, device=device
+    )
+    val_metrics, _ = evaluate_split(
+        model, bundle.val, bundle.classes, bundle.mean, bundle.std, device=device
+    )
+    model = model.cpu()
+    kept = history[best["epoch"] - 1]
+    meta = {
+        "variant": cfg.variant,
+        "num_classes": C,
+        "classes": bundle.classes,
+        "config": asdict(cfg),
+        "model": model_kwargs,
+        "dataset": {**bundle.describe(), "data_root": bundle.data_root},
+        "split_indices": bundle.split_indices,
+        "parameters": count_parameters(model),
+        "status": status,
+        "stop_reason": stop_reason or f"reached {cfg.epochs} epochs",
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history),
+        "history": history,
+        "generalisation_gap": kept["val_loss"] - kept["train_loss"],
+        "metrics": {"test": test_metrics, "val": val_metrics},
+        "predictions": {
+            "test": {
+                "y_true": bundle.test.labels.tolist(),
+                "y_pred": test_probs.argmax(1).tolist(),
+                "probs": np.round(test_probs, 6).tolist(),
+            }
+        },
+        "conflict_history": tracker.history if tracker is not None else [],
+        "runtime": {
+            "device": str(device),
+            "precision": precision,
+            "channels_last": channels_last,
+            "train_seconds": train_seconds,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "threads": torch.get_num_threads(),
+        },
+        "created": _now(),
+    }
+    if save:
+        run_dir = (
+            Path(cfg.run_dir)
+            if cfg.run_dir
+            else run_dir_for(cfg.out, cfg.dataset, cfg.variant, cfg.seed, cfg.image_size)
+        )
+        save_run(run_dir, model, meta)
+        meta["run_dir"] = str(run_dir)
+    emit(
+        {
+            "type": "end",
+            "status": status,
+            "run_dir": meta.get("run_dir"),
+            "test_macro_f1": test_metrics["macro_f1"],
+            "test_accuracy": test_metrics["accuracy"],
+        }
+    )
+    return meta

@@ -1,0 +1,69 @@
+"""Shared fixtures: a private dataset cache, a tiny image-folder dataset and tiny trained runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Every test session decodes into its own cache, never the user's."""
+    old = os.environ.get("CSBA_CACHE")
+    os.environ["CSBA_CACHE"] = str(tmp_path_factory.mktemp("csba-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CSBA_CACHE", None)
+    else:
+        os.environ["CSBA_CACHE"] = old
+
+
+def make_image_folder(root: Path, per_class=(30, 20, 10), size: int = 32, seed: int = 0) -> Path:
+    """Class folders of PNGs with a learnable class-dependent pattern (imbalanced counts)."""
+    rng = np.random.default_rng(seed)
+    names = ["alpha", "beta", "gamma", "delta"][: len(per_class)]
+    for c, (name, n) in enumerate(zip(names, per_class, strict=True)):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+            band = slice(c * size // len(per_class), (c + 1) * size // len(per_class))
+            img[band, :, :] += 150  # horizontal band position encodes the class
+            Image.fromarray(img).save(d / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    root = make_image_folder(tmp_path_factory.mktemp("tiny") / "data")
+    (root / "alpha" / "notes.txt").write_text("not an image")
+    (root / "beta" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, tiny_folder) -> dict[str, Path]:
+    """One-epoch runs of every variant on the tiny dataset (32 px), keyed by variant."""
+    from csba.models import list_models
+    from csba.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for variant in list_models():
+        meta = train(
+            TrainConfig(
+                dataset="imagefolder",
+                data_root=str(tiny_folder),
+                variant=variant,
+                image_size=32,
+                epochs=1,
+                batch_size=16,
+                out=str(out),
+            )
+        )
+        runs[variant] = Path(meta["run_dir"])
+    return runs

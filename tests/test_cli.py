@@ -1,0 +1,116 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from csba.cli import main
+
+
+def test_evaluate_json_parses(tiny_runs, capsys):
+    assert main(["evaluate", str(tiny_runs["csba"]), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"accuracy", "macro_f1", "per_class", "confusion_matrix"}
+    assert set(out["per_class"]["alpha"]) == {"precision", "recall", "f1", "support"}
+    stored = json.loads((tiny_runs["csba"] / "run.json").read_text())["metrics"]["test"]
+    assert out["macro_f1"] == stored["macro_f1"] and out["accuracy"] == stored["accuracy"]
+
+
+def test_list_json(tiny_runs, capsys):
+    root = tiny_runs["csba"].parent.parent
+    assert main(["list", "--root", str(root), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 5 and {r["variant"] for r in rows} == set(tiny_runs)
+
+
+def test_train_command_writes_a_run(tiny_folder, tmp_path, capsys):
+    args = [
+        "train",
+        "--dataset",
+        "imagefolder",
+        "--data-root",
+        str(tiny_folder),
+        "--variant",
+        "gradnorm",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    run_dir = capsys.readouterr().out.strip()
+    assert run_dir.endswith("imagefolder-32px/gradnorm-s0")
+    assert main(args) == 2  # refuses to overwrite without --overwrite
+    assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["train", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["train", "--variant", "vgg"], "unknown variant 'vgg'"),
+        (["train", "--dataset", "imagefolder", "--data-root", "/no/such/dir"], "does not exist"),
+        (["train", "--dataset", "imagefolder"], "needs --data-root"),
+        (["evaluate", "/no/such/run"], "no such run folder"),
+        (["evaluate", "."], "not a run folder"),
+    ],
+)
+def test_user_errors_are_one_line(argv, msg, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and "\n" not in err and "Traceback" not in err
+
+
+def test_help_explains_every_option():
+    out = subprocess.run(
+        [sys.executable, "-m", "csba", "train", "--help"], capture_output=True, text=True
+    ).stdout
+    for opt in (
+        "--dataset",
+        "--variant",
+        "--seed",
+        "--epochs",
+        "--image-size",
+        "--device",
+        "--data-root",
+        "--out",
+    ):
+        assert opt in out
+
+
+def test_real_elpv_train_and_evaluate(tmp_path):
+    """The issue's acceptance check, at 32 px and one epoch to stay fast on CI."""
+    env_args = [
+        "--dataset",
+        "elpv",
+        "--variant",
+        "csba",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--out",
+        str(tmp_path),
+    ]
+    r = subprocess.run(
+        [sys.executable, "-m", "csba", "train", *env_args], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    run_dir = r.stdout.strip()
+    r = subprocess.run(
+        [sys.executable, "-m", "csba", "evaluate", run_dir, "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert sum(v["support"] for v in out["per_class"].values()) == 656
+    assert list(out["per_class"]) == [
+        "functional",
+        "possibly-defective",
+        "likely-defective",
+        "defective",
+    ]
+    assert 0.0 <= out["macro_f1"] <= 1.0

@@ -1,0 +1,137 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from csba.data import load_dataset, normalize
+from csba.store import RunError, list_runs, load_run, read_run_json
+from csba.train import TrainConfig, train
+
+
+def _cfg(folder, out, **kw):
+    base = dict(
+        dataset="imagefolder", data_root=str(folder), image_size=32, batch_size=16, out=str(out)
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_tiny_run_lowers_the_loss(tiny_folder, tmp_path):
+    meta = train(_cfg(tiny_folder, tmp_path, variant="baseline", epochs=6, lr=1e-3, patience=50))
+    losses = [h["train_loss"] for h in meta["history"]]
+    assert losses[-1] < losses[0]
+    assert meta["metrics"]["test"]["n"] == sum(meta["dataset"]["counts"]["test"])
+
+
+def test_same_seed_same_metrics_and_weights(tiny_folder, tmp_path):
+    a = train(_cfg(tiny_folder, tmp_path / "a", variant="csba", epochs=2, seed=7))
+    b = train(_cfg(tiny_folder, tmp_path / "b", variant="csba", epochs=2, seed=7))
+    assert a["metrics"] == b["metrics"]
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    ra, rb = load_run(a["run_dir"]), load_run(b["run_dir"])
+    for k, v in ra.model.state_dict().items():
+        assert torch.equal(v, rb.model.state_dict()[k]), k
+
+
+def test_cancel_keeps_best_weights(tiny_folder, tmp_path):
+    seen = []
+
+    def cb(ev):
+        seen.append(ev["type"])
+
+    meta = train(
+        _cfg(tiny_folder, tmp_path, variant="baseline", epochs=50),
+        callback=cb,
+        should_stop=lambda: seen.count("epoch") >= 2,
+    )
+    assert meta["status"] == "cancelled" and meta["epochs_run"] == 2
+    assert load_run(meta["run_dir"]).meta["best_epoch"] in (1, 2)
+
+
+def test_keyboard_interrupt_keeps_best_weights(tiny_folder, tmp_path):
+    state = {"epochs": 0}
+
+    def cb(ev):
+        if ev["type"] == "epoch":
+            state["epochs"] += 1
+        if ev["type"] == "batch" and state["epochs"] == 1:
+            raise KeyboardInterrupt
+
+    meta = train(_cfg(tiny_folder, tmp_path, variant="focal", epochs=10), callback=cb)
+    assert meta["status"] == "interrupted" and meta["epochs_run"] == 1
+    assert load_run(meta["run_dir"]).meta["status"] == "interrupted"
+
+
+def test_round_trip_gives_identical_outputs(tiny_runs, tiny_folder):
+    bundle = load_dataset("imagefolder", 32, data_root=tiny_folder)
+    x = normalize(bundle.test.images, bundle.mean, bundle.std)
+    for variant, path in tiny_runs.items():
+        run = load_run(path)
+        meta = run.meta
+        assert meta["variant"] == variant and run.classes == bundle.classes
+        assert meta["dataset"]["fingerprint"] == bundle.fingerprint
+        probs = torch.softmax(run.model(x), 1).detach().numpy()
+        stored = np.array(meta["predictions"]["test"]["probs"])
+        np.testing.assert_allclose(probs, stored, atol=1e-5)
+        again = load_run(path)
+        torch.testing.assert_close(run.model(x), again.model(x), rtol=0, atol=0)
+
+
+def test_list_runs_finds_every_run(tiny_runs):
+    root = next(iter(tiny_runs.values())).parent.parent
+    found = list_runs(root)
+    assert sorted(r.meta["variant"] for r in found) == sorted(tiny_runs)
+    assert all(r.error is None for r in found)
+
+
+@pytest.fixture
+def run_copy(tiny_runs, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(tiny_runs["csba"], dst)
+    return dst
+
+
+def _edit_json(path, **changes):
+    meta = json.loads((path / "run.json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            meta.pop(k)
+        else:
+            meta[k] = v
+    (path / "run.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "damage,msg",
+    [
+        (lambda p: (p / "model.safetensors").write_bytes(b"\x00" * 10), "checksum"),
+        (
+            lambda p: (
+                _edit_json(p, weights_sha256=None)
+                or (p / "model.safetensors").write_bytes(
+                    (p / "model.safetensors").read_bytes()[:1000]
+                )
+            ),
+            "not a readable safetensors",
+        ),
+        (lambda p: _edit_json(p, classes=None), "lacks field"),
+        (lambda p: _edit_json(p, variant="resnet"), "unknown variant 'resnet'"),
+        (lambda p: _edit_json(p, schema_version=99), "schema version 99"),
+        (lambda p: _edit_json(p, num_classes=5, classes=list("abcde")), "does not fit"),
+        (lambda p: (p / "run.json").write_text("{not json"), "not valid JSON"),
+        (lambda p: (p / "run.json").unlink(), "run.json is missing"),
+    ],
+)
+def test_damaged_runs_give_one_line_errors(run_copy, damage, msg):
+    damage(run_copy)
+    with pytest.raises(RunError, match=msg) as e:
+        load_run(run_copy)
+    assert "\n" not in str(e.value)
+
+
+def test_run_json_holds_its_whole_config(tiny_runs):
+    meta = read_run_json(tiny_runs["gradnorm"])
+    cfg = TrainConfig.from_dict(meta["config"])
+    assert cfg.variant == "gradnorm" and cfg.image_size == 32
+    assert set(meta["metrics"]["test"]) >= {"accuracy", "macro_f1", "per_class", "confusion_matrix"}
