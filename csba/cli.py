@@ -408,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .store import RunError
+    from .train import TrainingStopped
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -419,6 +420,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # bad option values caught by our own checks (device, precision)
         _err(f"csba {args.command}: error: {e}")
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        _err(f"csba {args.command}: interrupted")
+    except (KeyboardInterrupt, TrainingStopped) as e:
+        _err(f"csba {args.command}: interrupted{f' ({e})' if str(e) else ''}; nothing saved")
         return 130

@@ -27,7 +27,14 @@ from .losses import class_weights, make_loss
 from .models import count_parameters, create_model
 from .store import run_dir_for, save_run
 
-__all__ = ["TrainConfig", "TrainingStopped", "resolve_device", "resolve_precision", "train"]
+__all__ = [
+    "TrainConfig",
+    "TrainingError",
+    "TrainingStopped",
+    "resolve_device",
+    "resolve_precision",
+    "train",
+]
 
 
 @dataclass
@@ -67,6 +74,10 @@ class TrainConfig:
 
 class TrainingStopped(Exception):
     """Raised inside the loop when a cancel is requested; the best weights are still saved."""
+
+
+class TrainingError(ValueError):
+    """Training cannot go on (non-finite loss, out of memory); the message says what to change."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -204,6 +215,12 @@ def train(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if device.type == "cpu" and not math.isfinite(loss.item()):
+                    # Checked every batch on the CPU (free there); once an epoch on a GPU.
+                    raise TrainingError(
+                        f"training loss became {loss.item()} at epoch {epoch}, batch {b + 1}; "
+                        "lower the learning rate (--lr) or use --precision fp32"
+                    )
                 loss_sum += loss.detach() * len(idx)
                 if callback is not None:
                     emit(
@@ -217,7 +234,7 @@ def train(
                     )
             train_loss = float(loss_sum) / n
             if not math.isfinite(train_loss):
-                raise FloatingPointError(
+                raise TrainingError(
                     f"training loss became {train_loss} at epoch {epoch}; lower the learning rate "
                     "or use --precision fp32"
                 )
@@ -257,6 +274,11 @@ def train(
             if epoch - best["epoch"] >= cfg.patience:
                 stop_reason = f"early stop: no validation macro-F1 gain for {cfg.patience} epochs"
                 break
+    except torch.cuda.OutOfMemoryError:
+        raise TrainingError(
+            f"CUDA ran out of memory at batch size {cfg.batch_size} and {cfg.image_size} px; "
+            "lower --batch-size or --image-size, or train on the CPU (--device cpu)"
+        ) from None
     except KeyboardInterrupt:
         status, stop_reason = "interrupted", "interrupted (Ctrl-C)"
     except TrainingStopped:
