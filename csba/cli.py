@@ -214,6 +214,59 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return compare_cli(args, _print_json)
 
 
+def cmd_protocol(args: argparse.Namespace) -> int:
+    """Train + diagnose every variant x seed, skipping runs already complete (resumable)."""
+    import time
+
+    from .diagnostics.run import diagnose_run
+    from .models import list_models
+    from .store import RunError, read_run_json, run_dir_for
+    from .train import TrainConfig, train
+
+    variants = list_models() if args.variants == ["all"] else args.variants
+    unknown = [v for v in variants if v not in list_models()]
+    if unknown:
+        raise CLIError(f"unknown variant(s) {unknown}; choose from: {', '.join(list_models())}")
+    t0 = time.perf_counter()
+    done = []
+    for seed in args.seeds:
+        for variant in variants:
+            run_dir = run_dir_for(args.out, args.dataset, variant, seed, args.image_size)
+            try:
+                meta = read_run_json(run_dir)
+                complete = meta.get("status") == "completed"
+            except RunError:
+                meta, complete = None, False
+            if not complete:
+                _err(f"== {variant} seed {seed} -> {run_dir}")
+                cfg = TrainConfig(
+                    dataset=args.dataset,
+                    variant=variant,
+                    seed=seed,
+                    image_size=args.image_size,
+                    epochs=args.epochs,
+                    device=args.device,
+                    data_root=args.data_root,
+                    run_dir=str(run_dir),
+                    conflict_every=args.conflict_every,
+                )
+                meta = train(cfg)
+                if meta["status"] != "completed":
+                    raise CLIError(f"{variant} seed {seed} {meta['status']}; rerun to resume")
+            if meta is None or "diagnostics" not in meta or not complete:
+                diagnose_run(str(run_dir), per_class=args.diagnose_per_class or None)
+            m = read_run_json(run_dir)["metrics"]["test"]
+            done.append(run_dir)
+            _err(
+                f"   {variant} s{seed}: accuracy {m['accuracy']:.3f}, macro-F1 "
+                f"{m['macro_f1']:.3f}  ({time.perf_counter() - t0:.0f} s so far)"
+            )
+    _err(f"protocol: {len(done)} runs in {time.perf_counter() - t0:.0f} s")
+    for d in done:
+        print(d)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import report_cli
 
@@ -398,6 +451,35 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     r.add_argument("--json", action="store_true", help="print one JSON document")
     r.set_defaults(func=cmd_report)
+
+    pr = sub.add_parser(
+        "protocol",
+        help="train and diagnose every variant x seed (resumable)",
+        description="The shipped-runs protocol: train and diagnose each variant "
+        "for each seed with the pinned protocol; complete runs are skipped, so "
+        "an interrupted protocol resumes where it stopped.",
+    )
+    pr.add_argument("--dataset", default="elpv", help="default %(default)s")
+    pr.add_argument("--variants", nargs="+", default=["all"], help="default: all five")
+    pr.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default 0 1 2")
+    pr.add_argument("--image-size", type=int, default=d.image_size, help="default %(default)s")
+    pr.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
+    pr.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    pr.add_argument("--data-root", default=None, help="for imagefolder / cifar10-lt")
+    pr.add_argument("--out", default="checkpoints", help="default %(default)s")
+    pr.add_argument(
+        "--conflict-every",
+        type=int,
+        default=5,
+        help="record the conflict matrix every N epochs (default %(default)s)",
+    )
+    pr.add_argument(
+        "--diagnose-per-class",
+        type=int,
+        default=0,
+        help="images per class for diagnose (0: whole training split)",
+    )
+    pr.set_defaults(func=cmd_protocol)
 
     ls = sub.add_parser("list", help="list the runs found", description="List run folders.")
     ls.add_argument("--root", default="checkpoints", help="default %(default)s")

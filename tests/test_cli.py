@@ -114,3 +114,34 @@ def test_real_elpv_train_and_evaluate(tmp_path):
         "defective",
     ]
     assert 0.0 <= out["macro_f1"] <= 1.0
+
+
+def test_protocol_trains_diagnoses_and_resumes(tiny_folder, tmp_path, capsys):
+    args = [
+        "protocol",
+        "--dataset",
+        "imagefolder",
+        "--data-root",
+        str(tiny_folder),
+        "--variants",
+        "baseline",
+        "csba",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--out",
+        str(tmp_path),
+        "--diagnose-per-class",
+        "4",
+    ]
+    assert main(args) == 0
+    dirs = capsys.readouterr().out.split()
+    assert [d.split("/")[-1] for d in dirs] == ["baseline-s0", "csba-s0"]
+    metas = [json.loads(open(f"{d}/run.json").read()) for d in dirs]
+    assert all("gcm" in m["diagnostics"] for m in metas)
+    stamps = [m["created"] for m in metas]
+    assert main(args) == 0  # complete runs are skipped, not retrained
+    assert [json.loads(open(f"{d}/run.json").read())["created"] for d in dirs] == stamps

@@ -1,0 +1,139 @@
+"""AppTest of the Attributions and Training pages against the tiny runs (no browser)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app.py")
+
+
+@pytest.fixture
+def runs_root(tiny_runs, tiny_folder, tmp_path, monkeypatch):
+    """A private copy of the tiny runs (the Training page adds runs to it)."""
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_runs["baseline"].parent.parent, root)
+    monkeypatch.setenv("CSBA_RUNS_ROOT", str(root))
+    monkeypatch.setenv("CSBA_DATA_ROOT", str(tiny_folder.parent))
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO))
+    return root
+
+
+def _page(path: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    at.switch_page(path)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _texts(at: AppTest) -> str:
+    parts = [*at.markdown, *at.caption, *at.success, *at.error, *at.warning, *at.info]
+    return "\n".join(str(p.value) for p in parts)
+
+
+def _choose_runs(at: AppTest, variants: list[str]) -> None:
+    box = at.sidebar.multiselect(key="attributions_runs")
+    wanted = [o for o in box.options if o.split(" ")[0] in variants]
+    paths = [p for p in box.value if any(p.rstrip("/").endswith(f"/{v}-s0") for v in variants)]
+    assert len(paths) == len(variants), (box.options, wanted)
+    box.set_value(paths)
+    at.run()
+
+
+def test_attributions_page_test_image(runs_root):
+    at = _page("pages/attributions.py")
+    _choose_runs(at, ["baseline", "csba", "class_heads"])
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    subheaders = [s.value for s in at.subheader]
+    assert subheaders == ["Input", "Prediction and branches", "Attributions"]
+    captions = [c for img in at.image for c in img.captions]
+    for title in ("Integrated Gradients", "Saliency", "Grad-CAM (fire8)", "Grad-CAM, branch 1"):
+        assert any(title in c for c in captions), captions
+    assert any("head of" in c for c in captions)  # class_heads: the explained class's head
+    assert any("as the model sees it: 32x32" in c for c in captions)
+    # another test image and an explicit target still render without error
+    at.number_input(key="attr_idx_any").set_value(3)
+    at.selectbox(key="attr_target").set_value("beta")
+    at.run()
+    assert not at.exception and not at.error
+    assert "explaining **beta**" in _texts(at)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("garbage.png", b"this is not an image at all", "is not an image file we can read"),
+        ("empty.png", b"", "is empty"),
+        ("cut.png", None, "damaged or truncated"),
+    ],
+)
+def test_attributions_page_bad_upload(runs_root, tiny_folder, name, content, message):
+    if content is None:
+        content = (tiny_folder / "alpha" / "000.png").read_bytes()[:60]
+    at = _page("pages/attributions.py")
+    _choose_runs(at, ["baseline"])
+    at.radio(key="attr_source").set_value("Upload")
+    at.run()
+    assert "up to" in at.file_uploader(key="attr_upload").label
+    at.file_uploader(key="attr_upload").upload(name, content, "image/png")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert [s.value for s in at.subheader] == []  # nothing else rendered, nothing broke
+
+
+def test_attributions_page_good_upload(runs_root, tiny_folder):
+    at = _page("pages/attributions.py")
+    _choose_runs(at, ["csba"])
+    at.radio(key="attr_source").set_value("Upload")
+    at.run()
+    png = (tiny_folder / "gamma" / "001.png").read_bytes()
+    at.file_uploader(key="attr_upload").upload("cell.png", png, "image/png")
+    at.run()
+    assert not at.exception and not at.error
+    assert [s.value for s in at.subheader] == ["Input", "Prediction and branches", "Attributions"]
+
+
+def test_training_page_runs_a_job(runs_root, tiny_folder):
+    at = _page("pages/training.py")
+    assert "Device" in _texts(at) or at.radio(key="train_device")
+    at.selectbox(key="train_dataset").set_value("imagefolder")
+    at.run()
+    at.text_input(key="train_root_imagefolder").set_value("/etc")
+    at.multiselect(key="train_variants").set_value(["baseline"])
+    at.number_input(key="train_epochs").set_value(1)
+    at.number_input(key="train_size").set_value(32)
+    at.button(key="train_start").click()
+    at.run()
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "outside the allowed folder" in errors[0], errors
+
+    at.text_input(key="train_root_imagefolder").set_value(tiny_folder.name)  # relative to root
+    at.number_input(key="train_seed").set_value(7)
+    at.button(key="train_start").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        done = [s.value for s in at.success if "baseline s7" in s.value]
+        if done:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the job did not finish: {_texts(at)}")
+    run_dir = runs_root / "imagefolder-32px" / "baseline-s7"
+    assert (run_dir / "run.json").is_file()
+    assert str(run_dir) in done[0]
+    assert not at.error

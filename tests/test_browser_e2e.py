@@ -1,0 +1,202 @@
+"""End to end in headless Chromium: every page renders, an upload is explained, a run trains.
+
+Starts ``streamlit run app.py`` on a free port against a private copy of the tiny runs, drives it
+with Playwright, saves a screenshot of every page into ``test-artifacts/screenshots/`` and prints
+each page's time to interactive (first visit and warm).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+SHOTS = REPO / "test-artifacts" / "screenshots"
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+EXCEPTION = '[data-testid="stException"]'
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"
+    ),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tiny_runs, tiny_folder, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_runs["baseline"].parent.parent, root)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "CSBA_RUNS_ROOT": str(root),
+        "CSBA_DATA_ROOT": str(tiny_folder.parent),
+        "PYTHONPATH": str(REPO),
+    }
+    log = (tmp_path / "streamlit.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(f"streamlit did not start:\n{(tmp_path / 'streamlit.log').read_text()}")
+            time.sleep(0.25)
+        yield {"url": url, "root": root, "data": tiny_folder, "log": tmp_path / "streamlit.log"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _settle(page, title: str, timeout: float = 90_000) -> None:
+    """Wait until the page's title is shown and no script run is in progress."""
+    page.get_by_role("heading", name=title).first.wait_for(timeout=timeout)
+    page.locator(IDLE).wait_for(timeout=timeout)
+    page.wait_for_timeout(150)  # a rerun queued right after the first one (e.g. a fragment)
+    page.locator(IDLE).wait_for(timeout=timeout)
+
+
+def _no_exception(page, where: str) -> None:
+    boxes = page.locator(EXCEPTION)
+    if boxes.count():
+        pytest.fail(f"{where}: Streamlit exception: {boxes.first.inner_text()[:2000]}")
+
+
+def _shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_every_page_in_chromium(server):
+    timings: dict[str, list[float]] = {}
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        page = browser.new_page(viewport={"width": 1440, "height": 1600})
+        page.set_default_timeout(90_000)
+        t0 = time.perf_counter()
+        page.goto(server["url"])
+        _settle(page, "CSBA Explorer")
+        timings["(first load of the app)"] = [time.perf_counter() - t0]
+        links = page.locator('[data-testid="stSidebarNavLink"]')
+        names = [links.nth(i).inner_text().strip() for i in range(links.count())]
+        assert {"Attributions", "Training", "Gradient conflict"} <= set(names), names
+        titles = {
+            "Runs": "CSBA Explorer",
+            "Confusion matrices": "Confusion matrices",
+            "Per-class F1": "Per-class precision, recall and F1",
+            "Gradient conflict": "Gradient conflict",
+            "Attention": "Attention",
+            "Attributions": "Attributions",
+            "Training": "Training",
+        }
+        # Two passes: first visit (cold caches), then warm.
+        for visit in range(2):
+            for name in names:
+                t0 = time.perf_counter()
+                page.locator('[data-testid="stSidebarNavLink"]', has_text=name).first.click()
+                _settle(page, titles.get(name, name))
+                timings.setdefault(name, []).append(time.perf_counter() - t0)
+                _no_exception(page, name)
+                if visit == 0:
+                    _shot(page, name.lower().replace(" ", "_").replace("-", "_"))
+
+        # Attributions: upload an image, see the maps.
+        page.locator('[data-testid="stSidebarNavLink"]', has_text="Attributions").first.click()
+        _settle(page, "Attributions")
+        page.get_by_text("Upload", exact=True).click()
+        page.locator(IDLE).wait_for()
+        page.locator('input[type="file"]').set_input_files(str(server["data"] / "beta" / "003.png"))
+        page.get_by_text("uploaded: 003.png").first.wait_for()
+        page.get_by_text("Integrated Gradients").first.wait_for()
+        page.locator(IDLE).wait_for()
+        _no_exception(page, "Attributions upload")
+        _shot(page, "attributions_upload")
+
+        # Training: one epoch, 32 px, the tiny image folder; wait until it is stored.
+        page.locator('[data-testid="stSidebarNavLink"]', has_text="Training").first.click()
+        _settle(page, "Training")
+        page.locator('[data-testid="stSelectbox"]', has_text="Dataset").click()
+        page.get_by_role("option", name="imagefolder").click()
+        page.locator(IDLE).wait_for()
+        root_box = page.get_by_label("Data root")
+        root_box.fill(str(server["data"]))
+        root_box.press("Enter")
+        page.locator(IDLE).wait_for()
+        for label, value in (("Epochs", "1"), ("Image size (px)", "32"), ("Seed", "5")):
+            box = page.get_by_label(label, exact=True)
+            box.fill(value)
+            box.press("Enter")
+            page.locator(IDLE).wait_for()
+        t0 = time.perf_counter()
+        page.get_by_role("button", name="Start training").click()
+        page.get_by_text("baseline s5: test macro-F1").wait_for(timeout=120_000)
+        page.get_by_text("csba s5: test macro-F1").wait_for(timeout=120_000)
+        train_s = time.perf_counter() - t0
+        page.locator(IDLE).wait_for()
+        _no_exception(page, "Training")
+        _shot(page, "training_done")
+        assert (server["root"] / "imagefolder-32px" / "baseline-s5" / "run.json").is_file()
+        assert (server["root"] / "imagefolder-32px" / "csba-s5" / "run.json").is_file()
+
+        # The new run is listed on the Runs page without a restart.
+        page.locator('[data-testid="stSidebarNavLink"]', has_text="Runs").first.click()
+        _settle(page, "CSBA Explorer")
+        _no_exception(page, "Runs after training")
+        browser.close()
+
+    print("\npage                   first visit   warm")
+    for name, ts in timings.items():
+        warm = f"{ts[-1]:.2f} s" if len(ts) > 1 else "-"
+        print(f"{name:<22} {ts[0]:>9.2f} s   {warm}")
+    print(f"training 2 tiny runs (1 epoch, 32 px): {train_s:.1f} s")
