@@ -1,13 +1,42 @@
-"""CSBA Explorer dashboard entry point (placeholder until the dashboard issue lands)."""
+"""CSBA Explorer dashboard: ``streamlit run app.py`` (DESIGN.md section 7).
+
+The pages live in ``pages/`` and are wired here with ``st.navigation``; each page reads run
+folders through ``pages.common`` (``$CSBA_RUNS_ROOT``, default ``checkpoints/``).
+"""
+
+import os
+
+# OpenMP threads that spin while waiting make torch 70-90x slower when another process (a
+# training run) holds the CPUs; passive waiting avoids it. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import streamlit as st
 
-from csba.store import list_runs
+from pages.common import extra_runs_input
 
-st.set_page_config(page_title="CSBA Explorer", layout="wide")
-st.title("CSBA Explorer")
-runs = list_runs("checkpoints")
-if not runs:
-    st.info("No runs under checkpoints/. Train one: `python -m csba train --epochs 2`.")
-for r in runs:
-    st.write(str(r.path), r.error or r.meta["variant"])
+st.set_page_config(
+    page_title="CSBA Explorer",
+    page_icon=":material/hub:",
+    layout="wide",
+    menu_items={"About": "CSBA Explorer: gradient conflict and class-specific branch attention."},
+)
+
+PAGES = {
+    "Results": [
+        st.Page("pages/home.py", title="Runs", icon=":material/home:", default=True),
+        st.Page("pages/confusion.py", title="Confusion matrices", icon=":material/grid_on:"),
+        st.Page("pages/f1.py", title="Per-class F1", icon=":material/bar_chart:"),
+    ],
+    "Diagnostics": [
+        st.Page("pages/conflict.py", title="Gradient conflict", icon=":material/swap_calls:"),
+        st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
+        st.Page("pages/attributions.py", title="Attributions", icon=":material/image_search:"),
+    ],
+    "Experiments": [
+        st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
+    ],
+}
+
+page = st.navigation(PAGES)
+extra_runs_input()
+page.run()

@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, uninstalled
 
 from csba.data import ImageSet, load_dataset, normalize
 from csba.losses import class_weights, make_loss

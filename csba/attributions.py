@@ -354,11 +354,13 @@ def _colormap(name: str) -> np.ndarray:
 
 
 def overlay(
-    image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5, cmap: str = "jet"
+    image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.6, cmap: str = "jet"
 ) -> np.ndarray:
     """Blend a [0, 1] heat map over an image (H x W x 3, H x W x 1 or H x W uint8).
 
-    The map is resized (bilinear) to the image when their sizes differ. Returns uint8 H x W x 3.
+    Each pixel takes ``alpha * heat`` of the colour map, so where the map is 0 the image shows
+    unchanged and the strongest evidence is the most coloured. The map is resized (bilinear) to
+    the image when their sizes differ. Returns uint8 H x W x 3.
     """
     img = np.asarray(image)
     if img.ndim == 2:
@@ -375,5 +377,6 @@ def overlay(
         h = np.asarray(pil.resize((img.shape[1], img.shape[0]), Image.Resampling.BILINEAR))
     h = np.clip(h, 0.0, 1.0)
     colour = _colormap(cmap)[np.round(h * 255).astype(np.int64)].astype(np.float64)
-    out = (1.0 - alpha) * img + alpha * colour
+    w = alpha * h[:, :, None]
+    out = (1.0 - w) * img + w * colour
     return np.clip(np.round(out), 0, 255).astype(np.uint8)

@@ -34,6 +34,26 @@ def _err(msg: str) -> None:
 # ---- train -----------------------------------------------------------------------------------
 
 
+def _progress_printer(cfg):
+    """Per-epoch progress lines on stderr for a training run."""
+
+    def progress(ev: dict) -> None:
+        if ev["type"] == "start":
+            _err(
+                f"training {cfg.variant} on {cfg.dataset} at {cfg.image_size}px, seed {cfg.seed}: "
+                f"{ev['num_batches']} batches/epoch on {ev['device']} ({ev['precision']})"
+            )
+        elif ev["type"] == "epoch":
+            mark = " *" if ev["improved"] else ""
+            _err(
+                f"epoch {ev['epoch']:3d}  train loss {ev['train_loss']:.4f}  "
+                f"val loss {ev['val_loss']:.4f}  val acc {ev['val_accuracy']:.3f}  "
+                f"val macro-F1 {ev['val_macro_f1']:.3f}{mark}  {ev['seconds']:.1f}s"
+            )
+
+    return progress
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .models import list_models
     from .store import run_dir_for
@@ -71,21 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f"'{run_dir}' already holds a run; pass --overwrite or choose --out")
     cfg.run_dir = str(run_dir)
 
-    def progress(ev: dict) -> None:
-        if ev["type"] == "start":
-            _err(
-                f"training {cfg.variant} on {cfg.dataset} at {cfg.image_size}px, seed {cfg.seed}: "
-                f"{ev['num_batches']} batches/epoch on {ev['device']} ({ev['precision']})"
-            )
-        elif ev["type"] == "epoch":
-            mark = " *" if ev["improved"] else ""
-            _err(
-                f"epoch {ev['epoch']:3d}  train loss {ev['train_loss']:.4f}  "
-                f"val loss {ev['val_loss']:.4f}  val acc {ev['val_accuracy']:.3f}  "
-                f"val macro-F1 {ev['val_macro_f1']:.3f}{mark}  {ev['seconds']:.1f}s"
-            )
-
-    meta = train(cfg, callback=progress)
+    meta = train(cfg, callback=_progress_printer(cfg))
     t = meta["metrics"]["test"]
     _err(
         f"{meta['status']}: kept epoch {meta['best_epoch']} of {meta['epochs_run']} "
@@ -250,7 +256,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
                     run_dir=str(run_dir),
                     conflict_every=args.conflict_every,
                 )
-                meta = train(cfg)
+                meta = train(cfg, callback=_progress_printer(cfg))
                 if meta["status"] != "completed":
                     raise CLIError(f"{variant} seed {seed} {meta['status']}; rerun to resume")
             if meta is None or "diagnostics" not in meta or not complete:

@@ -154,7 +154,8 @@ class Job:
     def label(self) -> str:
         c = self.configs[0]
         variants = ", ".join(r.variant for r in self.runs)
-        return f"{c.dataset} {c.image_size}px, {c.epochs} epochs: {variants}"
+        epochs = f"{c.epochs} epoch" + ("s" if c.epochs != 1 else "")
+        return f"{c.dataset} {c.image_size}px, {epochs}: {variants}"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -342,6 +343,10 @@ class JobManager:
                 self._run_job(job)
             finally:
                 with self._lock:
+                    for r in job.runs:  # only reached by a bug or a BaseException
+                        if r.status in ("running", "diagnosing"):
+                            r.status, r.finished = "failed", time.time()
+                            r.error = r.error or "the training thread stopped unexpectedly"
                     statuses = [r.status for r in job.runs]
                     if job.cancel_requested:
                         job.status = "cancelled"

@@ -137,3 +137,50 @@ def test_training_page_runs_a_job(runs_root, tiny_folder):
     assert (run_dir / "run.json").is_file()
     assert str(run_dir) in done[0]
     assert not at.error
+
+
+def test_training_page_cancel_and_failure(runs_root, tiny_folder):
+    at = _page("pages/training.py")
+    at.selectbox(key="train_dataset").set_value("imagefolder")
+    at.run()
+    at.text_input(key="train_root_imagefolder").set_value(str(tiny_folder))
+    at.multiselect(key="train_variants").set_value(["baseline"])
+    at.number_input(key="train_epochs").set_value(200)
+    at.number_input(key="train_size").set_value(32)
+    at.number_input(key="train_batch").set_value(4)
+    at.number_input(key="train_seed").set_value(11)
+    at.button(key="train_start").click()
+    at.run()
+    cancel = [b for b in at.button if str(b.key).startswith("cancel_")]
+    deadline = time.monotonic() + 60
+    while not cancel or not at.get("progress"):
+        assert time.monotonic() < deadline, _texts(at)
+        time.sleep(0.3)
+        at.run()
+        cancel = [b for b in at.button if str(b.key).startswith("cancel_")]
+    assert "Running job-" in _texts(at)
+    cancel[-1].click()
+    at.run()
+    deadline = time.monotonic() + 60
+    while "cancelled" not in " ".join(w.value for w in at.warning):
+        assert time.monotonic() < deadline, _texts(at)
+        time.sleep(0.3)
+        at.run()
+    assert not at.exception
+
+    # A dataset that cannot be read: the failure is one line plus a details expander.
+    bad = tiny_folder.parent / "not-a-dataset"
+    bad.mkdir(exist_ok=True)
+    at.text_input(key="train_root_imagefolder").set_value(str(bad))
+    at.number_input(key="train_epochs").set_value(1)
+    at.button(key="train_start").click()
+    at.run()
+    deadline = time.monotonic() + 60
+    while not at.error:
+        assert time.monotonic() < deadline, _texts(at)
+        time.sleep(0.3)
+        at.run()
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "needs at least two class folders" in errors[0], errors
+    assert any(x.label.startswith("Details") for x in at.expander)
+    assert not at.exception

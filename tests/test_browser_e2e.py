@@ -41,8 +41,12 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server(tiny_runs, tiny_folder, tmp_path):
+    from csba.diagnostics.run import diagnose_run
+
     root = tmp_path / "runs"
     shutil.copytree(tiny_runs["baseline"].parent.parent, root)
+    for run_dir in sorted(root.glob("*/*-s0")):  # so the diagnostics pages have content
+        diagnose_run(str(run_dir), per_class=8, device="cpu")
     port = _free_port()
     env = {
         **os.environ,
@@ -112,8 +116,19 @@ def _no_exception(page, where: str) -> None:
 
 
 def _shot(page, name: str) -> None:
+    """Screenshot of the whole page: Streamlit scrolls inside its main container, so the
+    viewport is made as tall as the content for the shot."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    size = page.viewport_size
+    height = page.evaluate(
+        """() => Math.max(document.body.scrollHeight, ...Array.from(
+            document.querySelectorAll('[data-testid="stMain"], [data-testid="stAppViewContainer"]'),
+            (e) => e.scrollHeight))"""
+    )
+    page.set_viewport_size({"width": size["width"], "height": min(max(height, 600), 6000)})
+    page.wait_for_timeout(400)  # plotly re-lays out on resize
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+    page.set_viewport_size(size)
 
 
 def test_every_page_in_chromium(server):
@@ -122,14 +137,15 @@ def test_every_page_in_chromium(server):
         browser = p.chromium.launch(
             executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-dev-shm-usage"]
         )
-        page = browser.new_page(viewport={"width": 1440, "height": 1600})
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
         page.set_default_timeout(90_000)
         t0 = time.perf_counter()
         page.goto(server["url"])
         _settle(page, "CSBA Explorer")
         timings["(first load of the app)"] = [time.perf_counter() - t0]
         links = page.locator('[data-testid="stSidebarNavLink"]')
-        names = [links.nth(i).inner_text().strip() for i in range(links.count())]
+        # inner text is "<material icon name>\n\n<title>"
+        names = [links.nth(i).inner_text().strip().splitlines()[-1] for i in range(links.count())]
         assert {"Attributions", "Training", "Gradient conflict"} <= set(names), names
         titles = {
             "Runs": "CSBA Explorer",
@@ -169,7 +185,7 @@ def test_every_page_in_chromium(server):
         page.locator('[data-testid="stSelectbox"]', has_text="Dataset").click()
         page.get_by_role("option", name="imagefolder").click()
         page.locator(IDLE).wait_for()
-        root_box = page.get_by_label("Data root")
+        root_box = page.get_by_role("textbox", name="Data root (a folder of class folders)")
         root_box.fill(str(server["data"]))
         root_box.press("Enter")
         page.locator(IDLE).wait_for()
@@ -180,6 +196,12 @@ def test_every_page_in_chromium(server):
             page.locator(IDLE).wait_for()
         t0 = time.perf_counter()
         page.get_by_role("button", name="Start training").click()
+        try:  # the live view (the tiny job may finish before it is caught)
+            page.get_by_text("Running job-").first.wait_for(timeout=5_000)
+            page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=5_000)
+            _shot(page, "training_running")
+        except sync_api.TimeoutError:
+            pass
         page.get_by_text("baseline s5: test macro-F1").wait_for(timeout=120_000)
         page.get_by_text("csba s5: test macro-F1").wait_for(timeout=120_000)
         train_s = time.perf_counter() - t0

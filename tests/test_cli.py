@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -140,8 +141,8 @@ def test_protocol_trains_diagnoses_and_resumes(tiny_folder, tmp_path, capsys):
     assert main(args) == 0
     dirs = capsys.readouterr().out.split()
     assert [d.split("/")[-1] for d in dirs] == ["baseline-s0", "csba-s0"]
-    metas = [json.loads(open(f"{d}/run.json").read()) for d in dirs]
+    metas = [json.loads(Path(d, "run.json").read_text()) for d in dirs]
     assert all("gcm" in m["diagnostics"] for m in metas)
     stamps = [m["created"] for m in metas]
     assert main(args) == 0  # complete runs are skipped, not retrained
-    assert [json.loads(open(f"{d}/run.json").read())["created"] for d in dirs] == stamps
+    assert [json.loads(Path(d, "run.json").read_text())["created"] for d in dirs] == stamps

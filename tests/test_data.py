@@ -52,13 +52,20 @@ def test_elpv8_has_eight_classes(elpv32):
     assert sum(len(s) for s in (b.train, b.val, b.test)) == 2624
 
 
-def test_imagefolder_skips_stray_and_broken_files(tiny_folder):
+def test_imagefolder_skips_stray_and_broken_files(tmp_path):
+    from conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "data")
+    (root / "alpha" / "notes.txt").write_text("not an image")
+    (root / "beta" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with pytest.warns(UserWarning, match="skipping unreadable image"):
-        b = load_dataset("imagefolder", 32, data_root=tiny_folder, split_seed=3)
+        b = load_dataset("imagefolder", 32, data_root=root, split_seed=3)
     assert b.classes == ["alpha", "beta", "gamma"]
     assert b.skipped == 1  # broken.png; notes.txt is not even considered
     assert sum(len(s) for s in (b.train, b.val, b.test)) == 60
     assert b.train.images.shape[1] == 3
+    again = load_dataset("imagefolder", 32, data_root=root)  # from the cache: same count
+    assert again.skipped == 1
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,22 @@ def test_tiny_run_completes_and_is_stored(tiny_folder, tmp_path):
     assert m.runs_version >= 2
 
 
+def test_finished_run_is_diagnosed_by_csba_diagnostics(tiny_folder, tmp_path):
+    from csba.jobs import find_run_diagnoser
+    from csba.store import read_run_json
+
+    assert find_run_diagnoser() is not None  # csba.diagnostics.run.diagnose_run
+    m = JobManager()  # the default: csba.diagnostics' run diagnosis
+    try:
+        job = m.wait(m.submit([_cfg(tiny_folder, tmp_path, variant="csba")]), timeout=180)
+    finally:
+        m.shutdown()
+    run = job.runs[0]
+    assert job.status == "completed" and run.diagnostics == "diagnosed"
+    meta = read_run_json(run.run_dir)
+    assert "gcm" in meta["diagnostics"] and meta["metrics"]["test"]["macro_f1"] is not None
+
+
 def test_existing_run_folder_is_never_overwritten(tiny_folder, tmp_path, manager):
     first = manager.wait(manager.submit([_cfg(tiny_folder, tmp_path)]), timeout=120)
     assert first.status == "completed"
@@ -161,6 +177,13 @@ def test_check_data_root(tmp_path):
     assert check_data_root(str(tmp_path)) == tmp_path.resolve()  # no restriction without a root
 
 
-def test_default_device_says_where():
+def test_default_device_says_where(monkeypatch):
     d = default_device()
-    assert d.startswith("cuda (") or d.startswith("cpu (")
+    assert d.startswith("cuda (") or d == "cpu (no GPU found)"
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA Test GPU")
+    assert default_device() == "cuda (NVIDIA Test GPU)"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device() == "cpu (no GPU found)"

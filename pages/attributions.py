@@ -1,0 +1,375 @@
+"""Attributions: one image through each chosen run, side by side.
+
+Image (an upload, or a test image of the runs' dataset) -> :func:`csba.attributions.explain_image`
+per run (cached per run, image hash and target) -> prediction, per-branch logits and attention,
+Captum Integrated Gradients / Saliency / Grad-CAM overlays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from PIL import Image
+
+from csba.attributions import ImageExplanation, explain_image
+from csba.data import IMAGE_EXTENSIONS, DataError, ImageLoadError, load_dataset, load_image
+from pages.common import download_df, get_run, run_labels, select_runs
+
+MAX_RUNS = 5  # columns side by side (the paper's five variants)
+SHOW_PX = 176  # display size of the small images (nearest-neighbour upscaling, no blur)
+PREDICTED = "each run's predicted class"
+
+
+# ---- cached work -----------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner="Loading the test split...", max_entries=4)
+def _test_split(name: str, size: int, data_root: str | None, split_seed: int):
+    """(images uint8 (N, c, S, S), labels (N,), classes) of a dataset's test split."""
+    bundle = load_dataset(name, size, data_root=data_root, split_seed=split_seed)
+    return bundle.test.images, bundle.test.labels.numpy(), list(bundle.classes)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _explain(
+    run_path: str,
+    weights: str,
+    image_hash: str,
+    target: int | None,
+    _model,
+    _meta: dict,
+    _image_bytes: bytes,
+) -> ImageExplanation:
+    """Attributions of one run for one image; keyed by (run, weights, image hash, target)."""
+    del run_path, weights, image_hash  # cache key only
+    return explain_image(_model, _meta, load_image(_image_bytes), target)
+
+
+# ---- small renderers -------------------------------------------------------------------------
+
+
+def _big(pixels: np.ndarray, px: int = SHOW_PX) -> Image.Image:
+    """Display copy: small inputs upscaled nearest-neighbour (crisp pixels), large ones shrunk."""
+    im = Image.fromarray(pixels)
+    if max(im.size) > 2 * px:
+        im.thumbnail((2 * px, 2 * px), Image.Resampling.LANCZOS)
+        return im
+    scale = max(1, px // max(im.size))
+    return im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _layout(fig: go.Figure, height: int) -> go.Figure:
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10})
+    fig.update_layout(template="plotly_white")
+    return fig
+
+
+def _prob_fig(e: ImageExplanation) -> go.Figure:
+    r = e.report
+    colours = ["#d62728" if i == e.target else "#1f77b4" for i in range(len(r["classes"]))]
+    fig = go.Figure(
+        go.Bar(
+            x=r["probs"],
+            y=r["classes"],
+            orientation="h",
+            marker_color=colours,
+            text=[f"{p:.2f}" for p in r["probs"]],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+        )
+    )
+    fig.update_xaxes(range=[0, 1], title_text="probability")
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title={"text": "Probabilities", "x": 0})
+    return _layout(fig, 80 + 28 * len(r["classes"]))
+
+
+def _branch_fig(e: ImageExplanation) -> go.Figure:
+    r = e.report
+    z = np.asarray(r["branch_logits"], float)
+    cols = r["classes"] if z.shape[1] == len(r["classes"]) else ["own logit"]
+    names, title = _short_branches(e)
+    top = float(np.abs(z).max()) or 1.0
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=cols,
+            y=names,
+            zmin=-top,
+            zmax=top,
+            colorscale="RdBu",
+            reversescale=True,
+            text=[[f"{v:.2f}" for v in row] for row in z],
+            texttemplate="%{text}",
+            hovertemplate="%{y} / %{x}: %{z:.3f}<extra></extra>",
+            colorbar={"thickness": 10},
+        )
+    )
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(type="category")
+    fig.update_layout(title={"text": title, "x": 0})
+    return _layout(fig, 90 + 34 * z.shape[0])
+
+
+def _attention_fig(e: ImageExplanation) -> go.Figure:
+    a = np.asarray(e.report["attention"], float)
+    fig = go.Figure(
+        go.Heatmap(
+            z=a,
+            y=_short_branches(e)[0],
+            zmin=0,
+            zmax=1,
+            colorscale="Viridis",
+            hovertemplate="%{y}, channel %{x}: %{z:.3f}<extra></extra>",
+            colorbar={"thickness": 10},
+        )
+    )
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(title_text="channel of Z (768)")
+    fig.update_layout(title={"text": "Attention (this image)", "x": 0})
+    return _layout(fig, 110 + 30 * a.shape[0])
+
+
+def _overlap_text(e: ImageExplanation) -> str:
+    """Branch pairs of this image's attention: Jaccard of the top-10% channels and cosine."""
+    r = e.report
+    short = [n.removeprefix("branch ").removeprefix("head ") for n in r["branch_labels"]]
+    pairs = [
+        f"{short[i]}/{short[j]}: J {float(r['jaccard'][i, j]):.2f}, "
+        f"cos {float(r['cosine'][i, j]):.2f}"
+        for i in range(len(short))
+        for j in range(i + 1, len(short))
+    ]
+    return "Branch overlap, this image (J: Jaccard of the top-10% channels): " + "; ".join(pairs)
+
+
+def _short_branches(e: ImageExplanation) -> tuple[list[str], str]:
+    names = e.report["branch_labels"]
+    if all(n.startswith("head ") for n in names):
+        return [n.removeprefix("head ") for n in names], "Head logits"
+    return names, "Branch logits"
+
+
+# ---- choosing the image ----------------------------------------------------------------------
+
+
+def _test_image(info, sizes: list[int]) -> tuple[bytes, str, str | None] | None:
+    """Widgets for a test image of the runs' dataset -> (PNG bytes, caption, true class)."""
+    ds = info.meta["dataset"]
+    name, size = ds["name"], max(sizes)
+    root = ds.get("data_root") or info.meta["config"].get("data_root")
+    try:
+        images, labels, classes = _test_split(name, size, root, int(ds.get("split_seed", 0)))
+    except (DataError, OSError, ValueError) as e:
+        st.error(f"Cannot load the {name} test split: {e}. Upload an image instead.")
+        return None
+    if len(labels) == 0:
+        st.error(f"The {name} test split is empty. Upload an image instead.")
+        return None
+    c1, c2 = st.columns([1, 2])
+    pick = c1.selectbox("True class", ["any", *classes], key="attr_class")
+    pool = (
+        np.arange(len(labels)) if pick == "any" else np.flatnonzero(labels == classes.index(pick))
+    )
+    if len(pool) == 0:
+        st.info(f"No test image of class {pick}.")
+        return None
+    k = c2.number_input(
+        f"Test image (0 to {len(pool) - 1} of {len(pool)})",
+        0,
+        len(pool) - 1,
+        0,
+        key=f"attr_idx_{pick}",
+    )
+    idx = int(pool[int(k)])
+    px = images[idx].permute(1, 2, 0).numpy()
+    if px.shape[2] == 1:
+        px = np.repeat(px, 3, axis=2)
+    true = classes[int(labels[idx])]
+    return (
+        _png(np.ascontiguousarray(px)),
+        f"{name} test image #{idx}, true: {true}",
+        true,
+    )
+
+
+def _uploaded() -> tuple[bytes, str, None] | None:
+    limit = int(st.get_option("server.maxUploadSize"))
+    up = st.file_uploader(
+        f"Image file (PNG, JPEG, BMP, TIFF, WEBP or GIF; up to {limit} MB)",
+        type=[e.lstrip(".") for e in IMAGE_EXTENSIONS],
+        key="attr_upload",
+    )
+    if up is None:
+        st.info("Upload an image to explain, or switch to a test image.")
+        return None
+    return up.getvalue(), f"uploaded: {up.name}", None
+
+
+# ---- the page --------------------------------------------------------------------------------
+
+
+def main() -> None:
+    st.title("Attributions")
+    st.caption(
+        "One image through each chosen run: prediction, per-branch logits and attention, and "
+        "where the evidence lies (Captum Integrated Gradients, Saliency, Grad-CAM on the last "
+        "backbone layer and per branch). Maps are scaled to their own maximum."
+    )
+    infos = select_runs("attributions", label="Runs")
+    if not infos:
+        return
+    if len(infos) > MAX_RUNS:
+        st.warning(f"Showing the first {MAX_RUNS} of the {len(infos)} chosen runs side by side.")
+        infos = infos[:MAX_RUNS]
+    labels = run_labels(infos)
+    sizes = [int(i.meta["dataset"]["image_size"]) for i in infos]
+
+    src, tgt = st.columns([2, 2])
+    source = src.radio(
+        "Image",
+        ["Test image", "Upload"],
+        horizontal=True,
+        key="attr_source",
+        label_visibility="collapsed",
+    )
+    classes = list(infos[0].meta["classes"])
+    same_classes = all(list(i.meta["classes"]) == classes for i in infos)
+    options = [PREDICTED, *classes] if same_classes else [PREDICTED]
+    explained = tgt.selectbox("Explain class", options, key="attr_target")
+    target = None if explained == PREDICTED else classes.index(explained)
+
+    chosen = _test_image(infos[0], sizes) if source == "Test image" else _uploaded()
+    if chosen is None:
+        return
+    data, caption, true_class = chosen
+    try:
+        original = load_image(data)
+    except ImageLoadError as e:
+        st.error(str(e))
+        return
+    digest = hashlib.sha256(data).hexdigest()
+
+    results: dict[str, ImageExplanation | str] = {}
+    for info in infos:
+        run = get_run(info.path)
+        if run is None:
+            results[str(info.path)] = "the run could not be loaded (see above)"
+            continue
+        with st.spinner(f"Attributions for {labels[str(info.path)]}..."):
+            try:
+                results[str(info.path)] = _explain(
+                    str(info.path),
+                    str(run.meta.get("weights_sha256", "")),
+                    digest,
+                    target,
+                    run.model,
+                    run.meta,
+                    data,
+                )
+            except Exception as e:  # one run's failure must not hide the others
+                results[str(info.path)] = f"{type(e).__name__}: {e}"
+
+    st.subheader("Input")
+    views: dict[tuple[int, bool], tuple[np.ndarray, list[str]]] = {}
+    for info in infos:
+        e = results[str(info.path)]
+        if isinstance(e, ImageExplanation):
+            grey = int(info.meta["dataset"].get("channels", 3)) == 1
+            key = (e.pixels.shape[0], grey)
+            views.setdefault(key, (e.pixels, []))[1].append(labels[str(info.path)])
+    n = 1 + len(views)
+    cols = st.columns([1] * n + [max(1, 5 - n)])
+    w, h = original.size
+    cols[0].image(
+        _big(np.asarray(original.convert("RGB"))), width=SHOW_PX, caption=f"{caption}, {w}x{h}"
+    )
+    for col, ((s, grey), (px, who)) in zip(cols[1:], views.items()):
+        col.image(
+            _big(px),
+            width=SHOW_PX,
+            caption=f"as the model sees it: {s}x{s}{', grey' if grey else ''} ({', '.join(who)})",
+        )
+
+    st.subheader("Prediction and branches")
+    cols = st.columns(len(infos))
+    rows = []
+    for col, info in zip(cols, infos):
+        e = results[str(info.path)]
+        label = labels[str(info.path)]
+        with col:
+            st.markdown(f"#### {label}")
+            if not isinstance(e, ImageExplanation):
+                st.error(f"{label}: {e}")
+                continue
+            r = e.report
+            pred = r["classes"][r["pred"]]
+            verdict = ""
+            if true_class is not None:
+                verdict = " (correct)" if pred == true_class else f" (true: {true_class})"
+            st.markdown(f"Predicted **{pred}**, p = {r['probs'][r['pred']]:.2f}{verdict}")
+            st.plotly_chart(_prob_fig(e), key=f"prob_{info.path}", config={"displaylogo": False})
+            st.plotly_chart(
+                _branch_fig(e), key=f"branch_{info.path}", config={"displaylogo": False}
+            )
+            if r["attention"] is None:
+                st.caption(f"{info.meta['variant']}: no attention gates.")
+            else:
+                st.plotly_chart(
+                    _attention_fig(e), key=f"att_{info.path}", config={"displaylogo": False}
+                )
+                st.caption(_overlap_text(e))
+            rows += [
+                {"run": label, "class": c, "probability": float(p)}
+                for c, p in zip(r["classes"], r["probs"])
+            ]
+    if rows:
+        download_df(pd.DataFrame(rows), f"probabilities_{digest[:8]}")
+
+    st.subheader("Attributions")
+    st.caption(
+        "Integrated Gradients (baseline: the training mean image), Saliency |d logit / d x| and "
+        "Grad-CAM for the explained class; red = more evidence."
+    )
+    done = {str(i.path): results[str(i.path)] for i in infos}
+    done = {p: e for p, e in done.items() if isinstance(e, ImageExplanation)}
+    if not done:
+        return
+    head = st.columns(len(infos))
+    for col, info in zip(head, infos):
+        e = done.get(str(info.path))
+        if e is not None:
+            col.markdown(
+                f"**{labels[str(info.path)]}**: explaining **{e.report['classes'][e.target]}**"
+            )
+    branch_keys = {p: [k for k in e.maps if k.startswith("gradcam_")] for p, e in done.items()}
+    grid = [[m] * len(infos) for m in ("integrated_gradients", "saliency", "gradcam")]
+    for j in range(max(len(v) for v in branch_keys.values())):
+        row = []
+        for info in infos:
+            keys = branch_keys.get(str(info.path), [])
+            row.append(keys[j] if j < len(keys) else None)
+        grid.append(row)
+    for r, keys in enumerate(grid):
+        if r == 3:
+            st.markdown("**Grad-CAM per branch** (models with attention: csba, class_heads)")
+        cols = st.columns(len(infos))
+        for col, info, key in zip(cols, infos, keys):
+            e = done.get(str(info.path))
+            if e is None or key is None or key not in e.overlays:
+                continue
+            col.image(_big(e.overlays[key]), width=SHOW_PX, caption=e.titles[key])
+
+
+main()

@@ -1,0 +1,437 @@
+"""Shared dashboard helpers: finding runs, picking them in the sidebar, caching, downloads.
+
+The only module of the dashboard that knows where runs live. Every page imports from here:
+
+* :func:`runs_root` / :func:`all_runs` - the run folders found (cached on run.json mtimes, so a
+  run that finishes while the app is open appears on the next rerun without a restart);
+* :func:`select_runs` - the sidebar dataset picker and run multiselect;
+* :func:`get_run` - a loaded :class:`csba.store.Run` (model rebuilt once, cached as a resource);
+* :func:`download_df` / :func:`download_fig` - CSV for tables, HTML (plotly) or PNG (matplotlib)
+  for figures, generated only when the button is clicked;
+* :func:`clear_run_caches` - to call after a training job finishes.
+
+Streamlit lives here and in the page files only; ``csba/`` stays free of it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from csba.store import Run, RunError, RunInfo, list_runs, load_run, read_run_json
+
+__all__ = [
+    "REPO_ROOT",
+    "VARIANT_ORDER",
+    "all_runs",
+    "clear_run_caches",
+    "compare",
+    "dataset_name",
+    "diagnostics_of",
+    "download_df",
+    "download_fig",
+    "extra_runs_input",
+    "get_run",
+    "image_size",
+    "not_diagnosed",
+    "parameter_table",
+    "run_label",
+    "run_labels",
+    "run_stamp",
+    "runs_root",
+    "seed_mean_bootstrap",
+    "select_runs",
+    "sort_key",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VARIANT_ORDER = ("baseline", "csba", "gradnorm", "focal", "class_heads")
+EXTRA_KEY = "csba_extra_runs"  # session-state key of the sidebar "add run folders" input
+META = "run.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Where runs live
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve(p: str | os.PathLike) -> Path:
+    p = Path(p).expanduser()
+    if not p.is_absolute():
+        p = REPO_ROOT / p
+    return p.resolve()
+
+
+def runs_root() -> Path:
+    """``$CSBA_RUNS_ROOT`` or ``checkpoints``, relative paths taken from the repository root."""
+    return _resolve(os.environ.get("CSBA_RUNS_ROOT") or "checkpoints")
+
+
+def _allowed_roots() -> list[Path]:
+    roots = [runs_root()]
+    data_root = os.environ.get("CSBA_DATA_ROOT")
+    if data_root:
+        roots.append(_resolve(data_root))
+    return roots
+
+
+def _parse_extra(text: str) -> tuple[list[Path], list[str]]:
+    """Split the sidebar text into allowed folders and one-line refusals."""
+    paths, errors = [], []
+    roots = _allowed_roots()
+    for raw in re.split(r"[\n,;]+", text or ""):
+        raw = raw.strip().strip("'\"")
+        if not raw:
+            continue
+        p = _resolve(raw)
+        if not any(p == r or p.is_relative_to(r) for r in roots):
+            where = " or ".join(f"'{r}'" for r in roots)
+            errors.append(f"'{raw}' refused: run folders must lie under {where}")
+        elif not p.is_dir():
+            errors.append(f"'{raw}': no such folder")
+        else:
+            paths.append(p)
+    return paths, errors
+
+
+def extra_runs_input() -> None:
+    """The sidebar text input for extra run folders (rendered once per script run by app.py)."""
+    roots = " or ".join(str(r) for r in _allowed_roots())
+    st.sidebar.text_input(
+        "Add run folders",
+        key=EXTRA_KEY,
+        placeholder="path/to/run, path/to/folder_of_runs",
+        help=f"Comma-separated folders holding run.json (or folders of runs), under {roots}.",
+    )
+    _, errors = _parse_extra(st.session_state.get(EXTRA_KEY, ""))
+    for e in errors:
+        st.sidebar.error(e)
+
+
+def _scan(roots: Sequence[Path]) -> tuple[tuple[str, float], ...]:
+    """Every run.json under ``roots`` with its mtime (the cache key of :func:`all_runs`)."""
+    stamps = {}
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for meta in root.rglob(META):
+            try:
+                stamps[str(meta.parent)] = meta.stat().st_mtime_ns
+            except OSError:
+                continue
+    return tuple(sorted(stamps.items()))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _read_runs(roots: tuple[str, ...], stamps: tuple[tuple[str, float], ...]) -> list[RunInfo]:
+    del stamps  # only part of the cache key
+    seen: dict[str, RunInfo] = {}
+    for root in roots:
+        for info in list_runs(root):
+            seen.setdefault(str(Path(info.path).resolve()), info)
+    return sorted(seen.values(), key=lambda i: str(i.path))
+
+
+def all_runs() -> list[RunInfo]:
+    """Runs under :func:`runs_root` plus the folders added in the sidebar (errors included)."""
+    extra, _ = _parse_extra(st.session_state.get(EXTRA_KEY, ""))
+    roots = [runs_root(), *extra]
+    return _read_runs(tuple(str(r) for r in roots), _scan(roots))
+
+
+def run_stamp(info_or_path: RunInfo | str | os.PathLike) -> tuple[str, int]:
+    """``(path, run.json mtime)``: a cache key that changes when the run is rewritten."""
+    path = Path(getattr(info_or_path, "path", info_or_path))
+    try:
+        return str(path), (path / META).stat().st_mtime_ns
+    except OSError:
+        return str(path), 0
+
+
+# --------------------------------------------------------------------------------------------
+# Labels
+# --------------------------------------------------------------------------------------------
+
+
+def dataset_name(meta: dict) -> str:
+    ds = meta.get("dataset") or {}
+    return str(ds.get("name") or (meta.get("config") or {}).get("dataset") or "?")
+
+
+def image_size(meta: dict) -> int | None:
+    ds = meta.get("dataset") or {}
+    size = ds.get("image_size") or (meta.get("config") or {}).get("image_size")
+    return int(size) if size else None
+
+
+def _seed(meta: dict) -> int:
+    try:
+        return int((meta.get("config") or {}).get("seed", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def run_label(info: RunInfo) -> str:
+    """``"<variant> s<seed> (<size>px)"``."""
+    m = info.meta or {}
+    size = image_size(m)
+    return f"{m.get('variant', '?')} s{_seed(m)}" + (f" ({size}px)" if size else "")
+
+
+def run_labels(infos: Sequence[RunInfo]) -> dict[str, str]:
+    """Path -> label, made unique by appending the parent folder name where labels collide."""
+    labels = {str(i.path): run_label(i) for i in infos}
+    counts = pd.Series(list(labels.values())).value_counts()
+    for i in infos:
+        lab = labels[str(i.path)]
+        if counts.get(lab, 0) > 1:
+            labels[str(i.path)] = f"{lab} [{Path(i.path).parent.name}/{Path(i.path).name}]"
+    return labels
+
+
+def sort_key(info: RunInfo):
+    """Variant in the paper's order, then seed, image size and path."""
+    m = info.meta or {}
+    v = m.get("variant", "")
+    order = VARIANT_ORDER.index(v) if v in VARIANT_ORDER else len(VARIANT_ORDER)
+    return (order, v, _seed(m), image_size(m) or 0, str(info.path))
+
+
+# --------------------------------------------------------------------------------------------
+# Picking runs
+# --------------------------------------------------------------------------------------------
+
+NO_RUNS = (
+    "No runs found under `{root}`. Train one on the **Training** page, or from a shell: "
+    "`python -m csba train --epochs 2` (then reload this page). Runs elsewhere can be added in "
+    "the sidebar, or point `CSBA_RUNS_ROOT` at their folder."
+)
+
+
+def select_runs(
+    key: str, *, multi: bool = True, label: str = "Runs", default_all: bool = False
+) -> list[RunInfo]:
+    """Sidebar dataset picker, then the runs of that dataset (sorted by variant, seed, size).
+
+    Returns the chosen :class:`RunInfo` objects (all with metadata), or ``[]`` after showing an
+    ``st.info`` when there is no usable run.
+    """
+    good = sorted((i for i in all_runs() if i.meta is not None), key=sort_key)
+    if not good:
+        st.info(NO_RUNS.format(root=runs_root()))
+        return []
+    datasets = sorted({dataset_name(i.meta) for i in good})
+    if len(datasets) > 1:
+        ds = st.sidebar.selectbox("Dataset", datasets, key=f"{key}_dataset")
+    else:
+        ds = datasets[0]
+        st.sidebar.caption(f"Dataset: **{ds}**")
+    runs = [i for i in good if dataset_name(i.meta) == ds]
+    labels = run_labels(runs)
+    options = [str(i.path) for i in runs]
+    by_path = {str(i.path): i for i in runs}
+    if not multi:
+        chosen = st.sidebar.selectbox(
+            label, options, format_func=labels.__getitem__, key=f"{key}_run"
+        )
+        return [by_path[chosen]] if chosen else []
+    if default_all:
+        default = options
+    else:  # one run per variant, smallest seed and size first
+        default, seen = [], set()
+        for i in runs:
+            if i.meta["variant"] not in seen:
+                seen.add(i.meta["variant"])
+                default.append(str(i.path))
+    chosen = st.sidebar.multiselect(
+        label, options, default=default, format_func=labels.__getitem__, key=f"{key}_runs"
+    )
+    if not chosen:
+        st.info("Choose at least one run in the sidebar.")
+    return [by_path[p] for p in chosen]
+
+
+# --------------------------------------------------------------------------------------------
+# Loaded runs and diagnostics
+# --------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner="Loading model...", max_entries=16)
+def _load_run(path: str, sha: str) -> Run:
+    del sha  # only part of the cache key
+    return load_run(path)
+
+
+def get_run(path: str | os.PathLike) -> Run | None:
+    """The run with its model rebuilt (cached per path and weights checksum), or None after a
+    one-line ``st.error``."""
+    try:
+        meta = read_run_json(path)
+        return _load_run(str(Path(path).resolve()), str(meta.get("weights_sha256") or ""))
+    except RunError as e:
+        st.error(str(e))
+    except Exception as e:  # a broken run must not take the page down
+        st.error(f"'{path}': cannot load the run ({type(e).__name__}: {e})")
+    return None
+
+
+def diagnostics_of(meta: dict) -> dict | None:
+    """The run's ``diagnostics`` block, or None when it was never diagnosed."""
+    d = meta.get("diagnostics")
+    return d if isinstance(d, dict) and d else None
+
+
+def not_diagnosed(info: RunInfo, what: str = "") -> None:
+    """The standard note for a run without (part of) its diagnostics."""
+    part = f" ({what})" if what else ""
+    st.info(
+        f"**{run_label(info)}**: not diagnosed yet{part}: run `python -m csba diagnose {info.path}`"
+    )
+
+
+def clear_run_caches() -> None:
+    """Forget cached run lists, loaded models and per-run results (after a training job)."""
+    _read_runs.clear()
+    _compare.clear()
+    _seed_mean.clear()
+    _load_run.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# Cached computations (keyed on run.json mtimes, so a rewritten run is recomputed)
+# --------------------------------------------------------------------------------------------
+
+
+@st.cache_data(show_spinner="Bootstrapping...", max_entries=32)
+def _compare(stamps: tuple[tuple[str, int], ...], n_resamples: int, seed: int) -> dict:
+    from csba.report import compare_runs
+
+    return compare_runs([p for p, _ in stamps], n_resamples=n_resamples, seed=seed)
+
+
+def compare(paths: Sequence[str | os.PathLike], n_resamples: int = 1000, seed: int = 0) -> dict:
+    """:func:`csba.report.compare_runs` (first path = reference), cached on the runs' mtimes.
+
+    Raises RunError / ValueError like compare_runs (the page shows them in one line)."""
+    return _compare(tuple(run_stamp(p) for p in paths), int(n_resamples), int(seed))
+
+
+@st.cache_data(show_spinner="Bootstrapping seed means...", max_entries=64)
+def _seed_mean(stamps, ref_stamps, n_resamples: int, seed: int) -> dict:
+    from csba.stats import bootstrap_seed_mean
+
+    def preds(stamps_):
+        out = []
+        for path, _ in stamps_:
+            p = read_run_json(path)["predictions"]["test"]
+            out.append((p["y_true"], p["y_pred"]))
+        return out
+
+    group = preds(stamps)
+    ref = preds(ref_stamps) if ref_stamps else None
+    y_true = group[0][0]
+    num_classes = len(read_run_json(stamps[0][0])["classes"])
+    for yt, _ in group + (ref or []):
+        if list(yt) != list(y_true):
+            raise ValueError("the runs were evaluated on different test sets")
+    return bootstrap_seed_mean(
+        y_true,
+        [yp for _, yp in group],
+        num_classes,
+        n_resamples,
+        seed,
+        reference=[yp for _, yp in ref] if ref else None,
+    )
+
+
+def seed_mean_bootstrap(
+    infos: Sequence[RunInfo | str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    reference: Sequence[RunInfo | str] | None = None,
+) -> dict:
+    """Bootstrap interval of the metrics averaged over ``infos`` (the seeds of one variant on one
+    test set), or of its paired difference to the mean over ``reference``:
+    :func:`csba.stats.bootstrap_seed_mean`, cached on the runs' mtimes."""
+    ref = tuple(run_stamp(i) for i in reference) if reference else ()
+    return _seed_mean(tuple(run_stamp(i) for i in infos), ref, int(n_resamples), int(seed))
+
+
+@st.cache_resource(show_spinner="Counting parameters...")
+def parameter_table(num_classes: int) -> pd.DataFrame:
+    """Paper Table 2: every registered variant's trainable parameters at ``num_classes``."""
+    from csba.models import count_parameters, create_model, list_models, model_info
+
+    rows = []
+    for name in list_models():
+        n = count_parameters(create_model(name, int(num_classes)))
+        info = model_info(name)
+        rows.append(
+            {
+                "variant": name,
+                "parameters": n,
+                "loss": info["loss"],
+                "description": info["description"],
+            }
+        )
+    df = pd.DataFrame(rows)
+    base = df.loc[df["variant"] == "baseline", "parameters"]
+    if len(base):
+        df.insert(2, "vs baseline", df["parameters"] - int(base.iloc[0]))
+    return df
+
+
+# --------------------------------------------------------------------------------------------
+# Downloads
+# --------------------------------------------------------------------------------------------
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "download"
+
+
+def download_df(df: pd.DataFrame, name: str, *, index: bool = False) -> None:
+    """A "CSV" download button for a table."""
+    fname = _safe_name(name)
+    st.download_button(
+        "Download CSV",
+        data=df.to_csv(index=index).encode(),
+        file_name=f"{fname}.csv",
+        mime="text/csv",
+        key=f"dl_csv_{fname}",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+
+
+def _fig_bytes(fig) -> tuple[bytes, str, str]:
+    if hasattr(fig, "to_html"):  # plotly: self-contained, nothing fetched from the internet
+        return fig.to_html(include_plotlyjs=True, full_html=True).encode(), "html", "text/html"
+    buf = io.BytesIO()  # matplotlib
+    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
+    return buf.getvalue(), "png", "image/png"
+
+
+def download_fig(fig, name: str) -> None:
+    """A download button for a figure: HTML for plotly (plotly.js embedded), PNG for matplotlib.
+
+    The file is generated only when the button is clicked.
+    """
+    fname = _safe_name(name)
+    is_plotly = hasattr(fig, "to_html")
+    ext, mime = ("html", "text/html") if is_plotly else ("png", "image/png")
+    st.download_button(
+        f"Download figure ({ext.upper()})",
+        data=lambda: _fig_bytes(fig)[0],
+        file_name=f"{fname}.{ext}",
+        mime=mime,
+        key=f"dl_fig_{fname}",
+        on_click="ignore",
+        icon=":material/download:",
+    )

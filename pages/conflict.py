@@ -1,0 +1,317 @@
+"""Gradient conflict: per-class gradient cosines per run and layer group, their difference,
+the most adversarial pairs, the evolution over training, branch gradient shares and the
+optimisation-generalisation table."""
+
+import math
+
+import pandas as pd
+import streamlit as st
+
+from csba.diagnostics.training import conflict_change
+from pages import figures as F
+from pages.common import (
+    all_runs,
+    dataset_name,
+    diagnostics_of,
+    download_df,
+    download_fig,
+    image_size,
+    run_labels,
+    select_runs,
+)
+
+WHOLE = "whole model"
+COLS = 3
+
+
+def gcm_block(meta: dict, group: str) -> dict | None:
+    """{"matrix", "classes", "mean", "std"} of the whole model or a layer group, or None."""
+    diag = diagnostics_of(meta)
+    if diag is None:
+        return None
+    block = diag.get("gcm") if group == WHOLE else (diag.get("layers") or {}).get(group)
+    if not isinstance(block, dict):
+        return None
+    m = F.as_matrix(block.get("matrix"))
+    if m is None or m.shape[0] != m.shape[1]:
+        return None
+    classes = [str(c) for c in (block.get("classes") or diag.get("classes") or meta["classes"])]
+    if len(classes) != m.shape[0]:
+        classes = [str(i) for i in range(m.shape[0])]
+    mean, std = F.off_diagonal_stats(m)
+    mean = F.number(block.get("mean")) if block.get("mean") is not None else mean
+    std = F.number(block.get("std")) if block.get("std") is not None else std
+    return {"matrix": m, "classes": classes, "mean": mean, "std": std}
+
+
+def not_diagnosed_note(infos, labels) -> None:
+    if not infos:
+        return
+    names = ", ".join(f"**{labels[str(i.path)]}**" for i in infos)
+    cmds = "\n".join(f"python -m csba diagnose {i.path}" for i in infos)
+    st.info(f"Not diagnosed yet: {names}. Run:")
+    st.code(cmds, language="bash")
+
+
+def heatmaps_section(diagnosed, labels, group) -> dict:
+    blocks = {}
+    for i in diagnosed:
+        b = gcm_block(i.meta, group)
+        if b is not None:
+            blocks[labels[str(i.path)]] = b
+    missing = [labels[str(i.path)] for i in diagnosed if labels[str(i.path)] not in blocks]
+    if missing:
+        st.warning(f"No '{group}' matrix stored for: {', '.join(missing)}")
+    names = list(blocks)
+    for start in range(0, len(names), COLS):
+        for col, name in zip(st.columns(COLS), names[start : start + COLS]):
+            with col:
+                b = blocks[name]
+                fig = F.conflict_heatmap(b["matrix"], b["classes"], title=name)
+                st.plotly_chart(fig, width="stretch", key=f"gcm_{group}_{name}")
+                st.caption(f"mean off-diagonal cos **{b['mean']:+.3f}**, std {b['std']:.3f}")
+                download_fig(fig, f"gcm_{group}_{name}")
+    if blocks:
+        long = pd.concat(
+            F.matrix_frame(b["matrix"], b["classes"], b["classes"])
+            .rename_axis("class")
+            .reset_index()
+            .assign(run=name, group=group)
+            for name, b in blocks.items()
+        )
+        download_df(long, f"gcm_{group}")
+    return blocks
+
+
+def pairs_section(blocks) -> None:
+    st.subheader("Most adversarial class pairs (paper Table 4)")
+    top = int(st.columns(4)[0].number_input("Pairs per run", 1, 50, 3, key="gcm_top"))
+    rows = []
+    for name, b in blocks.items():
+        for rank, (a, c, cos) in enumerate(F.adversarial_pairs(b["matrix"], b["classes"])[:top]):
+            rows.append({"run": name, "rank": rank + 1, "class a": a, "class b": c, "cos": cos})
+    df = pd.DataFrame(rows, columns=["run", "rank", "class a", "class b", "cos"])
+    st.dataframe(
+        df,
+        hide_index=True,
+        width="stretch",
+        column_config={"cos": st.column_config.NumberColumn(format="%+.3f")},
+    )
+    download_df(df, "adversarial_pairs")
+
+
+def difference_section(blocks, group) -> None:
+    st.subheader("Difference of two runs")
+    names = list(blocks)
+    if len(names) < 2:
+        st.info("Choose at least two diagnosed runs to compare their matrices.")
+        return
+    c1, c2 = st.columns(2)
+    a = c1.selectbox("Run A", names, index=len(names) - 1, key="gcm_a")
+    b = c2.selectbox("minus run B", names, index=0, key="gcm_b")
+    if a == b:
+        st.info("Choose two different runs.")
+        return
+    if blocks[a]["classes"] != blocks[b]["classes"]:
+        st.error(f"{a} and {b} have different classes; no difference shown")
+        return
+    fig = F.conflict_difference(
+        blocks[a]["matrix"],
+        blocks[b]["matrix"],
+        blocks[a]["classes"],
+        (a, b),
+        f"{a} minus {b} ({group})",
+    )
+    left, right = st.columns([2, 1])
+    with left:
+        st.plotly_chart(fig, width="stretch", key="gcm_diff")
+        download_fig(fig, f"gcm_diff_{a}_minus_{b}")
+    with right:
+        st.markdown(
+            f"Blue: the pair's gradients agree more in **{a}** than in **{b}**; red: they "
+            f"conflict more. Mean cos {blocks[a]['mean']:+.3f} vs {blocks[b]['mean']:+.3f} "
+            f"(Δ {blocks[a]['mean'] - blocks[b]['mean']:+.3f}). Each matrix comes from one "
+            "seed on a fixed class-balanced subset; compare seeds before calling a difference "
+            "real."
+        )
+
+
+def history_section(runs, labels) -> None:
+    st.subheader("Evolution over training")
+    hist = {
+        labels[str(i.path)]: i.meta["conflict_history"]
+        for i in runs
+        if isinstance(i.meta.get("conflict_history"), list) and i.meta["conflict_history"]
+    }
+    if not hist:
+        st.info(
+            "No conflict history in these runs: it is recorded during training with "
+            "`python -m csba train --conflict-every N` (or the option on the Training page)."
+        )
+        return
+    fig = F.conflict_history_figure(hist)
+    st.plotly_chart(fig, width="stretch", key="gcm_hist")
+    download_fig(fig, "gcm_history")
+    c1, c2 = st.columns([1, 2])
+    name = c1.selectbox("Run", list(hist), key="gcm_hist_run")
+    entries = [h for h in hist[name] if F.as_matrix(h.get("matrix")) is not None]
+    if not entries:
+        st.info(f"{name}: the history holds no matrices.")
+        return
+    epochs = [int(h.get("epoch", k + 1)) for k, h in enumerate(entries)]
+    if len(epochs) > 1:
+        epoch = c2.select_slider("Epoch", epochs, value=epochs[-1], key="gcm_hist_epoch")
+    else:
+        epoch = epochs[0]
+        c2.caption(f"One recorded epoch: {epoch}")
+    h = entries[epochs.index(epoch)]
+    m = F.as_matrix(h["matrix"])
+    info = next(i for i in runs if labels[str(i.path)] == name)
+    classes = [str(c) for c in info.meta["classes"]]
+    if len(classes) != m.shape[0]:
+        classes = [str(k) for k in range(m.shape[0])]
+    mean, std = F.off_diagonal_stats(m)
+    fig = F.conflict_heatmap(m, classes, title=f"{name}, epoch {epoch}")
+    left, right = st.columns([1, 1])
+    with left:
+        st.plotly_chart(fig, width="stretch", key="gcm_hist_mat")
+        download_fig(fig, f"gcm_{name}_epoch{epoch}")
+    with right:
+        st.metric("mean off-diagonal cos", f"{mean:+.3f}")
+        st.metric("std over pairs", f"{std:.3f}")
+        rows = [
+            {
+                "epoch": x.get("epoch"),
+                "mean": F.number(x.get("mean")),
+                "std": F.number(x.get("std")),
+            }
+            for x in hist[name]
+        ]
+        download_df(pd.DataFrame(rows), f"gcm_history_{name}")
+
+
+def shares_section(diagnosed, labels) -> None:
+    st.subheader("Branch gradient shares")
+    st.caption(
+        "Share of each class's gradient norm that falls on each branch's parameters (rows sum "
+        "to 1). Equal shares mean the branches do not specialise by class."
+    )
+    shown = 0
+    cols = st.columns(COLS)
+    for i in diagnosed:
+        br = (diagnostics_of(i.meta) or {}).get("branches")
+        s = F.as_matrix(br.get("shares")) if isinstance(br, dict) else None
+        if s is None:
+            continue
+        name = labels[str(i.path)]
+        classes = [str(c) for c in i.meta["classes"]]
+        if len(classes) != s.shape[0]:
+            continue
+        if i.meta["variant"] == "class_heads" and s.shape[1] == len(classes):
+            branches = [f"head {c}" for c in classes]
+        else:
+            branches = [f"branch {k + 1}" for k in range(s.shape[1])]
+        with cols[shown % COLS]:
+            fig = F.shares_heatmap(s, classes, branches, title=name)
+            st.plotly_chart(fig, width="stretch", key=f"shares_{name}")
+            download_fig(fig, f"branch_shares_{name}")
+        shown += 1
+    if not shown:
+        st.info("No branch gradient shares stored in the diagnosed runs chosen.")
+
+
+def opt_gen_section(runs, labels) -> None:
+    st.subheader("Optimisation and generalisation")
+    every = [i for i in all_runs() if i.meta is not None]
+
+    def baseline_mean(meta):
+        for j in every:
+            m = j.meta
+            if (
+                m["variant"] == "baseline"
+                and dataset_name(m) == dataset_name(meta)
+                and image_size(m) == image_size(meta)
+                and m["config"].get("seed") == meta["config"].get("seed")
+            ):
+                b = gcm_block(m, WHOLE)
+                return b["mean"] if b else None
+        return None
+
+    rows = []
+    for i in runs:
+        m = i.meta
+        b = gcm_block(m, WHOLE)
+        mean = b["mean"] if b else None
+        base = baseline_mean(m)
+        change = conflict_change(mean, base)
+        test = (m.get("metrics") or {}).get("test") or {}
+        rows.append(
+            {
+                "run": labels[str(i.path)],
+                "variant": m["variant"],
+                "seed": m["config"].get("seed"),
+                "generalisation gap": F.number(m.get("generalisation_gap")),
+                "mean conflict (cos)": mean if mean is not None else math.nan,
+                "Δ vs baseline (same seed)": change,
+                "macro-F1": F.number(test.get("macro_f1")),
+                "best epoch": m.get("best_epoch"),
+            }
+        )
+    df = pd.DataFrame(rows)
+    st.dataframe(
+        df,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "generalisation gap": st.column_config.NumberColumn(format="%+.3f"),
+            "mean conflict (cos)": st.column_config.NumberColumn(format="%+.3f"),
+            "Δ vs baseline (same seed)": st.column_config.NumberColumn(format="%+.3f"),
+            "macro-F1": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
+    st.caption(
+        "Generalisation gap: validation minus training loss at the kept epoch. Mean conflict: "
+        "mean off-diagonal cosine of the whole-model matrix (higher = less conflict); Δ: this "
+        "run minus the baseline of the same dataset, image size and seed (positive = less "
+        "conflict than the baseline; empty when that baseline is missing or undiagnosed). "
+        "Focal runs train with a different loss, so their loss gap is on another scale."
+    )
+    download_df(df, "optimisation_generalisation")
+
+
+def main() -> None:
+    st.title("Gradient conflict")
+    st.caption(
+        "Cosine between the mean loss gradients of two classes on a fixed class-balanced "
+        "training subset: **red = conflict** (negative: a step that helps one class hurts the "
+        "other), **blue = agreement**, one colour scale from -1 to +1 for every matrix."
+    )
+    runs = select_runs("conflict")
+    if not runs:
+        return
+    labels = run_labels(runs)
+    diagnosed = [i for i in runs if diagnostics_of(i.meta)]
+    not_diagnosed_note([i for i in runs if not diagnostics_of(i.meta)], labels)
+    groups = [WHOLE]
+    for i in diagnosed:
+        for g in diagnostics_of(i.meta).get("layers") or {}:
+            if g not in groups:
+                groups.append(g)
+    if diagnosed:
+        group = st.selectbox(
+            "Layer group",
+            groups,
+            key="gcm_group",
+            help="Conflict measured on the gradients of one group of layers only.",
+        )
+        blocks = heatmaps_section(diagnosed, labels, group)
+        if blocks:
+            pairs_section(blocks)
+            difference_section(blocks, group)
+    history_section(runs, labels)
+    if diagnosed:
+        shares_section(diagnosed, labels)
+    opt_gen_section(runs, labels)
+
+
+main()

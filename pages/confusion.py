@@ -1,0 +1,78 @@
+"""Confusion matrices of chosen runs side by side, counts or row-normalised, and a difference."""
+
+import streamlit as st
+
+from pages import figures as F
+from pages.common import download_df, download_fig, run_labels, select_runs
+
+COLS = 3  # matrices per row
+
+
+def main() -> None:
+    st.title("Confusion matrices")
+    st.caption(
+        "Rows: true class; columns: predicted class. Row-normalised cells are the share of "
+        "each true class (recall on the diagonal), so classes of different sizes compare; "
+        "hover a cell for its count and rate."
+    )
+    runs = select_runs("confusion")
+    if not runs:
+        return
+    c1, c2 = st.columns([1, 3])
+    normalize = c1.toggle("Row-normalised", value=True, key="cm_norm")
+    split = c2.radio("Split", ["test", "val"], horizontal=True, key="cm_split")
+    labels = run_labels(runs)
+    classes = [str(c) for c in runs[0].meta["classes"]]
+    mats = {}
+    for info in runs:
+        name = labels[str(info.path)]
+        if [str(c) for c in info.meta["classes"]] != classes:
+            st.error(f"{name}: its classes differ from {labels[str(runs[0].path)]}'s; left out")
+            continue
+        cm = F.confusion_of(info.meta, split)
+        if cm is None or cm.shape != (len(classes), len(classes)):
+            st.error(f"{name}: run.json holds no {split} confusion matrix; left out")
+            continue
+        mats[name] = cm
+    if not mats:
+        return
+    zmax = max(float(m.max()) for m in mats.values()) or 1.0  # one count scale for all runs
+    names = list(mats)
+    for start in range(0, len(names), COLS):
+        cols = st.columns(COLS)
+        for col, name in zip(cols, names[start : start + COLS]):
+            with col:
+                cm = mats[name]
+                fig = F.confusion_heatmap(
+                    cm, classes, normalize=normalize, title=f"{name} (n={int(cm.sum())})", zmax=zmax
+                )
+                st.plotly_chart(fig, width="stretch", key=f"cm_{name}")
+                download_fig(fig, f"confusion_{name}")
+    download_df(F.confusion_long(mats, classes), f"confusion_{split}")
+
+    st.subheader("Difference of two runs")
+    if len(names) < 2:
+        st.info("Choose at least two runs in the sidebar to see their difference.")
+        return
+    c1, c2 = st.columns(2)
+    a = c1.selectbox("Run A", names, index=len(names) - 1, key="cm_a")
+    b = c2.selectbox("minus run B", names, index=0, key="cm_b")
+    if a == b:
+        st.info("Choose two different runs.")
+        return
+    fig = F.confusion_difference(mats[a], mats[b], classes, normalize=normalize, names=(a, b))
+    left, right = st.columns([2, 1])
+    with left:
+        st.plotly_chart(fig, width="stretch", key="cm_diff")
+        download_fig(fig, f"confusion_diff_{a}_minus_{b}")
+    with right:
+        st.markdown(
+            f"Green: **{a}** puts more of the true class (row) in that cell than **{b}**; "
+            "purple: less. On the diagonal green means A recalls the class better; off the "
+            "diagonal green means A makes that mistake more often. A single test set and "
+            "one seed per run: check the **Per-class F1** page for paired bootstrap intervals "
+            "before reading a difference as real."
+        )
+
+
+main()

@@ -1,0 +1,299 @@
+"""Per-class precision, recall and F1 with bootstrap intervals; deltas against a reference
+(paper Tables 7, 12, 13)."""
+
+import pandas as pd
+import streamlit as st
+
+from csba.store import RunError
+from pages import figures as F
+from pages.common import (
+    compare,
+    download_df,
+    download_fig,
+    image_size,
+    run_labels,
+    seed_mean_bootstrap,
+    select_runs,
+)
+
+OVERALL = {"accuracy": "accuracy", "macro_f1": "macro-F1", "balanced_accuracy": "balanced acc."}
+METRICS = ["f1", "precision", "recall"]
+
+
+def group_keys(runs) -> dict[str, str]:
+    """Path -> seed-aggregation key: the variant, plus the image size when sizes differ."""
+    sizes = {image_size(i.meta) for i in runs}
+    return {
+        str(i.path): i.meta["variant"] + (f" @{image_size(i.meta)}px" if len(sizes) > 1 else "")
+        for i in runs
+    }
+
+
+def group_label(group: str, members: dict, labels: dict) -> str:
+    """A seed group's display name: the run's label for one run, else the mean of n seeds."""
+    infos = members[group]
+    if len(infos) == 1:
+        return labels[str(infos[0].path)]
+    return f"{group} (mean of {len(infos)} seeds)"
+
+
+def boot_rows(group: str, classes, boot: dict) -> list[dict]:
+    rows = []
+    for cname, entry in zip(classes, boot["per_class"]):
+        for m in METRICS:
+            v, (lo, hi) = entry[m]["value"], entry[m]["ci"]
+            rows.append(
+                {
+                    "group": group,
+                    "class": cname,
+                    "metric": m,
+                    "value": v,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                }
+            )
+    return rows
+
+
+def overall_row(group: str, n_runs: int, boot: dict, seeds_df: pd.DataFrame | None) -> dict:
+    row = {"variant / run": group, "runs": n_runs}
+    for key, label in OVERALL.items():
+        e = boot[key]
+        row[label] = F.fmt_ci(e["value"], *e["ci"])
+        if seeds_df is not None and n_runs > 1:
+            s = seeds_df[seeds_df["metric"] == key]
+            row[f"{label} seed sd"] = f"{float(s['std'].iloc[0]):.3f}" if len(s) else ""
+    return row
+
+
+def main() -> None:
+    st.title("Per-class precision, recall and F1")
+    st.caption(
+        "Point estimates on the test set with stratified percentile-bootstrap 95% intervals "
+        "(resampling test images within each true class). Deltas use the paired bootstrap: "
+        "both runs are scored on the same resampled images."
+    )
+    runs = select_runs("f1", default_all=True)
+    if not runs:
+        return
+    labels = run_labels(runs)
+    paths = [str(i.path) for i in runs]
+    c1, c2, c3, c4 = st.columns([2, 1, 1, 2])
+    ref_default = next((k for k, i in enumerate(runs) if i.meta["variant"] == "baseline"), 0)
+    ref = c1.selectbox(
+        "Reference run (deltas)", paths, index=ref_default, format_func=labels.get, key="f1_ref"
+    )
+    n_res = c2.select_slider("Resamples", [200, 500, 1000, 2000, 5000], value=1000, key="f1_nres")
+    boot_seed = int(c3.number_input("Bootstrap seed", 0, 2**31 - 1, 0, key="f1_bseed"))
+    metrics = c4.multiselect(
+        "Metrics", METRICS, default=METRICS, format_func=F.METRIC_TITLES.get, key="f1_metrics"
+    ) or ["f1"]
+
+    keys = group_keys(runs)
+    members: dict[str, list] = {}
+    for i in runs:
+        members.setdefault(keys[str(i.path)], []).append(i)
+    has_seeds = any(len(v) > 1 for v in members.values())
+    aggregate = has_seeds and st.toggle(
+        "Aggregate seeds (mean over the seeds of each variant)",
+        value=True,
+        key="f1_agg",
+        help="Bars: mean over seeds with the bootstrap interval of that mean (test-set "
+        "uncertainty); circles: the individual seeds (seed-to-seed spread).",
+    )
+
+    ordered = [ref] + [p for p in paths if p != ref]
+    try:
+        cmp = compare(ordered, n_resamples=n_res, seed=boot_seed)
+    except (RunError, ValueError) as e:
+        st.error(str(e).splitlines()[0])
+        return
+    name_of = {r.name: labels[str(r.path)] for r in cmp["records"]}
+    classes = [str(c) for c in cmp["records"][0].classes]
+    tables = {k: v.copy() for k, v in cmp["tables"].items()}
+    for t in tables.values():
+        for col in ("run", "reference"):
+            if col in t.columns:
+                t[col] = t[col].map(lambda x: name_of.get(x, x))
+    tables["per_class_f1"] = tables["per_class_f1"].rename(columns=name_of)
+    summary = tables["summary"]
+    seeds_df = tables["seeds"]
+
+    # --- bars --------------------------------------------------------------------------------
+    if aggregate:
+        rows, points, overall = [], [], []
+        for group, infos in members.items():
+            if len(infos) == 1:
+                label = labels[str(infos[0].path)]
+                pc = tables["per_class"]
+                sub = pc[pc["run"] == label].assign(group=label)
+                rows.extend(
+                    sub[["group", "class", "metric", "value", "ci_low", "ci_high"]].to_dict(
+                        "records"
+                    )
+                )
+                srow = summary[summary["run"] == label].iloc[0]
+                overall.append(
+                    {"variant / run": label, "runs": 1}
+                    | {
+                        lab: F.fmt_ci(srow[k], srow[f"{k}_ci_low"], srow[f"{k}_ci_high"])
+                        for k, lab in OVERALL.items()
+                    }
+                )
+                continue
+            label = group_label(group, members, labels)
+            try:
+                boot = seed_mean_bootstrap(infos, n_res, boot_seed)
+            except (RunError, ValueError, KeyError) as e:
+                st.error(f"{group}: cannot aggregate seeds ({e})")
+                continue
+            rows.extend(boot_rows(label, classes, boot))
+            gseeds = seeds_df[seeds_df["variant"] == group] if not seeds_df.empty else None
+            overall.append(overall_row(label, len(infos), boot, gseeds))
+            pc = tables["per_class"]
+            for i in infos:
+                sub = pc[pc["run"] == labels[str(i.path)]]
+                for r in sub.to_dict("records"):
+                    points.append(
+                        {
+                            "group": label,
+                            "class": r["class"],
+                            "metric": r["metric"],
+                            "value": r["value"],
+                            "seed": i.meta["config"].get("seed"),
+                        }
+                    )
+        bars = pd.DataFrame(rows)
+        points_df = pd.DataFrame(points)
+        overall_df = pd.DataFrame(overall)
+    else:
+        bars = tables["per_class"].rename(columns={"run": "group"})
+        points_df = None
+        overall_df = pd.DataFrame(
+            [
+                {"variant / run": r["run"], "seed": r["seed"], "test n": r["n"]}
+                | {
+                    lab: F.fmt_ci(r[k], r[f"{k}_ci_low"], r[f"{k}_ci_high"])
+                    for k, lab in OVERALL.items()
+                }
+                for _, r in summary.iterrows()
+            ]
+        )
+
+    st.subheader("Overall")
+    st.dataframe(
+        overall_df.fillna(""),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            c: st.column_config.TextColumn(help="Standard deviation over seeds (ddof=1)")
+            for c in overall_df.columns
+            if c.endswith("seed sd")
+        },
+    )
+    download_df(summary, "summary_with_intervals")
+
+    st.subheader("Per class")
+    fig = F.per_class_bars(
+        bars,
+        classes,
+        metrics,
+        points=points_df,
+        title="Per-class scores with 95% bootstrap intervals"
+        + (" (seed means; circles: single seeds)" if aggregate else ""),
+    )
+    st.plotly_chart(fig, width="stretch", key="f1_bars")
+    download_fig(fig, "per_class_bars")
+    with st.expander("Table (paper Tables 7, 12, 13)"):
+        st.dataframe(tables["per_class_f1"], hide_index=True, width="stretch")
+        download_df(tables["per_class_f1"], "per_class_f1")
+        download_df(bars, "per_class_long")
+
+    # --- deltas ------------------------------------------------------------------------------
+    deltas = tables["deltas"]
+    ref_group = keys[ref]
+    aggregated_deltas = aggregate and len(members) > 1 and len(members[ref_group]) >= 1
+    st.subheader(
+        f"Differences against {group_label(ref_group, members, labels)}"
+        if aggregated_deltas
+        else f"Differences against {labels[ref]}"
+    )
+    if aggregated_deltas:
+        rows = []
+        for group, infos in members.items():
+            if group == ref_group:
+                continue
+            try:
+                d = seed_mean_bootstrap(infos, n_res, boot_seed, reference=members[ref_group])
+            except (RunError, ValueError, KeyError) as e:
+                st.error(f"{group}: {e}")
+                continue
+            name = group_label(group, members, labels)
+            refname = group_label(ref_group, members, labels)
+            for k in OVERALL:
+                rows.append((name, refname, "(overall)", k, d[k]))
+            for cname, e in zip(classes, d["per_class"]):
+                for m in METRICS:
+                    rows.append((name, refname, cname, m, e[m]))
+        deltas = pd.DataFrame(
+            [
+                {
+                    "run": a,
+                    "reference": b,
+                    "class": c,
+                    "metric": m,
+                    "delta": e["value"],
+                    "ci_low": e["ci"][0],
+                    "ci_high": e["ci"][1],
+                    "significant": e["ci"][0] > 0 or e["ci"][1] < 0,
+                }
+                for a, b, c, m, e in rows
+            ],
+            columns=[
+                "run",
+                "reference",
+                "class",
+                "metric",
+                "delta",
+                "ci_low",
+                "ci_high",
+                "significant",
+            ],
+        )
+        st.caption(
+            f"Seed means against the mean over the {len(members[ref_group])} seed(s) of "
+            f"**{ref_group}**, paired over the same resampled test images."
+        )
+    if deltas.empty:
+        st.info("Choose at least two runs to see differences.")
+        return
+    forest_metric = st.radio(
+        "Metric", METRICS, horizontal=True, format_func=F.METRIC_TITLES.get, key="f1_forest"
+    )
+    fig = F.delta_forest(
+        deltas[deltas["class"] != "(overall)"],
+        forest_metric,
+        title=f"Δ {F.METRIC_TITLES[forest_metric]} with paired 95% intervals",
+    )
+    st.plotly_chart(fig, width="stretch", key="f1_forest_fig")
+    download_fig(fig, f"delta_{forest_metric}")
+    shown = deltas[deltas["metric"].isin(metrics + list(OVERALL))].copy()
+    shown["metric"] = shown["metric"].map(lambda m: OVERALL.get(m, F.METRIC_TITLES.get(m, m)))
+    shown["Δ [95% CI]"] = [
+        F.fmt_ci(r.delta, r.ci_low, r.ci_high, signed=True) for r in shown.itertuples()
+    ]
+    st.dataframe(
+        shown[["run", "reference", "class", "metric", "Δ [95% CI]", "significant"]],
+        hide_index=True,
+        width="stretch",
+    )
+    n_tests = len(shown)
+    st.caption(
+        f"'significant': the 95% interval excludes 0. {n_tests} intervals are shown, so about "
+        f"{0.05 * n_tests:.1f} would exclude 0 by chance alone even with no real difference; "
+        "read a single significant cell with care, and prefer effects that hold across seeds."
+    )
+    download_df(deltas, "deltas")
+
+
+main()

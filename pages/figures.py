@@ -1,0 +1,668 @@
+"""Tables and plotly figures the dashboard pages render (no Streamlit here).
+
+Everything takes plain metadata (run.json dicts) or arrays and returns a DataFrame or a plotly
+figure, so it is testable without a browser and the page files stay thin.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+# Diverging scale for cosines: red = conflict (negative), white = 0, blue = agreement.
+CONFLICT_SCALE = px.colors.diverging.RdBu
+# Diverging scale for differences that are neither good nor bad (confusion cells): no red/blue.
+DIFF_SCALE = px.colors.diverging.PRGn
+SEQ_SCALE = "Blues"
+PALETTE = px.colors.qualitative.Safe
+FONT = {"size": 13}
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def as_matrix(x: Any) -> np.ndarray | None:
+    """A JSON matrix (None for NaN) as a float ndarray, or None when unusable."""
+    if x is None:
+        return None
+    try:
+        m = np.array([[np.nan if v is None else float(v) for v in row] for row in x], float)
+    except (TypeError, ValueError):
+        return None
+    return m if m.ndim == 2 and m.size else None
+
+
+def as_array(x: Any) -> np.ndarray | None:
+    """A nested JSON list (None for NaN) as a float ndarray, or None."""
+    if x is None:
+        return None
+    try:
+        return np.array(_none_to_nan(x), dtype=float)
+    except (TypeError, ValueError):
+        return None
+
+
+def _none_to_nan(x: Any) -> Any:
+    if isinstance(x, list):
+        return [_none_to_nan(v) for v in x]
+    return np.nan if x is None else x
+
+
+def number(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return v
+
+
+def fmt_ci(v: float, lo: float, hi: float, digits: int = 3, signed: bool = False) -> str:
+    if not np.isfinite(v):
+        return "-"
+    s = "+" if signed else ""
+    return f"{v:{s}.{digits}f} [{lo:{s}.{digits}f}, {hi:{s}.{digits}f}]"
+
+
+def _layout(fig: go.Figure, title: str | None = None, height: int | None = None) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "x": 0, "xanchor": "left"} if title else None,
+        font=FONT,
+        margin={"l": 10, "r": 10, "t": 60 if title else 20, "b": 10},
+        template="plotly_white",
+    )
+    if height:
+        fig.update_layout(height=height)
+    return fig
+
+
+def _matrix_height(n_rows: int, base: int = 180, per: int = 48) -> int:
+    return int(min(900, base + per * n_rows))
+
+
+def matrix_heatmap(
+    z: np.ndarray,
+    x: Sequence[str],
+    y: Sequence[str],
+    *,
+    title: str,
+    zmin: float,
+    zmax: float,
+    colorscale: Any = SEQ_SCALE,
+    colorbar: str = "",
+    digits: int = 2,
+    hover: str = "%{y} / %{x}: %{z:.3f}",
+    customdata: np.ndarray | None = None,
+    text: Sequence[Sequence[str]] | None = None,
+    show_text: bool = True,
+    xlabel: str = "",
+    ylabel: str = "",
+    height: int | None = None,
+) -> go.Figure:
+    """A square-ish annotated heatmap with the first row at the top."""
+    z = np.asarray(z, dtype=float)
+    if text is None and show_text:
+        text = [["" if not np.isfinite(v) else f"{v:.{digits}f}" for v in row] for row in z]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(x),
+            y=list(y),
+            zmin=zmin,
+            zmax=zmax,
+            colorscale=colorscale,
+            text=text if show_text else None,
+            texttemplate="%{text}" if show_text else None,
+            customdata=customdata,
+            hovertemplate=hover + "<extra></extra>",
+            colorbar={"title": {"text": colorbar}, "thickness": 12},
+            hoverongaps=False,
+            xgap=1,
+            ygap=1,
+        )
+    )
+    fig.update_yaxes(autorange="reversed", title_text=ylabel, type="category")
+    fig.update_xaxes(
+        title_text=xlabel, type="category", tickangle=-30 if sum(len(str(v)) for v in x) > 40 else 0
+    )
+    return _layout(fig, title, height or _matrix_height(len(y)))
+
+
+# --------------------------------------------------------------------------------------------
+# Home
+# --------------------------------------------------------------------------------------------
+
+
+def minority_class(meta: Mapping[str, Any]) -> str | None:
+    """The class with the fewest training images (first on ties), or None."""
+    classes = list(meta.get("classes") or [])
+    counts = ((meta.get("dataset") or {}).get("counts") or {}).get("train")
+    if not classes or not isinstance(counts, list) or len(counts) != len(classes):
+        return None
+    return str(classes[int(np.argmin(counts))])
+
+
+def runs_table(infos: Sequence[Any]) -> pd.DataFrame:
+    """One row per readable run: the Home page's table."""
+    rows = []
+    for info in infos:
+        m = info.meta
+        if m is None:
+            continue
+        test = (m.get("metrics") or {}).get("test") or {}
+        minority = minority_class(m)
+        pc = (test.get("per_class") or {}).get(minority or "", {})
+        ds = m.get("dataset") or {}
+        cfg = m.get("config") or {}
+        rows.append(
+            {
+                "dataset": ds.get("name") or cfg.get("dataset"),
+                "variant": m.get("variant"),
+                "seed": cfg.get("seed"),
+                "image size": ds.get("image_size") or cfg.get("image_size"),
+                "parameters": m.get("parameters"),
+                "epochs": m.get("epochs_run"),
+                "accuracy": number(test.get("accuracy")),
+                "macro-F1": number(test.get("macro_f1")),
+                "minority F1": number(pc.get("f1")),
+                "minority class": minority,
+                "created": str(m.get("created") or "")[:16].replace("T", " "),
+                "status": m.get("status"),
+                "diagnosed": isinstance(m.get("diagnostics"), dict),
+                "path": str(info.path),
+            }
+        )
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        for col in ("seed", "image size", "parameters", "epochs"):
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    return df
+
+
+def class_distribution(meta: Mapping[str, Any]) -> pd.DataFrame:
+    """Per-class train/val/test counts with totals and share of the training split."""
+    classes = [str(c) for c in meta.get("classes") or []]
+    counts = (meta.get("dataset") or {}).get("counts") or {}
+    df = pd.DataFrame({"class": classes})
+    for split in ("train", "val", "test"):
+        vals = counts.get(split)
+        ok = isinstance(vals, list) and len(vals) == len(classes)
+        df[split] = pd.array(vals if ok else [None] * len(classes), dtype="Int64")
+    df["total"] = df[["train", "val", "test"]].sum(axis=1, min_count=1)
+    train_total = df["train"].sum()
+    df["train share"] = (df["train"] / train_total).astype(float) if train_total else np.nan
+    return df
+
+
+def class_distribution_figure(dist: pd.DataFrame, title: str) -> go.Figure:
+    fig = go.Figure()
+    for k, split in enumerate(("train", "val", "test")):
+        fig.add_trace(
+            go.Bar(
+                name=split,
+                x=dist["class"],
+                y=dist[split],
+                marker_color=PALETTE[k],
+                text=dist[split],
+                textposition="outside",
+                hovertemplate="%{x}<br>" + split + ": %{y}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
+    )
+    fig.update_yaxes(title_text="images")
+    return _layout(fig, title, 380)
+
+
+# --------------------------------------------------------------------------------------------
+# Confusion matrices
+# --------------------------------------------------------------------------------------------
+
+
+def row_normalise(cm: np.ndarray) -> np.ndarray:
+    cm = np.asarray(cm, dtype=float)
+    rows = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+
+
+def confusion_of(meta: Mapping[str, Any], split: str = "test") -> np.ndarray | None:
+    """The stored confusion matrix of a split (rows true, columns predicted), or None."""
+    cm = as_matrix(((meta.get("metrics") or {}).get(split) or {}).get("confusion_matrix"))
+    if cm is None and split == "test":
+        pred = (meta.get("predictions") or {}).get("test") or {}
+        yt, yp = pred.get("y_true"), pred.get("y_pred")
+        c = int(meta.get("num_classes") or 0)
+        if yt is not None and yp is not None and c:
+            cm = np.zeros((c, c))
+            np.add.at(cm, (np.asarray(yt, int), np.asarray(yp, int)), 1)
+    return cm
+
+
+def confusion_heatmap(
+    counts: np.ndarray, classes: Sequence[str], *, normalize: bool, title: str, zmax=None
+) -> go.Figure:
+    counts = np.asarray(counts, dtype=float)
+    rates = row_normalise(counts)
+    z = rates if normalize else counts
+    text = [
+        [
+            f"{rates[i, j]:.2f}<br>({int(counts[i, j])})" if normalize else f"{int(counts[i, j])}"
+            for j in range(len(classes))
+        ]
+        for i in range(len(classes))
+    ]
+    custom = np.dstack([counts, rates])
+    return matrix_heatmap(
+        z,
+        classes,
+        classes,
+        title=title,
+        zmin=0,
+        zmax=1 if normalize else (zmax or float(counts.max() or 1)),
+        colorscale=SEQ_SCALE,
+        colorbar="rate" if normalize else "count",
+        text=text,
+        customdata=custom,
+        hover="true %{y}<br>predicted %{x}<br>count %{customdata[0]:.0f}"
+        "<br>rate (of true row) %{customdata[1]:.3f}",
+        xlabel="predicted",
+        ylabel="true",
+    )
+
+
+def confusion_difference(
+    a: np.ndarray, b: np.ndarray, classes: Sequence[str], *, normalize: bool, names: tuple[str, str]
+) -> go.Figure:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    za, zb = (row_normalise(a), row_normalise(b)) if normalize else (a, b)
+    d = za - zb
+    lim = 1.0 if normalize else float(np.abs(d).max() or 1)
+    custom = np.dstack([za, zb])
+    fmt = ".3f" if normalize else ".0f"
+    what = "rate" if normalize else "count"
+    return matrix_heatmap(
+        d,
+        classes,
+        classes,
+        title=f"{names[0]} minus {names[1]} ({what}s)",
+        zmin=-lim,
+        zmax=lim,
+        colorscale=DIFF_SCALE,
+        colorbar=f"Δ {what}",
+        digits=2 if normalize else 0,
+        customdata=custom,
+        hover=f"true %{{y}}<br>predicted %{{x}}<br>{names[0]}: %{{customdata[0]:{fmt}}}"
+        f"<br>{names[1]}: %{{customdata[1]:{fmt}}}<br>difference %{{z:+{fmt}}}",
+        xlabel="predicted",
+        ylabel="true",
+    )
+
+
+def confusion_long(mats: Mapping[str, np.ndarray], classes: Sequence[str]) -> pd.DataFrame:
+    rows = []
+    for name, cm in mats.items():
+        rates = row_normalise(cm)
+        for i, t in enumerate(classes):
+            for j, p in enumerate(classes):
+                rows.append(
+                    {
+                        "run": name,
+                        "true": t,
+                        "predicted": p,
+                        "count": int(cm[i, j]),
+                        "rate": float(rates[i, j]),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-class metrics
+# --------------------------------------------------------------------------------------------
+
+METRIC_TITLES = {"precision": "Precision", "recall": "Recall", "f1": "F1"}
+
+
+def per_class_bars(
+    df: pd.DataFrame,
+    classes: Sequence[str],
+    metrics: Sequence[str],
+    *,
+    title: str,
+    points: pd.DataFrame | None = None,
+) -> go.Figure:
+    """Grouped bars with asymmetric error bars, one panel per metric.
+
+    df columns: group, class, metric, value, ci_low, ci_high. points (optional): group, class,
+    metric, value, seed - the individual seeds drawn over the bars of aggregated groups.
+    """
+    groups = list(dict.fromkeys(df["group"]))
+    n = max(1, len(groups))
+    span = 0.8  # bargap 0.2, no gap inside a group: bar k of n sits at c - 0.4 + (k + 0.5) * w
+    width = span / n
+    xs = np.arange(len(classes), dtype=float)
+    fig = make_subplots(
+        rows=1,
+        cols=len(metrics),
+        shared_yaxes=True,
+        subplot_titles=[METRIC_TITLES.get(m, m) for m in metrics],
+        horizontal_spacing=0.03,
+    )
+    for col, metric in enumerate(metrics, start=1):
+        for k, g in enumerate(groups):
+            sub = df[(df["group"] == g) & (df["metric"] == metric)].set_index("class")
+            sub = sub.reindex(classes)
+            x = xs - span / 2 + (k + 0.5) * width
+            fig.add_trace(
+                go.Bar(
+                    name=g,
+                    legendgroup=g,
+                    showlegend=col == 1,
+                    x=x,
+                    y=sub["value"],
+                    width=width,
+                    marker_color=PALETTE[k % len(PALETTE)],
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": (sub["ci_high"] - sub["value"]).clip(lower=0),
+                        "arrayminus": (sub["value"] - sub["ci_low"]).clip(lower=0),
+                        "thickness": 1.2,
+                        "width": 3,
+                    },
+                    customdata=np.stack(
+                        [np.array(classes, dtype=object), sub["ci_low"], sub["ci_high"]], axis=-1
+                    ),
+                    hovertemplate=f"<b>{g}</b><br>%{{customdata[0]}}<br>{metric} %{{y:.3f}}"
+                    "<br>95% CI [%{customdata[1]:.3f}, %{customdata[2]:.3f}]<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+            if points is None or points.empty:
+                continue
+            pts = points[(points["group"] == g) & (points["metric"] == metric)]
+            if pts.empty:
+                continue
+            pos = {c: xs[i] - span / 2 + (k + 0.5) * width for i, c in enumerate(classes)}
+            fig.add_trace(
+                go.Scatter(
+                    x=[pos[c] for c in pts["class"]],
+                    y=pts["value"],
+                    mode="markers",
+                    name=f"{g}: single seeds",
+                    legendgroup=g,
+                    showlegend=False,
+                    marker={"color": "black", "size": 6, "symbol": "circle-open"},
+                    customdata=np.stack([pts["class"], pts["seed"].astype(str)], axis=-1),
+                    hovertemplate=f"{g}<br>seed %{{customdata[1]}}, %{{customdata[0]}}: "
+                    "%{y:.3f}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(tickvals=xs, ticktext=list(classes), range=[-0.5, len(classes) - 0.5])
+    fig.update_layout(barmode="overlay", legend={"title": {"text": ""}})
+    fig.update_yaxes(range=[0, 1.05], row=1, col=1, title_text="score")
+    return _layout(fig, title, 430)
+
+
+def delta_forest(deltas: pd.DataFrame, metric: str, *, title: str) -> go.Figure:
+    """Paired differences against the reference with their intervals, one row per class."""
+    sub = deltas[deltas["metric"] == metric]
+    fig = go.Figure()
+    for k, run in enumerate(dict.fromkeys(sub["run"])):
+        r = sub[sub["run"] == run]
+        fig.add_trace(
+            go.Scatter(
+                x=r["delta"],
+                y=r["class"],
+                mode="markers",
+                orientation="h",
+                offsetgroup=str(k),
+                name=run,
+                marker={"size": 9, "color": PALETTE[k % len(PALETTE)]},
+                error_x={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": r["ci_high"] - r["delta"],
+                    "arrayminus": r["delta"] - r["ci_low"],
+                },
+                customdata=np.stack([r["ci_low"], r["ci_high"]], axis=-1),
+                hovertemplate=f"<b>{run}</b><br>%{{y}}: Δ %{{x:+.3f}}"
+                "<br>95% CI [%{customdata[0]:+.3f}, %{customdata[1]:+.3f}]<extra></extra>",
+            )
+        )
+    fig.add_vline(x=0, line={"color": "grey", "dash": "dash"})
+    fig.update_layout(scattermode="group")
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(title_text=f"Δ {METRIC_TITLES.get(metric, metric)} vs reference")
+    return _layout(fig, title, 160 + 45 * max(1, sub["class"].nunique()))
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient conflict
+# --------------------------------------------------------------------------------------------
+
+
+def conflict_heatmap(m: np.ndarray, classes: Sequence[str], *, title: str) -> go.Figure:
+    return matrix_heatmap(
+        m,
+        classes,
+        classes,
+        title=title,
+        zmin=-1,
+        zmax=1,
+        colorscale=CONFLICT_SCALE,
+        colorbar="cos",
+        hover="%{y} / %{x}<br>cos %{z:+.3f}",
+    )
+
+
+def conflict_difference(
+    a: np.ndarray, b: np.ndarray, classes: Sequence[str], names: tuple[str, str], title: str
+) -> go.Figure:
+    d = np.asarray(a, float) - np.asarray(b, float)
+    np.fill_diagonal(d, np.nan)
+    return matrix_heatmap(
+        d,
+        classes,
+        classes,
+        title=title,
+        zmin=-2,
+        zmax=2,
+        colorscale=CONFLICT_SCALE,
+        colorbar="Δ cos",
+        customdata=np.dstack([a, b]),
+        hover=f"%{{y}} / %{{x}}<br>{names[0]}: %{{customdata[0]:+.3f}}"
+        f"<br>{names[1]}: %{{customdata[1]:+.3f}}<br>difference %{{z:+.3f}}",
+    )
+
+
+def off_diagonal_stats(m: np.ndarray) -> tuple[float, float]:
+    vals = m[np.triu_indices(m.shape[0], k=1)]
+    vals = vals[np.isfinite(vals)]
+    return (float(vals.mean()), float(vals.std())) if vals.size else (math.nan, math.nan)
+
+
+def adversarial_pairs(m: np.ndarray, classes: Sequence[str]) -> list[tuple[str, str, float]]:
+    c = m.shape[0]
+    pairs = [
+        (classes[i], classes[j], float(m[i, j]))
+        for i in range(c)
+        for j in range(i + 1, c)
+        if np.isfinite(m[i, j])
+    ]
+    return sorted(pairs, key=lambda t: t[2])
+
+
+def conflict_history_figure(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> go.Figure:
+    """Mean off-diagonal cosine per epoch (band: ± one std over class pairs), one line per run."""
+    fig = go.Figure()
+    for k, (name, hist) in enumerate(histories.items()):
+        ep = [h.get("epoch") for h in hist]
+        mean = np.array([number(h.get("mean")) for h in hist])
+        std = np.array([number(h.get("std")) for h in hist])
+        colour = PALETTE[k % len(PALETTE)]
+        if np.isfinite(std).any():
+            fig.add_trace(
+                go.Scatter(
+                    x=ep + ep[::-1],
+                    y=np.concatenate([mean + std, (mean - std)[::-1]]),
+                    fill="toself",
+                    line={"width": 0},
+                    fillcolor=colour.replace("rgb(", "rgba(").replace(")", ",0.12)"),
+                    hoverinfo="skip",
+                    showlegend=False,
+                    legendgroup=name,
+                )
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=ep,
+                y=mean,
+                mode="lines+markers",
+                name=name,
+                legendgroup=name,
+                line={"color": colour},
+                hovertemplate=f"{name}<br>epoch %{{x}}: mean cos %{{y:+.3f}}<extra></extra>",
+            )
+        )
+    fig.add_hline(y=0, line={"color": "grey", "dash": "dot"})
+    fig.update_xaxes(
+        title_text="epoch",
+        dtick=1
+        if len(histories) and max((len(h) for h in histories.values()), default=0) <= 20
+        else None,
+    )
+    fig.update_yaxes(title_text="mean off-diagonal cos", zeroline=False)
+    return _layout(fig, "Mean gradient conflict over training (band: ± std over class pairs)", 380)
+
+
+def shares_heatmap(
+    shares: np.ndarray, classes: Sequence[str], branch_names: Sequence[str], *, title: str
+) -> go.Figure:
+    return matrix_heatmap(
+        shares,
+        branch_names,
+        classes,
+        title=title,
+        zmin=0,
+        zmax=1,
+        colorscale=SEQ_SCALE,
+        colorbar="share",
+        hover="class %{y}<br>%{x}: share %{z:.3f}",
+        xlabel="branch",
+        ylabel="class",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Attention and geometry
+# --------------------------------------------------------------------------------------------
+
+
+def attention_heatmaps(
+    mean: np.ndarray,
+    classes: Sequence[str],
+    channels: np.ndarray,
+    *,
+    title: str,
+    branch_names: Sequence[str] | None = None,
+    deviation: bool = False,
+) -> go.Figure:
+    """One panel per branch: rows classes, columns channels, values mean attention.
+
+    deviation: show each class's attention minus the branch's mean over classes (diverging
+    scale centred on 0), which isolates what is class-specific. Otherwise the colour range is
+    the min..max of the values shown (stated on the colour bar).
+    """
+    k = mean.shape[1]
+    names = list(branch_names) if branch_names else [f"branch {b + 1}" for b in range(k)]
+    z_all = mean[:, :, channels]
+    if deviation:
+        z_all = z_all - np.nanmean(z_all, axis=0, keepdims=True)
+        lim = float(np.nanmax(np.abs(z_all))) if np.isfinite(z_all).any() else 1.0
+        zmin, zmax, scale, bar = -max(lim, 1e-9), max(lim, 1e-9), DIFF_SCALE, "vs class mean"
+    else:
+        finite = z_all[np.isfinite(z_all)]
+        zmin = float(finite.min()) if finite.size else 0.0
+        zmax = float(finite.max()) if finite.size else 1.0
+        zmax = max(zmax, zmin + 1e-9)
+        scale, bar = "Viridis", "attention"
+    fig = make_subplots(
+        rows=k,
+        cols=1,
+        shared_xaxes=True,
+        subplot_titles=names,
+        vertical_spacing=min(0.06, 0.3 / max(k, 1)),
+    )
+    for b in range(k):
+        fig.add_trace(
+            go.Heatmap(
+                z=z_all[:, b, :],
+                x=[str(c) for c in channels],
+                y=list(classes),
+                zmin=zmin,
+                zmax=zmax,
+                colorscale=scale,
+                showscale=b == 0,
+                colorbar={"title": {"text": bar}, "thickness": 12},
+                hovertemplate=f"{names[b]}<br>class %{{y}}<br>channel %{{x}}"
+                + ("<br>Δ attention %{z:+.4f}" if deviation else "<br>attention %{z:.4f}")
+                + "<extra></extra>",
+            ),
+            row=b + 1,
+            col=1,
+        )
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(type="category", showticklabels=False, tickangle=-90)
+    fig.update_xaxes(title_text="channel", showticklabels=len(channels) <= 96, row=k, col=1)
+    return _layout(fig, title, 120 + k * (60 + 28 * len(classes)))
+
+
+def overlap_heatmap(
+    m: np.ndarray, *, title: str, what: str, branch_names: Sequence[str] | None = None
+) -> go.Figure:
+    names = list(branch_names) if branch_names else [f"branch {b + 1}" for b in range(len(m))]
+    return matrix_heatmap(
+        m,
+        names,
+        names,
+        title=title,
+        zmin=0,
+        zmax=1,
+        colorscale=SEQ_SCALE,
+        colorbar=what,
+        hover="%{y} / %{x}<br>" + what + " %{z:.3f}",
+    )
+
+
+def angle_heatmap(m: np.ndarray, classes: Sequence[str], *, title: str, zmax: float) -> go.Figure:
+    return matrix_heatmap(
+        m,
+        classes,
+        classes,
+        title=title,
+        zmin=0,
+        zmax=zmax,
+        colorscale="Viridis",
+        colorbar="degrees",
+        digits=1,
+        hover="%{y} / %{x}<br>angle %{z:.1f}°",
+    )
+
+
+def matrix_frame(m: np.ndarray, rows: Sequence[str], cols: Sequence[str]) -> pd.DataFrame:
+    """A matrix as a labelled DataFrame (for CSV download)."""
+    return pd.DataFrame(np.asarray(m, float), index=list(rows), columns=list(cols))

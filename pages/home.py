@@ -1,0 +1,138 @@
+"""Home: the runs found, the dataset's class distribution and the parameter table (Table 2)."""
+
+import streamlit as st
+
+from pages import figures as F
+from pages.common import (
+    NO_RUNS,
+    all_runs,
+    dataset_name,
+    download_df,
+    download_fig,
+    parameter_table,
+    run_labels,
+    runs_root,
+    sort_key,
+)
+
+MAX_ERRORS = 10
+INTRO = (
+    "Multi-branch CNNs under class imbalance: per-class results with bootstrap intervals, "
+    "gradient conflict between classes and class-specific branch attention. Every number "
+    "below is a point estimate on one test set from one training seed; the **Per-class F1** page "
+    "gives their 95% bootstrap intervals and aggregates seeds."
+)
+
+
+def runs_section(good, bad) -> None:
+    st.subheader(f"Runs ({len(good)})")
+    df = F.runs_table(good)
+    if not df.empty:
+        st.dataframe(
+            df,
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "parameters": st.column_config.NumberColumn(format="localized"),
+                "accuracy": st.column_config.NumberColumn(format="%.3f"),
+                "macro-F1": st.column_config.NumberColumn(format="%.3f"),
+                "minority F1": st.column_config.NumberColumn(
+                    format="%.3f", help="Test F1 of the class with the fewest training images"
+                ),
+                "diagnosed": st.column_config.CheckboxColumn(
+                    help="python -m csba diagnose RUN_DIR has been run"
+                ),
+                "path": st.column_config.TextColumn(width="medium"),
+            },
+        )
+        download_df(df, "runs")
+    if bad:
+        st.markdown(f"**{len(bad)} run folder(s) could not be read** and are left out everywhere:")
+        for i in bad[:MAX_ERRORS]:
+            st.error(i.error, icon=":material/error:")
+        if len(bad) > MAX_ERRORS:
+            st.caption(f"... and {len(bad) - MAX_ERRORS} more.")
+
+
+def dataset_section(good) -> int | None:
+    """Class distribution of one dataset; returns its number of classes."""
+    datasets = sorted({dataset_name(i.meta) for i in good})
+    st.subheader("Dataset")
+    ds = st.selectbox("Dataset", datasets, key="home_dataset") if len(datasets) > 1 else datasets[0]
+    runs = [i for i in good if dataset_name(i.meta) == ds]
+    latest = max(runs, key=lambda i: str(i.meta.get("created") or ""))
+    meta = latest.meta
+    dist = F.class_distribution(meta)
+    splits = {
+        str((i.meta.get("dataset") or {}).get("split_seed")): run_labels([i])[str(i.path)]
+        for i in runs
+    }
+    info = meta.get("dataset") or {}
+    train = dist["train"].dropna()
+    ratio = (
+        f"{train.max() / train.min():.1f} : 1" if len(train) and train.min() > 0 else "undefined"
+    )
+    cols = st.columns([3, 2])
+    with cols[0]:
+        fig = F.class_distribution_figure(dist, f"{ds}: images per class and split")
+        st.plotly_chart(fig, width="stretch", key="home_dist")
+        download_fig(fig, f"class_distribution_{ds}")
+    with cols[1]:
+        st.dataframe(
+            dist,
+            hide_index=True,
+            width="stretch",
+            column_config={"train share": st.column_config.NumberColumn(format="percent")},
+        )
+        download_df(dist, f"class_distribution_{ds}")
+        st.caption(
+            f"{len(dist)} classes; imbalance (largest / smallest training class) {ratio}; "
+            f"split seed {info.get('split_seed', '?')}; fingerprint "
+            f"`{str(info.get('fingerprint', '?'))[:12]}`; counts from run "
+            f"`{latest.path.parent.name}/{latest.path.name}`."
+        )
+        if len(splits) > 1:
+            st.warning(
+                f"Runs of {ds} use {len(splits)} different split seeds "
+                f"({', '.join(sorted(splits))}); their test sets differ and they cannot be "
+                "compared pairwise."
+            )
+    return int(meta.get("num_classes") or len(dist))
+
+
+def parameter_section(num_classes: int | None) -> None:
+    st.subheader("Parameters (paper Table 2)")
+    c = num_classes or st.columns(4)[0].number_input(
+        "Number of classes", 2, 1000, 4, key="home_classes"
+    )
+    df = parameter_table(int(c))
+    st.dataframe(
+        df,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "parameters": st.column_config.NumberColumn(format="localized"),
+            "vs baseline": st.column_config.NumberColumn(format="localized"),
+        },
+    )
+    st.caption(f"Trainable parameters of each registered variant, built for C = {c} classes.")
+    download_df(df, f"parameters_C{c}")
+
+
+def main() -> None:
+    st.title("CSBA Explorer")
+    st.markdown(INTRO)
+    infos = all_runs()
+    good = sorted(
+        (i for i in infos if i.meta is not None), key=lambda i: (dataset_name(i.meta), sort_key(i))
+    )
+    bad = [i for i in infos if i.meta is None]
+    if not good:
+        st.info(NO_RUNS.format(root=runs_root()))
+    if good or bad:
+        runs_section(good, bad)
+    num_classes = dataset_section(good) if good else None
+    parameter_section(num_classes)
+
+
+main()

@@ -1,0 +1,325 @@
+"""AppTest of the Home, Confusion, Per-class F1, Gradient conflict and Attention pages.
+
+Runs against a private copy of the tiny runs (one epoch, all five variants, 32 px) with:
+* a second baseline seed (a copy of baseline-s0 with seed 1), so seed aggregation is exercised;
+* csba and class_heads diagnosed with ``csba.diagnostics.run.diagnose_run``;
+* gradnorm holding a hand-written partial ``diagnostics`` block (only the whole-model matrix)
+  and a ``conflict_history``, to check the pages tolerate missing parts;
+* baseline and focal not diagnosed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from csba.store import atomic_write_json, read_run_json
+
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app.py")
+TIMEOUT = 60
+
+
+def _texts(at: AppTest) -> str:
+    parts = [*at.markdown, *at.caption, *at.info, *at.warning, *at.error, *at.subheader]
+    return "\n".join(str(p.value) for p in parts)
+
+
+def _no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+@pytest.fixture(scope="module")
+def prepared_root(tiny_runs, tmp_path_factory):
+    """A copy of the tiny runs root with seeds, diagnostics and a broken folder added."""
+    from csba.diagnostics.run import diagnose_run
+
+    root = tmp_path_factory.mktemp("app_pages") / "runs"
+    shutil.copytree(tiny_runs["baseline"].parent.parent, root)
+    ds_dir = root / tiny_runs["baseline"].parent.name
+    # a second baseline seed (same predictions, so the test set matches)
+    shutil.copytree(ds_dir / tiny_runs["baseline"].name, ds_dir / "baseline-s1")
+    meta = read_run_json(ds_dir / "baseline-s1")
+    meta["config"]["seed"] = 1
+    atomic_write_json(ds_dir / "baseline-s1" / "run.json", meta)
+    for v in ("csba", "class_heads"):
+        diagnose_run(str(ds_dir / tiny_runs[v].name), per_class=4, device="cpu")
+    # gradnorm: partial diagnostics written by hand, plus a conflict history
+    gdir = ds_dir / tiny_runs["gradnorm"].name
+    meta = read_run_json(gdir)
+    c = meta["num_classes"]
+    m = np.full((c, c), -0.3)
+    np.fill_diagonal(m, 1.0)
+    meta["diagnostics"] = {"gcm": {"matrix": m.tolist()}}
+    meta["conflict_history"] = [
+        {"epoch": e, "matrix": m.tolist(), "mean": -0.3, "std": 0.0} for e in (1, 2)
+    ]
+    atomic_write_json(gdir / "run.json", meta)
+    # an unreadable run folder
+    (root / "broken" / "bad-s0").mkdir(parents=True)
+    (root / "broken" / "bad-s0" / "run.json").write_text("{not json")
+    return root
+
+
+@pytest.fixture
+def runs_root(prepared_root, monkeypatch):
+    monkeypatch.setenv("CSBA_RUNS_ROOT", str(prepared_root))
+    monkeypatch.delenv("CSBA_DATA_ROOT", raising=False)
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO))
+    return prepared_root
+
+
+@pytest.fixture
+def empty_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("CSBA_RUNS_ROOT", str(tmp_path / "none"))
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO))
+    return tmp_path / "none"
+
+
+def _app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    _no_exception(at)
+    if page:
+        at.switch_page(page)
+        at.run()
+        _no_exception(at)
+    return at
+
+
+def _good_runs(root: Path) -> int:
+    return sum(1 for p in root.rglob("run.json") if "broken" not in p.parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Home
+# --------------------------------------------------------------------------------------------
+
+
+def test_home_lists_every_run_and_the_broken_one(runs_root):
+    at = _app()
+    assert at.title[0].value == "CSBA Explorer"
+    runs = at.dataframe[0].value
+    assert len(runs) == _good_runs(runs_root) == 6
+    assert set(runs["variant"]) == {"baseline", "csba", "gradnorm", "focal", "class_heads"}
+    assert runs["diagnosed"].sum() == 3  # csba, class_heads, gradnorm (partial)
+    assert {"accuracy", "macro-F1", "minority F1"} <= set(runs.columns)
+    assert any("is not valid JSON" in e.value for e in at.error)
+    # class distribution and parameter table (paper Table 2)
+    dist = at.dataframe[1].value
+    assert list(dist.columns[:4]) == ["class", "train", "val", "test"]
+    params = at.dataframe[2].value
+    assert len(params) == 5 and (params["parameters"] > 0).all()
+    assert len(at.get("plotly_chart")) == 1
+
+
+def test_home_sees_a_new_run_without_restart(runs_root, tmp_path):
+    at = _app()
+    n = len(at.dataframe[0].value)
+    src = next(p.parent for p in runs_root.rglob("run.json") if p.parent.name == "focal-s0")
+    new = src.parent / "focal-s7"
+    shutil.copytree(src, new)
+    try:
+        meta = json.loads((new / "run.json").read_text())
+        meta["config"]["seed"] = 7
+        atomic_write_json(new / "run.json", meta)
+        at.run()
+        _no_exception(at)
+        assert len(at.dataframe[0].value) == n + 1
+    finally:
+        shutil.rmtree(new)
+
+
+def _app_with_extra(text: str) -> AppTest:
+    # The sidebar input lives in app.py; AppTest drops entrypoint widgets on a rerun, so the
+    # value is set before the first run instead of typed in.
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["csba_extra_runs"] = text
+    at.run()
+    _no_exception(at)
+    return at
+
+
+def test_extra_folder_outside_the_roots_is_refused(runs_root):
+    at = _app_with_extra("/etc")
+    assert any("'/etc' refused" in e.value for e in at.sidebar.error)
+    assert len(at.dataframe[0].value) == 6  # the page keeps working
+
+
+def test_extra_folder_under_the_data_root_is_added(runs_root, tmp_path, monkeypatch):
+    extra = tmp_path / "data_root" / "elsewhere"
+    src = next(p.parent for p in runs_root.rglob("run.json") if p.parent.name == "focal-s0")
+    shutil.copytree(src, extra / "focal-s0")
+    monkeypatch.setenv("CSBA_DATA_ROOT", str(tmp_path / "data_root"))
+    at = _app_with_extra(f"{extra}, {tmp_path / 'data_root' / 'missing'}")
+    assert any("no such folder" in e.value for e in at.sidebar.error)
+    assert len(at.dataframe[0].value) == 7
+
+
+def test_every_page_says_what_to_do_without_runs(empty_root):
+    at = _app()
+    assert any("No runs found" in i.value for i in at.info)
+    assert len(at.dataframe) == 1  # the parameter table still shows
+    for page in ("pages/confusion.py", "pages/f1.py", "pages/conflict.py", "pages/attention.py"):
+        at.switch_page(page)
+        at.run()
+        _no_exception(at)
+        assert any("No runs found" in i.value for i in at.info), page
+        assert "python -m csba train" in at.info[0].value
+
+
+# --------------------------------------------------------------------------------------------
+# Confusion matrices
+# --------------------------------------------------------------------------------------------
+
+
+def test_confusion_page(runs_root):
+    at = _app("pages/confusion.py")
+    chosen = at.sidebar.multiselect(key="confusion_runs").value
+    assert len(chosen) == 5  # one run per variant by default
+    charts = at.get("plotly_chart")
+    assert len(charts) == 5 + 1  # one matrix per run and the difference
+    at.toggle(key="cm_norm").set_value(False).run()
+    _no_exception(at)
+    at.radio(key="cm_split").set_value("val").run()
+    _no_exception(at)
+    at.sidebar.multiselect(key="confusion_runs").set_value(chosen[:1]).run()
+    _no_exception(at)
+    assert any("at least two runs" in i.value for i in at.info)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-class F1
+# --------------------------------------------------------------------------------------------
+
+
+def test_f1_page_with_seed_aggregation_and_deltas(runs_root):
+    at = _app("pages/f1.py")
+    at.select_slider(key="f1_nres").set_value(200).run()
+    _no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    overall = at.dataframe[0].value
+    assert "baseline (mean of 2 seeds)" in set(overall["variant / run"])
+    assert len(overall) == 5  # two baseline seeds aggregated into one row
+    assert "[" in overall["macro-F1"].iloc[0]  # interval shown with the value
+    texts = _texts(at)
+    assert "Differences against baseline (mean of 2 seeds)" in texts
+    # per-run view: one row per run, deltas against the single reference run
+    at.toggle(key="f1_agg").set_value(False).run()
+    _no_exception(at)
+    assert len(at.dataframe[0].value) == 6
+    deltas = at.dataframe[-1].value
+    assert {"Δ [95% CI]", "significant"} <= set(deltas.columns)
+    assert "baseline s0" in deltas["reference"].iloc[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient conflict
+# --------------------------------------------------------------------------------------------
+
+
+def test_conflict_page(runs_root):
+    at = _app("pages/conflict.py")
+    texts = _texts(at)
+    assert "Not diagnosed yet" in texts and "python -m csba diagnose" in at.code[0].value
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 3  # csba, gradnorm, class_heads matrices
+    pairs = at.dataframe[0].value
+    assert set(pairs.columns) == {"run", "rank", "class a", "class b", "cos"}
+    assert (pairs["cos"] <= 1).all()
+    groups = at.selectbox(key="gcm_group").options
+    assert groups[0] == "whole model" and "fire8" in groups
+    at.selectbox(key="gcm_group").set_value("fire8").run()
+    _no_exception(at)
+    assert any("No 'fire8' matrix" in w.value for w in at.warning)  # gradnorm has none
+    table = at.dataframe[-1].value
+    assert {"generalisation gap", "mean conflict (cos)", "Δ vs baseline (same seed)"} <= set(
+        table.columns
+    )
+
+
+def test_conflict_colour_scale_is_centred_and_red_for_conflict():
+    from pages import figures as F
+
+    fig = F.conflict_heatmap(np.array([[1.0, -0.5], [-0.5, 1.0]]), ["a", "b"], title="t")
+    h = fig.data[0]
+    assert (h.zmin, h.zmax) == (-1, 1)
+    low, high = h.colorscale[0][1], h.colorscale[-1][1]
+    r, _, b = (int(v) for v in low[4:-1].split(","))
+    assert r > b  # -1 is red
+    r, _, b = (int(v) for v in high[4:-1].split(","))
+    assert b > r  # +1 is blue
+
+
+# --------------------------------------------------------------------------------------------
+# Attention
+# --------------------------------------------------------------------------------------------
+
+
+def test_attention_page(runs_root):
+    at = _app("pages/attention.py")
+    assert not at.error, [e.value for e in at.error]
+    runs = at.selectbox(key="att_run").options
+    assert {r.split(" ")[0] for r in runs} == {"csba", "class_heads"}
+    texts = _texts(at)
+    assert "No attention" in texts  # gradnorm is diagnosed but has no gates
+    assert "Not diagnosed yet" in texts
+    at.toggle(key="att_dev").set_value(True).run()
+    _no_exception(at)
+    at.selectbox(key="att_overlap_class").set_value(
+        at.selectbox(key="att_overlap_class").options[1]
+    ).run()
+    _no_exception(at)
+    assert len(at.get("plotly_chart")) >= 1 + 2 * 2 + 2
+
+
+# --------------------------------------------------------------------------------------------
+# Downloads
+# --------------------------------------------------------------------------------------------
+
+
+def test_figure_html_is_self_contained():
+    from pages import figures as F
+    from pages.common import _fig_bytes
+
+    fig = F.conflict_heatmap(np.eye(2), ["a", "b"], title="t")
+    data, ext, mime = _fig_bytes(fig)
+    html = data.decode()
+    assert ext == "html" and mime == "text/html"
+    assert '<script src="http' not in html and "cdn.plot.ly" not in html.split("</script>")[0]
+    assert len(data) > 1_000_000  # plotly.js is embedded
+
+
+# --------------------------------------------------------------------------------------------
+# pages.common outside a page
+# --------------------------------------------------------------------------------------------
+
+
+def test_get_run_caches_and_reports_errors_in_one_line(runs_root):
+    from pages import common
+
+    good = next(p.parent for p in runs_root.rglob("run.json") if p.parent.name == "csba-s0")
+    run = common.get_run(good)
+    assert run is not None and run.variant == "csba"
+    assert common.get_run(str(good)) is run  # cached resource
+    assert common.get_run(runs_root / "broken" / "bad-s0") is None
+    common.clear_run_caches()
+    assert common.get_run(good) is not run
+
+
+def test_run_labels_are_unique(runs_root):
+    from pages import common
+
+    infos = [i for i in common.all_runs() if i.meta is not None]
+    labels = common.run_labels(infos)
+    assert len(set(labels.values())) == len(infos)
+    assert labels[str(next(i.path for i in infos if i.path.name == "csba-s0"))] == (
+        "csba s0 (32px)"
+    )
