@@ -5,7 +5,7 @@ For each image size and precision, on the real ELPV images, in one process:
 * bare: model forward + backward + Adam step over the same number of images, batch 32, inputs
   already normalised float tensors in memory (the floor the pipeline cannot beat);
 * epoch: one epoch of ``csba.train.train`` (uint8 cache -> augment -> normalise -> cast -> step,
-  plus validation), taken from the second epoch so one-off warm-up is excluded.
+  plus validation), the faster of epochs 2 and 3 so one-off warm-up is excluded.
 
 Prints epoch / bare ratios (target <= 1.15 in fp32) and the bf16 + channels_last speed-up over
 fp32 NCHW. Usage::
@@ -70,13 +70,19 @@ def bare_step_seconds(variant, bundle, n_images, batch, precision, repeats=1) ->
 
 
 def subset(bundle, n: int):
-    """The bundle with its training split cut to its first n images (n = 0: all)."""
+    """The bundle cut to n training images (n = 0: all), validation cut in proportion.
+
+    Keeping the ELPV train:val ratio (1,672 : 296) keeps the share of an epoch spent validating
+    the same as on the full split, so the ratios measured on a subset hold for the whole.
+    """
     if n <= 0 or n >= len(bundle.train):
         return bundle
     import copy
 
     b = copy.copy(bundle)
+    n_val = max(1, round(n * len(bundle.val) / len(bundle.train)))
     b.train = ImageSet(bundle.train.images[:n].clone(), bundle.train.labels[:n].clone())
+    b.val = ImageSet(bundle.val.images[:n_val].clone(), bundle.val.labels[:n_val].clone())
     return b
 
 
@@ -85,14 +91,17 @@ def epoch_seconds(variant, bundle, precision) -> dict:
         dataset="elpv",
         variant=variant,
         image_size=bundle.image_size,
-        epochs=2,
+        epochs=3,
         patience=100,
         precision=precision,
         device="cpu",
     )
     meta = train(cfg, bundle=bundle, save=False)
-    h = meta["history"][-1]
-    return {"epoch": h["seconds"], "train": h["train_seconds"]}
+    later = meta["history"][1:]  # epoch 1 pays one-off kernel set-up; best of the rest
+    return {
+        "epoch": min(h["seconds"] for h in later),
+        "train": min(h["train_seconds"] for h in later),
+    }
 
 
 def main() -> None:

@@ -27,11 +27,14 @@ def predict(
     *,
     batch_size: int = 128,
     device: str | torch.device = "cpu",
+    bf16: bool = False,
 ) -> np.ndarray:
-    """Class probabilities (N, C) float64 for uint8 images (N, c, S, S), eval mode, float32.
+    """Class probabilities (N, C) float64 for uint8 images (N, c, S, S), in eval mode.
 
-    Evaluation always runs in float32 so re-evaluating a run reproduces its stored metrics, whatever
-    precision it was trained in. The model's train/eval mode is restored afterwards.
+    Stored metrics always come from float32 (the default) so re-evaluating a run reproduces them,
+    whatever precision it was trained in; ``bf16=True`` (bfloat16 autocast, channels_last) is
+    only for the per-epoch validation that drives early stopping. The model's train/eval mode is
+    restored afterwards.
     """
     was_training = model.training
     model.eval()
@@ -40,7 +43,11 @@ def predict(
     try:
         for chunk in images.split(batch_size):
             x = normalize(chunk.to(device), mean, std)
-            out.append(torch.softmax(model(x).float(), dim=1).double().cpu())
+            if bf16:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x)
+            out.append(torch.softmax(logits.float(), dim=1).double().cpu())
     finally:
         model.train(was_training)
     if not out:
@@ -86,9 +93,10 @@ def evaluate_split(
     std: list[float],
     *,
     device: str | torch.device = "cpu",
+    bf16: bool = False,
 ) -> tuple[dict, np.ndarray]:
-    """Metrics and probabilities (N, C) of ``model`` on one split."""
-    probs = predict(model, split.images, mean, std, device=device)
+    """Metrics and probabilities (N, C) of ``model`` on one split (see :func:`predict`)."""
+    probs = predict(model, split.images, mean, std, device=device, bf16=bf16)
     y_true = split.labels.numpy()
     y_pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
     return classification_metrics(y_true, y_pred, classes), probs
