@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .diagnostics import sorted_pairs
 from .store import RunError, list_runs, read_run_json
 
 __all__ = [
@@ -293,7 +294,7 @@ def _gcm_of(meta: Mapping[str, Any], top: int | None = TOP_PAIRS) -> dict[str, A
         std = float(finite.std())
     pairs = _pairs_from(gcm.get("most_adversarial"), classes)
     if not pairs and matrix is not None:
-        pairs = _pairs_from_matrix(matrix, classes)
+        pairs = sorted_pairs(matrix, classes)
     if top is not None:
         pairs = pairs[:top]
     if matrix is None and not pairs and math.isnan(mean):
@@ -330,18 +331,6 @@ def _pairs_from(items: Any, classes: Sequence[str]) -> list[tuple[str, str, floa
         if math.isfinite(cos):
             pairs.append((a, b, cos))
     pairs.sort(key=lambda t: t[2])  # stable: stored order kept for ties
-    return pairs
-
-
-def _pairs_from_matrix(matrix: np.ndarray, classes: Sequence[str]) -> list[tuple[str, str, float]]:
-    c = matrix.shape[0]
-    pairs = [
-        (classes[i], classes[j], float(matrix[i, j]))
-        for i in range(c)
-        for j in range(i + 1, c)
-        if math.isfinite(matrix[i, j])
-    ]
-    pairs.sort(key=lambda t: t[2])
     return pairs
 
 
@@ -1463,7 +1452,7 @@ def _mean_pairs(gcms: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, float
                 np.nansum(stack, axis=0) / np.maximum(finite.sum(axis=0), 1),
                 np.nan,
             )
-        return _pairs_from_matrix(mean, gcms[0]["classes"])
+        return sorted_pairs(mean, gcms[0]["classes"])
     return list(gcms[0]["pairs"])
 
 

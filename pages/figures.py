@@ -16,6 +16,9 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from csba.diagnostics import off_diagonal_stats  # noqa: F401 (used by the pages via F.)
+from csba.diagnostics import sorted_pairs as adversarial_pairs  # noqa: F401
+
 # Diverging scale for cosines: red = conflict (negative), white = 0, blue = agreement.
 CONFLICT_SCALE = px.colors.diverging.RdBu
 # Diverging scale for differences that are neither good nor bad (confusion cells): no red/blue.
@@ -487,23 +490,6 @@ def conflict_difference(
         hover=f"%{{y}} / %{{x}}<br>{names[0]}: %{{customdata[0]:+.3f}}"
         f"<br>{names[1]}: %{{customdata[1]:+.3f}}<br>difference %{{z:+.3f}}",
     )
-
-
-def off_diagonal_stats(m: np.ndarray) -> tuple[float, float]:
-    vals = m[np.triu_indices(m.shape[0], k=1)]
-    vals = vals[np.isfinite(vals)]
-    return (float(vals.mean()), float(vals.std())) if vals.size else (math.nan, math.nan)
-
-
-def adversarial_pairs(m: np.ndarray, classes: Sequence[str]) -> list[tuple[str, str, float]]:
-    c = m.shape[0]
-    pairs = [
-        (classes[i], classes[j], float(m[i, j]))
-        for i in range(c)
-        for j in range(i + 1, c)
-        if np.isfinite(m[i, j])
-    ]
-    return sorted(pairs, key=lambda t: t[2])
 
 
 def conflict_history_figure(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> go.Figure:

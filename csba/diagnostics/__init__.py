@@ -6,7 +6,7 @@ statistics, dropout off), computes in float32 and restores each submodule's trai
 gradients are taken with ``torch.autograd.grad``, so no parameter's ``.grad`` changes.
 """
 
-from ._utils import to_jsonable
+from ._utils import off_diagonal_stats, sorted_pairs, to_jsonable
 from .gcm import (
     BranchShares,
     GCMResult,
@@ -52,7 +52,9 @@ __all__ = [
     "generalisation_gap",
     "gradient_conflict_from_batches",
     "gradient_conflict_matrix",
+    "off_diagonal_stats",
     "pairwise_angles",
+    "sorted_pairs",
     "to_jsonable",
     "top_channel_jaccard",
 ]

@@ -116,3 +116,22 @@ def nan_mean(values: np.ndarray) -> float:
 def nan_std(values: np.ndarray) -> float:
     """Population standard deviation (ddof 0) of the finite values, NaN when there are none."""
     return float(values.std()) if values.size else math.nan
+
+
+def off_diagonal_stats(matrix: np.ndarray) -> tuple[float, float]:
+    """Mean and population std of a conflict matrix's finite off-diagonal upper triangle."""
+    vals = off_diagonal_upper(matrix)
+    return nan_mean(vals), nan_std(vals)
+
+
+def sorted_pairs(matrix: np.ndarray, classes) -> list[tuple[str, str, float]]:
+    """Every class pair (i < j) with a finite value, most negative (most adversarial) first."""
+    m = np.asarray(matrix, dtype=np.float64)
+    c = m.shape[0]
+    pairs = [
+        (classes[i], classes[j], float(m[i, j]))
+        for i in range(c)
+        for j in range(i + 1, c)
+        if np.isfinite(m[i, j])
+    ]
+    return sorted(pairs, key=lambda t: t[2])  # stable: ties keep matrix order
