@@ -18,7 +18,6 @@ fp32 NCHW. Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from csba.models import create_model
 from csba.train import TrainConfig, train
 
 
-def bare_step_seconds(variant, bundle, n_images, batch, precision, repeats=1) -> float:
+def bare_step_seconds(variant, bundle, n_images, batch, precision, repeats=2) -> float:
     """Seconds for forward+backward+optimizer over n_images (no data pipeline, no validation)."""
     torch.manual_seed(0)
     C = bundle.num_classes
@@ -66,7 +65,8 @@ def bare_step_seconds(variant, bundle, n_images, batch, precision, repeats=1) ->
         for _ in range(n_batches):
             step()
         times.append(time.perf_counter() - t)
-    return statistics.median(times) * (n_images / (n_batches * batch))
+    # Best of the repeats, like the epoch side (best of epochs 2-3): shared VMs add only noise.
+    return min(times) * (n_images / (n_batches * batch))
 
 
 def subset(bundle, n: int):

@@ -73,12 +73,13 @@ def runs_root() -> Path:
     return _resolve(os.environ.get("CSBA_RUNS_ROOT") or "checkpoints")
 
 
+def data_root() -> Path:
+    """``$CSBA_DATA_ROOT`` or ``data``: typed dataset folders must lie under it."""
+    return _resolve(os.environ.get("CSBA_DATA_ROOT") or "data")
+
+
 def _allowed_roots() -> list[Path]:
-    roots = [runs_root()]
-    data_root = os.environ.get("CSBA_DATA_ROOT")
-    if data_root:
-        roots.append(_resolve(data_root))
-    return roots
+    return [runs_root(), data_root()]
 
 
 def _parse_extra(text: str) -> tuple[list[Path], list[str]]:

@@ -8,7 +8,6 @@ second while something is queued or running. No ``st.*`` call ever happens in th
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -20,6 +19,7 @@ from csba.data import DATASETS
 from csba.jobs import FINISHED, Job, JobManager, RunProgress, check_data_root, default_device
 from csba.train import TrainConfig
 from pages.common import clear_run_caches, runs_root
+from pages.common import data_root as allowed_data_root
 
 NEEDS_ROOT = {"imagefolder": "a folder of class folders", "cifar10-lt": "CIFAR-10 batches"}
 DATASET_HELP = {
@@ -66,7 +66,7 @@ def _settings() -> tuple[list[TrainConfig] | None, str | None]:
         help="\n".join(f"* **{k}**: {v}" for k, v in DATASET_HELP.items()),
         key="train_dataset",
     )
-    allowed = os.environ.get("CSBA_DATA_ROOT") or None
+    allowed = str(allowed_data_root())  # typed folders must lie under it (never the whole disk)
     data_root = None
     if dataset in NEEDS_ROOT:
         data_root = c2.text_input(
@@ -74,7 +74,7 @@ def _settings() -> tuple[list[TrainConfig] | None, str | None]:
             value=allowed or "",
             key=f"train_root_{dataset}",
             help="A folder on this server"
-            + (f", inside `{allowed}` (CSBA_DATA_ROOT)" if allowed else "")
+            + f", inside `{allowed}` (set CSBA_DATA_ROOT to change it)"
             + ". Nothing is downloaded.",
         )
     else:

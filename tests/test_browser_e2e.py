@@ -44,9 +44,13 @@ def server(tiny_runs, tiny_folder, tmp_path):
     from csba.diagnostics.run import diagnose_run
 
     root = tmp_path / "runs"
-    shutil.copytree(tiny_runs["baseline"].parent.parent, root)
-    for run_dir in sorted(root.glob("*/*-s0")):  # so the diagnostics pages have content
-        diagnose_run(str(run_dir), per_class=8, device="cpu")
+    real = os.environ.get("CSBA_E2E_RUNS_ROOT")  # measure against real runs, e.g. checkpoints/
+    if real:
+        shutil.copytree(real, root)
+    else:
+        shutil.copytree(tiny_runs["baseline"].parent.parent, root)
+        for run_dir in sorted(root.glob("*/*-s0")):  # so the diagnostics pages have content
+            diagnose_run(str(run_dir), per_class=8, device="cpu")
     port = _free_port()
     env = {
         **os.environ,
@@ -90,7 +94,13 @@ def server(tiny_runs, tiny_folder, tmp_path):
                 log.flush()
                 pytest.fail(f"streamlit did not start:\n{(tmp_path / 'streamlit.log').read_text()}")
             time.sleep(0.25)
-        yield {"url": url, "root": root, "data": tiny_folder, "log": tmp_path / "streamlit.log"}
+        yield {
+            "url": url,
+            "root": root,
+            "data": tiny_folder,
+            "log": tmp_path / "streamlit.log",
+            "pid": proc.pid,
+        }
     finally:
         proc.terminate()
         try:
@@ -113,6 +123,14 @@ def _no_exception(page, where: str) -> None:
     boxes = page.locator(EXCEPTION)
     if boxes.count():
         pytest.fail(f"{where}: Streamlit exception: {boxes.first.inner_text()[:2000]}")
+
+
+def _rss_mib(pid: int) -> float:
+    """Resident memory of a process in MiB, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _shot(page, name: str) -> None:
@@ -166,6 +184,7 @@ def test_every_page_in_chromium(server):
                 _no_exception(page, name)
                 if visit == 0:
                     _shot(page, name.lower().replace(" ", "_").replace("-", "_"))
+        rss_mib = _rss_mib(server["pid"])  # after every page has been visited twice
 
         # Attributions: upload an image, see the maps.
         page.locator('[data-testid="stSidebarNavLink"]', has_text="Attributions").first.click()
@@ -222,3 +241,5 @@ def test_every_page_in_chromium(server):
         warm = f"{ts[-1]:.2f} s" if len(ts) > 1 else "-"
         print(f"{name:<22} {ts[0]:>9.2f} s   {warm}")
     print(f"training 2 tiny runs (1 epoch, 32 px): {train_s:.1f} s")
+    print(f"server resident memory after visiting every page: {rss_mib:.0f} MiB")
+    assert rss_mib > 0

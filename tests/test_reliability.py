@@ -273,3 +273,26 @@ def test_save_run_round_trip_is_atomic_and_checksummed(tiny_runs, tmp_path):
     save_run(tmp_path / "x", run.model, run.meta)
     again = load_run(tmp_path / "x")
     assert again.meta["weights_sha256"] != "" and not list((tmp_path / "x").glob(".*.tmp"))
+
+
+# ---- server settings and typed paths ---------------------------------------------------------
+
+
+def test_server_is_local_with_xsrf_and_an_upload_limit():
+    import tomllib
+
+    cfg = tomllib.loads((Path(__file__).parents[1] / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["address"] == "localhost"
+    assert cfg["server"]["enableXsrfProtection"] is True
+    assert 0 < cfg["server"]["maxUploadSize"] <= 50
+
+
+def test_typed_data_roots_must_lie_under_the_allowed_root(tmp_path):
+    from csba.jobs import check_data_root
+
+    inside = tmp_path / "data" / "cells"
+    inside.mkdir(parents=True)
+    assert check_data_root("cells", tmp_path / "data") == inside
+    for bad in ("/etc", "../", str(tmp_path), "cells/../../"):
+        with pytest.raises(ValueError, match="outside the allowed folder"):
+            check_data_root(bad, tmp_path / "data")
