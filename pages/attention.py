@@ -182,7 +182,8 @@ def main() -> None:
             + ", ".join(f"**{labels[str(i.path)]}**" for i in undiagnosed)
             + ". Run:"
         )
-        st.code("\n".join(f"python -m csba diagnose {i.path}" for i in undiagnosed), "bash")
+        cmds = "\n".join(f"python -m csba diagnose {i.path}" for i in undiagnosed)
+        st.code(cmds, "bash", wrap_lines=True)
     with_att = [i for i in diagnosed if attention_of(i.meta) is not None]
     no_att = [
         labels[str(i.path)]

@@ -50,7 +50,7 @@ def not_diagnosed_note(infos, labels) -> None:
     names = ", ".join(f"**{labels[str(i.path)]}**" for i in infos)
     cmds = "\n".join(f"python -m csba diagnose {i.path}" for i in infos)
     st.info(f"Not diagnosed yet: {names}. Run:")
-    st.code(cmds, language="bash")
+    st.code(cmds, language="bash", wrap_lines=True)
 
 
 def heatmaps_section(diagnosed, labels, group) -> dict:
