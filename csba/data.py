@@ -276,6 +276,14 @@ def cache_dir() -> Path:
 
 
 def _elpv_root() -> Path:
+    # $CSBA_ELPV_ROOT: a folder with labels.csv (and images/, unless the decoded cache for the
+    # size is present), for machines without the 91 MB package, e.g. the GPU machine.
+    override = os.environ.get("CSBA_ELPV_ROOT")
+    if override:
+        root = Path(override).expanduser()
+        if not (root / "labels.csv").is_file():
+            raise DataError(f"CSBA_ELPV_ROOT '{root}' holds no labels.csv")
+        return root
     try:
         import elpv_dataset
     except ImportError as e:  # pragma: no cover - it is a requirement

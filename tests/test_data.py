@@ -167,3 +167,15 @@ def test_load_image_missing_path(tmp_path):
     with pytest.raises(ImageLoadError, match="no such file"):
         load_image(tmp_path / "nope.png")
     assert issubclass(ImageLoadError, ValueError)
+
+
+def test_elpv_from_labels_and_cache_alone(elpv32, tmp_path, monkeypatch):
+    """A machine without the elpv-dataset package: labels.csv plus the decoded cache suffice."""
+    src = data._elpv_root() / "labels.csv"
+    (tmp_path / "labels.csv").write_bytes(src.read_bytes())
+    monkeypatch.setenv("CSBA_ELPV_ROOT", str(tmp_path))
+    b = load_dataset("elpv", 32)  # no images/ folder here: served from the cache
+    assert torch.equal(b.test.images, elpv32.test.images)
+    monkeypatch.setenv("CSBA_ELPV_ROOT", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=r"holds no labels\.csv"):
+        load_dataset("elpv", 32)
