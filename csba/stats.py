@@ -35,6 +35,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix
 
 __all__ = [
+    "DELTA_COLUMNS",
     "METRIC_NAMES",
     "OVERALL_METRICS",
     "PER_CLASS_METRICS",
@@ -467,7 +468,8 @@ def _reference_index(runs: Sequence[Mapping[str, Any]], reference: int | str) ->
     return reference % len(runs)
 
 
-_DELTA_COLUMNS = [
+# Columns of every delta table (delta_table here, the dashboard's seed-mean deltas).
+DELTA_COLUMNS = [
     "run",
     "reference",
     "class",
@@ -499,7 +501,7 @@ def delta_table(
     """
     runs = list(runs)
     if not runs:
-        return pd.DataFrame(columns=_DELTA_COLUMNS)
+        return pd.DataFrame(columns=DELTA_COLUMNS)
     ref_i = _reference_index(runs, reference)
     ref_name, ref_classes, ref_true, ref_pred = _run_arrays(runs[ref_i])
     rows = []
@@ -523,7 +525,7 @@ def delta_table(
         for cname, entry in zip(classes, res["per_class"], strict=True):
             for metric in PER_CLASS_METRICS:
                 rows.append(_delta_row(name, ref_name, cname, metric, entry[metric]))
-    return pd.DataFrame(rows, columns=_DELTA_COLUMNS)
+    return pd.DataFrame(rows, columns=DELTA_COLUMNS)
 
 
 def _delta_row(

@@ -4,6 +4,7 @@
 import pandas as pd
 import streamlit as st
 
+from csba.stats import DELTA_COLUMNS
 from csba.store import RunError
 from pages import figures as F
 from pages.common import (
@@ -249,16 +250,7 @@ def main() -> None:
                 }
                 for a, b, c, m, e in rows
             ],
-            columns=[
-                "run",
-                "reference",
-                "class",
-                "metric",
-                "delta",
-                "ci_low",
-                "ci_high",
-                "significant",
-            ],
+            columns=DELTA_COLUMNS,
         )
         st.caption(
             f"Seed means against the mean over the {len(members[ref_group])} seed(s) of "

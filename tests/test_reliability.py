@@ -170,8 +170,8 @@ def _wait_for(path: Path, text: str, proc, timeout=120.0):
     return False
 
 
-def test_sigint_on_the_command_line_keeps_best_weights(tiny_folder, tmp_path):
-    log = tmp_path / "log.txt"
+def _start_training(tiny_folder, out, log, *extra):
+    """A long CLI training run on the tiny folder, its output going to ``log``."""
     cmd = [
         sys.executable,
         "-m",
@@ -186,10 +186,16 @@ def test_sigint_on_the_command_line_keeps_best_weights(tiny_folder, tmp_path):
         "--epochs",
         "200",
         "--out",
-        str(tmp_path),
+        str(out),
+        *extra,
     ]
     with log.open("w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+
+
+def test_sigint_on_the_command_line_keeps_best_weights(tiny_folder, tmp_path):
+    log = tmp_path / "log.txt"
+    proc = _start_training(tiny_folder, tmp_path, log)
     assert _wait_for(log, "epoch   1", proc), log.read_text()
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 130
@@ -205,27 +211,7 @@ def test_sigkill_mid_epoch_never_leaves_a_run_that_loads_wrong(tiny_runs, tiny_f
     shutil.copytree(tiny_runs["baseline"], run_dir)
     before = load_run(run_dir).meta["weights_sha256"]
     log = tmp_path / "log.txt"
-    cmd = [
-        sys.executable,
-        "-m",
-        "csba",
-        "train",
-        "--dataset",
-        "imagefolder",
-        "--data-root",
-        str(tiny_folder),
-        "--image-size",
-        "32",
-        "--epochs",
-        "200",
-        "--variant",
-        "baseline",
-        "--overwrite",
-        "--out",
-        str(tmp_path),
-    ]
-    with log.open("w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+    proc = _start_training(tiny_folder, tmp_path, log, "--variant", "baseline", "--overwrite")
     assert _wait_for(log, "epoch   2", proc), log.read_text()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(30)
