@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +147,34 @@ def test_protocol_trains_diagnoses_and_resumes(tiny_folder, tmp_path, capsys):
     stamps = [m["created"] for m in metas]
     assert main(args) == 0  # complete runs are skipped, not retrained
     assert [json.loads(Path(d, "run.json").read_text())["created"] for d in dirs] == stamps
+
+
+def test_protocol_parallel_jobs_match_serial_runs(tiny_folder, tmp_path, capsys):
+    """--jobs 2 runs worker processes; each run equals a serial run at the same thread count."""
+    common = ["--dataset", "imagefolder", "--data-root", str(tiny_folder), "--seeds", "0"]
+    common += ["--epochs", "1", "--image-size", "32", "--diagnose-per-class", "4"]
+    par = tmp_path / "par"
+    args = ["protocol", *common, "--variants", "baseline", "csba", "--jobs", "2", "--out", str(par)]
+    assert main(args) == 0
+    dirs = capsys.readouterr().out.split()
+    assert [d.split("/")[-1] for d in dirs] == ["baseline-s0", "csba-s0"]
+    logs = sorted(p.name for p in (par / "logs").iterdir())
+    assert logs == ["imagefolder-32px-baseline-s0.log", "imagefolder-32px-csba-s0.log"]
+    assert "accuracy" in (par / "logs" / logs[1]).read_text()
+    meta = json.loads(Path(dirs[1], "run.json").read_text())
+    assert meta["status"] == "completed" and "gcm" in meta["diagnostics"]
+    threads = meta["runtime"]["threads"]
+    # the same run in a serial worker with the same thread count gives the same weights
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    ser = tmp_path / "ser"
+    cmd = [sys.executable, "-m", "csba", "protocol", *common, "--variants", "csba"]
+    cmd += ["--out", str(ser)]
+    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, **env})
+    again = json.loads((ser / "imagefolder-32px" / "csba-s0" / "run.json").read_text())
+    assert again["weights_sha256"] == meta["weights_sha256"]
+    assert again["metrics"]["test"] == meta["metrics"]["test"]
+
+
+def test_protocol_rejects_zero_jobs(capsys):
+    assert main(["protocol", "--jobs", "0"]) == 2
+    assert "--jobs must be 1 or more" in capsys.readouterr().err
