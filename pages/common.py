@@ -323,6 +323,23 @@ def compare(paths: Sequence[str | os.PathLike], n_resamples: int = 1000, seed: i
     return _compare(tuple(run_stamp(p) for p in paths), int(n_resamples), int(seed))
 
 
+@st.cache_data(show_spinner="Summarising the runs...", max_entries=16)
+def _results(root: str, dataset: str, stamps, n_resamples: int) -> tuple[str, dict]:
+    from csba.report import render_results_markdown
+
+    del stamps  # only part of the cache key
+    command = f"python -m csba report {root} --dataset {dataset}"
+    return render_results_markdown(root, dataset, n_resamples=n_resamples, command=command)
+
+
+def results_summary(dataset: str, n_resamples: int = 2000) -> tuple[str, dict]:
+    """:func:`csba.report.render_results_markdown` for the runs of ``dataset`` under
+    :func:`runs_root` (the README's results section, verdict included), cached on the runs'
+    mtimes. Raises ValueError when there are no usable runs of ``dataset``."""
+    root = runs_root()
+    return _results(str(root), dataset, _scan([root]), int(n_resamples))
+
+
 @st.cache_data(show_spinner="Bootstrapping seed means...", max_entries=64)
 def _seed_mean(stamps, ref_stamps, n_resamples: int, seed: int) -> dict:
     from csba.stats import bootstrap_seed_mean

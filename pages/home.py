@@ -1,7 +1,10 @@
 """Home: the runs found, the dataset's class distribution and the parameter table (Table 2)."""
 
+from pathlib import Path
+
 import streamlit as st
 
+from csba.store import RunError
 from pages import figures as F
 from pages.common import (
     NO_RUNS,
@@ -10,6 +13,7 @@ from pages.common import (
     download_df,
     download_fig,
     parameter_table,
+    results_summary,
     run_labels,
     runs_root,
     sort_key,
@@ -22,6 +26,24 @@ INTRO = (
     "below is a point estimate on one test set from one training seed; the **Per-class F1** page "
     "gives their 95% bootstrap intervals and aggregates seeds."
 )
+
+
+def verdict_section(good) -> None:
+    """Per dataset with runs under the runs folder: does CSBA beat the baseline (the README's
+    verdict, computed from the runs found) and the whole results section in an expander."""
+    root = runs_root().resolve()
+    local = [i for i in good if Path(i.path).resolve().is_relative_to(root)]
+    for ds in sorted({dataset_name(i.meta) for i in local}):
+        try:
+            markdown, info = results_summary(ds)
+        except (ValueError, RunError) as e:
+            st.caption(f"No summary for {ds}: {e}")
+            continue
+        verdict = info["verdict"]
+        icon = ":material/check_circle:" if verdict.get("csba_better") else ":material/balance:"
+        st.info(f"**Does CSBA beat the baseline?** {verdict['sentence']}", icon=icon)
+        with st.expander(f"All results for {ds} ({len(info['runs'])} runs, as in the README)"):
+            st.markdown(markdown)
 
 
 def runs_section(good, bad) -> None:
@@ -129,6 +151,8 @@ def main() -> None:
     bad = [i for i in infos if i.meta is None]
     if not good:
         st.info(NO_RUNS.format(root=runs_root()))
+    if good:
+        verdict_section(good)
     if good or bad:
         runs_section(good, bad)
     num_classes = dataset_section(good) if good else None

@@ -120,6 +120,20 @@ def test_home_lists_every_run_and_the_broken_one(runs_root):
     assert len(at.get("plotly_chart")) == 1
 
 
+def test_home_states_the_verdict_of_the_runs(runs_root):
+    from csba.report import render_results_markdown
+
+    at = _app()
+    _no_exception(at)
+    _, info = render_results_markdown(runs_root, "imagefolder")
+    sentence = info["verdict"]["sentence"]
+    assert "CSBA" in sentence and any(sentence in i.value for i in at.info)
+    exp = at.expander[0]
+    assert "All results for imagefolder" in exp.label
+    body = "\n".join(m.value for m in exp.markdown)
+    assert "paper Table 2" in body and "paper Table 7" in body
+
+
 def test_home_sees_a_new_run_without_restart(runs_root, tmp_path):
     at = _app()
     n = len(at.dataframe[0].value)

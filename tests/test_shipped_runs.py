@@ -1,0 +1,116 @@
+"""The trained runs shipped in ``checkpoints/`` (issue 8).
+
+* every run folder loads (weights' SHA-256 checked), is complete and diagnosed;
+* re-evaluating a run on the ELPV test split gives exactly the metrics and predictions in its
+  run.json (float32 evaluation, whatever precision and thread count it was trained with);
+* the README's results section is exactly what ``python -m csba report checkpoints`` writes;
+* every dashboard page opens on them without an exception.
+
+Skipped only while nothing is shipped; the ELPV images come from the installed
+``elpv-dataset`` package (decoded into the session's private cache, no download).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from csba.store import list_runs
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "checkpoints"
+RUNS = [info for info in list_runs(SHIPPED)]
+
+pytestmark = pytest.mark.skipif(not RUNS, reason="no runs shipped in checkpoints/")
+
+
+def _ids(infos) -> list[str]:
+    return [str(i.path.relative_to(SHIPPED)) for i in infos]
+
+
+def test_shipped_runs_are_complete_and_diagnosed():
+    bad = [(str(i.path), i.error) for i in RUNS if i.meta is None]
+    assert not bad, bad
+    for info in RUNS:
+        meta = info.meta
+        assert meta["status"] == "completed", info.path
+        assert {"gcm", "branches", "attention"} <= set(meta["diagnostics"]), info.path
+        assert meta["conflict_history"], info.path
+        assert meta["dataset"]["name"] == "elpv" and meta["dataset"]["skipped"] == 0
+    # no stray files: a run folder is run.json + model.safetensors, nothing else
+    for info in RUNS:
+        assert sorted(p.name for p in info.path.iterdir()) == ["model.safetensors", "run.json"]
+
+
+@pytest.fixture(scope="module")
+def elpv_bundles():
+    """ELPV bundles by image size, decoded once for the module."""
+    from csba.data import load_dataset
+
+    cache = {}
+
+    def get(meta):
+        ds = meta["dataset"]
+        key = (int(ds["image_size"]), int(ds["split_seed"]))
+        if key not in cache:
+            cache[key] = load_dataset("elpv", key[0], split_seed=key[1])
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("info", RUNS, ids=_ids(RUNS))
+def test_reevaluation_gives_the_stored_metrics_exactly(info, elpv_bundles):
+    from csba.evaluate import evaluate_split
+    from csba.store import load_run
+
+    run = load_run(info.path)  # verifies the weights' SHA-256
+    bundle = elpv_bundles(run.meta)
+    assert bundle.fingerprint == run.meta["dataset"]["fingerprint"]
+    idx = run.meta["split_indices"]["test"]
+    assert bundle.split("test").labels.tolist() == run.meta["predictions"]["test"]["y_true"]
+    assert len(idx) == len(run.meta["predictions"]["test"]["y_true"])
+    metrics, probs = evaluate_split(
+        run.model, bundle.split("test"), bundle.classes, bundle.mean, bundle.std
+    )
+    assert metrics == run.meta["metrics"]["test"]
+    assert probs.argmax(1).tolist() == run.meta["predictions"]["test"]["y_pred"]
+    stored = np.asarray(run.meta["predictions"]["test"]["probs"])
+    np.testing.assert_allclose(probs, stored, atol=2e-6)  # stored rounded to 6 decimals
+
+
+def test_readme_results_are_the_report_of_the_shipped_runs(tmp_path):
+    from csba.report import write_readme_results
+
+    readme = (REPO / "README.md").read_text()
+    copy = tmp_path / "README.md"
+    copy.write_text(readme)
+    write_readme_results(SHIPPED, copy, dataset="elpv")
+    assert copy.read_text() == readme, "README results are stale: run python -m csba report"
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        "pages/home.py",
+        "pages/confusion.py",
+        "pages/f1.py",
+        "pages/conflict.py",
+        "pages/attention.py",
+        "pages/attributions.py",
+        "pages/training.py",
+    ],
+)
+def test_dashboard_pages_open_on_shipped_runs(page, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.delenv("CSBA_RUNS_ROOT", raising=False)
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
