@@ -1375,7 +1375,7 @@ def render_results_markdown(
     headers += ["test images", *variants]
     lines.append(_md_table(headers, rows, [False] + [True] * (len(headers) - 1)))
 
-    lines += ["", "#### Gradient conflict (paper Tables 4 and 5)", ""]
+    lines += ["", "#### Gradient conflict (paper Table 4)", ""]
     diagnosed = [v for v in variants if gcms[v]]
     if not diagnosed:
         lines.append(
@@ -1425,6 +1425,8 @@ def render_results_markdown(
                 [False] * (TOP_PAIRS + 1),
             )
         )
+    lines += _branch_share_lines(groups, variants, classes)
+    lines += _tradeoff_lines(groups, variants, gcms)
     if notes:
         lines += ["", "Notes: " + "; ".join(notes) + "."]
     info = {
@@ -1437,6 +1439,89 @@ def render_results_markdown(
         "notes": notes,
     }
     return "\n".join(lines), info
+
+
+def _branch_shares(meta: Mapping[str, Any]) -> np.ndarray | None:
+    """``diagnostics.branches.shares`` (C, K) as an array, or None when absent or malformed."""
+    diag = meta.get("diagnostics")
+    branches = diag.get("branches") if isinstance(diag, Mapping) else None
+    if not isinstance(branches, Mapping) or branches.get("shares") is None:
+        return None
+    try:
+        shares = np.asarray(
+            [[_float_or_nan(v) for v in row] for row in branches["shares"]], dtype=np.float64
+        )
+    except TypeError:
+        return None
+    return shares if shares.ndim == 2 and shares.size else None
+
+
+def _branch_share_lines(
+    groups: Mapping[str, list[RunRecord]], variants: Sequence[str], classes: Sequence[str]
+) -> list[str]:
+    """Paper Table 5: each class's gradient-norm share per branch, seed-averaged."""
+    lines = ["", "#### Branch specialisation (paper Table 5)", ""]
+    rows = []
+    for v in variants:
+        arrays = [a for a in (_branch_shares(r.meta) for r in groups[v]) if a is not None]
+        arrays = [a for a in arrays if a.shape == (len(classes), arrays[0].shape[1])]
+        if not arrays:
+            continue
+        mean = np.nanmean(np.stack(arrays), axis=0)  # (C, K)
+        k = mean.shape[1]
+        spread = np.nanmax(np.abs(mean - 1.0 / k))  # largest departure from uniform
+        cells = [" / ".join(f"{x:.2f}" for x in row) for row in mean]
+        rows.append([v, len(arrays), *cells, f"{spread:.3f}"])
+    if not rows:
+        lines.append("No run here has branch diagnostics yet (`python -m csba diagnose RUN_DIR`).")
+        return lines
+    lines.append(
+        "Share of each class's gradient norm that falls on each classifier branch's parameters "
+        "(attention included), branch 1 / 2 / ... (class_heads: one branch per class), averaged "
+        "over the diagnosed seeds; uniform is 1/K. The last column is the largest departure from "
+        "uniform: the paper reads shares far from 1/K as branches specialising on classes."
+    )
+    lines.append("")
+    headers = ["variant", "seeds", *classes, "largest departure from 1/K"]
+    lines.append(_md_table(headers, rows, [False, True, *([True] * len(classes)), True]))
+    return lines
+
+
+def _tradeoff_lines(
+    groups: Mapping[str, list[RunRecord]],
+    variants: Sequence[str],
+    gcms: Mapping[str, list[Mapping[str, Any]]],
+) -> list[str]:
+    """Paper Table 6: validation accuracy, generalisation gap and conflict change vs baseline."""
+    lines = ["", "#### Optimisation vs generalisation (paper Table 6)", ""]
+    base = [g["mean"] for g in gcms.get("baseline", []) if math.isfinite(g["mean"])]
+    base_mean = float(np.mean(base)) if base else None
+    rows = []
+    for v in variants:
+        rs = groups[v]
+        val = [
+            _float_or_nan((r.meta.get("metrics") or {}).get("val", {}).get("accuracy")) for r in rs
+        ]
+        gap = [_float_or_nan(r.meta.get("generalisation_gap")) for r in rs]
+        means = [g["mean"] for g in gcms.get(v, []) if math.isfinite(g["mean"])]
+        change = "-"
+        if base_mean is not None and means and v != "baseline":
+            change = _spread_cell([m - base_mean for m in means], None)
+        rows.append([v, len(rs), _spread_cell(val, None), _spread_cell(gap, None), change])
+    lines.append(
+        "Validation accuracy (float32) and generalisation gap (validation minus training loss) "
+        "at the kept epoch, and the change of mean conflict against the baseline's seed mean "
+        "(positive: gradients more aligned than the baseline's); mean ± spread over seeds."
+    )
+    lines.append("")
+    lines.append(
+        _md_table(
+            ["variant", "seeds", "val accuracy", "generalisation gap", "Δ mean conflict"],
+            rows,
+            [False, True, True, True, True],
+        )
+    )
+    return lines
 
 
 def _mean_pairs(gcms: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, float]]:
@@ -1493,8 +1578,9 @@ def write_readme_results(
     The section holds, per variant, mean and seed spread of accuracy, macro-F1 and the minority
     class's F1 (fewest training images) with bootstrap intervals, the parameter count (Table 2),
     the paired macro-F1 difference against the baseline, per-class F1 (Table 7), mean/std
-    conflict (Table 5) and the most adversarial pairs (Table 4) of diagnosed runs, and one
-    sentence on whether CSBA beats the baseline. It replaces the text between
+    conflict and the most adversarial pairs (Table 4), branch gradient shares (Table 5) and
+    validation accuracy / generalisation gap / conflict change (Table 6) of diagnosed runs, and
+    one sentence on whether CSBA beats the baseline. It replaces the text between
     ``<!-- results:start -->`` and ``<!-- results:end -->`` (added at the end when absent; the
     README is created when missing). Writing is atomic. Returns the info dict of
     :func:`render_results_markdown` plus ``readme`` and ``changed``.

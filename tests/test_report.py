@@ -26,6 +26,7 @@ from csba.report import (
     RESULTS_START,
     compare_cli,
     compare_runs,
+    render_results_markdown,
     replace_between_markers,
     write_readme_results,
 )
@@ -522,3 +523,42 @@ def test_readme_ignores_other_datasets_and_broken_runs(real_runs, tmp_path):
     info = write_readme_results(root, tmp_path / "R.md", dataset="imagefolder", n_resamples=50)
     assert len(info["runs"]) == 3
     assert any("broken-s0" in n for n in info["notes"])
+
+
+def test_readme_branch_shares_and_tradeoff_tables_known_answer(real_runs, tmp_path):
+    """Tables 5 and 6: seed means of hand-written shares, gaps and conflict changes."""
+    src = real_runs.dirs[("baseline", 0)]
+    root = tmp_path / "root" / "imagefolder-32px"
+
+    def diag(mean_cos: float, shares) -> dict:
+        m = np.full((3, 3), mean_cos)
+        np.fill_diagonal(m, 1.0)
+        return {"gcm": {"matrix": m.tolist()}, "branches": {"shares": shares}}
+
+    uniform = [[1 / 3] * 3] * 3
+    skew = [[0.5, 0.25, 0.25], [1 / 3] * 3, [0.2, 0.2, 0.6]]
+    runs = [
+        ("baseline", 0, diag(-0.30, uniform), 0.10),
+        ("baseline", 1, diag(-0.20, uniform), 0.20),
+        ("csba", 0, diag(-0.10, skew), 0.30),
+        ("csba", 1, diag(0.00, skew), 0.50),
+    ]
+    for variant, seed, d, gap in runs:
+        dst = _derive(src, root / f"{variant}-s{seed}", variant=variant, seed=seed, diagnostics=d)
+        meta = read_run_json(dst)
+        meta["generalisation_gap"] = gap
+        atomic_write_json(dst / "run.json", meta)
+    md, _ = render_results_markdown(tmp_path / "root", "imagefolder", n_resamples=50)
+    t5 = md[md.index("paper Table 5") : md.index("paper Table 6")]
+    rows5 = {r.split("|")[1].strip(): r for r in t5.splitlines() if r.startswith("| ")}
+    assert (
+        "| 0.50 / 0.25 / 0.25 | 0.33 / 0.33 / 0.33 | 0.20 / 0.20 / 0.60 | 0.267 |" in rows5["csba"]
+    )
+    assert rows5["baseline"].endswith("| 0.000 |")
+    t6 = md[md.index("paper Table 6") :]
+    rows6 = {r.split("|")[1].strip(): r.split("|") for r in t6.splitlines() if r.startswith("| ")}
+    assert rows6["baseline"][4].strip() == "0.150 ± 0.071"  # mean ± sample std of 0.1, 0.2
+    assert rows6["baseline"][5].strip() == "-"
+    # csba conflict means -0.1 and 0.0 against the baseline's seed mean -0.25
+    assert rows6["csba"][5].strip() == "0.200 ± 0.071"
+    assert rows6["csba"][4].strip() == "0.400 ± 0.141"
