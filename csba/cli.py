@@ -271,10 +271,19 @@ def cmd_protocol(args: argparse.Namespace) -> int:
                 f"   {variant} s{seed}: accuracy {m['accuracy']:.3f}, macro-F1 "
                 f"{m['macro_f1']:.3f}  ({time.perf_counter() - t0:.0f} s so far)"
             )
+    _refresh_changes(args.out)
     _err(f"protocol: {len(done)} runs in {time.perf_counter() - t0:.0f} s")
     for d in done:
         print(d)
     return 0
+
+
+def _refresh_changes(root: str) -> None:
+    """Runs diagnosed before their baseline get their conflict change against it now."""
+    from .diagnostics.run import refresh_conflict_changes
+
+    for path in refresh_conflict_changes(root):
+        _err(f"   updated the conflict change against the baseline of {path}")
 
 
 def _protocol_parallel(args: argparse.Namespace, variants: list[str], t0: float) -> int:
@@ -329,6 +338,7 @@ def _protocol_parallel(args: argparse.Namespace, variants: list[str], t0: float)
                 f"{m['macro_f1']:.3f}  ({time.perf_counter() - t0:.0f} s so far)"
             )
             print(run_dir)
+    _refresh_changes(args.out)
     if failed:
         raise CLIError(f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun to resume")
     _err(f"protocol: {len(tasks)} runs in {time.perf_counter() - t0:.0f} s with {args.jobs} jobs")

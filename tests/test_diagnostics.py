@@ -497,3 +497,24 @@ def test_diagnose_run_uses_normalised_split_and_history():
     tracker = ConflictTracker.from_split(split, bundle.mean, bundle.std, 3, 2, 0)
     entry = tracker.record(run.model, epoch=1)
     np.testing.assert_allclose(entry["matrix"], direct.matrix, atol=1e-6)
+
+
+def test_refresh_conflict_changes_fills_runs_diagnosed_before_their_baseline(tiny_runs, tmp_path):
+    import shutil
+
+    from csba.diagnostics.run import refresh_conflict_changes
+    from csba.store import read_run_json, update_run_json
+
+    root = tmp_path / "runs"
+    for v, mean, change in (("baseline", -0.30, None), ("csba", -0.10, None)):
+        dst = root / "ds" / f"{v}-s0"
+        shutil.copytree(tiny_runs[v], dst)
+        update_run_json(dst, diagnostics={"gcm": {"mean": mean}, "conflict_change": change})
+    (root / "ds" / "focal-s0").mkdir()  # an unreadable folder is skipped
+    (root / "ds" / "focal-s0" / "run.json").write_text("{")
+    changed = refresh_conflict_changes(root)
+    assert sorted(p.name for p in changed) == ["baseline-s0", "csba-s0"]
+    csba = read_run_json(root / "ds" / "csba-s0")["diagnostics"]
+    assert csba["conflict_change"] == pytest.approx(0.20) and csba["gcm"]["mean"] == -0.10
+    assert read_run_json(root / "ds" / "baseline-s0")["diagnostics"]["conflict_change"] == 0.0
+    assert refresh_conflict_changes(root) == []  # idempotent

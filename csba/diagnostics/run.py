@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -87,6 +88,30 @@ def diagnose_run(
     if store:
         update_run_json(run.path, diagnostics=out)
     return out
+
+
+def refresh_conflict_changes(root: str | os.PathLike) -> list[Path]:
+    """Recompute the stored ``diagnostics.conflict_change`` of every diagnosed run under ``root``.
+
+    A run diagnosed before the ``baseline-s<seed>`` beside it (parallel protocol workers), or
+    whose baseline was re-diagnosed later, holds a stale value; this rereads both stored means
+    (no model is run) and rewrites only the run.json files whose value changes. Returns them.
+    """
+    from ..store import list_runs, update_run_json
+
+    changed = []
+    for info in list_runs(root):
+        diag = (info.meta or {}).get("diagnostics")
+        if not isinstance(diag, dict) or not isinstance(diag.get("gcm"), dict):
+            continue
+        seed = (info.meta.get("config") or {}).get("seed")
+        base = _baseline_mean(Path(info.path), seed) if seed is not None else None
+        value = conflict_change(diag["gcm"].get("mean"), base)
+        value = None if math.isnan(value) else value
+        if value != diag.get("conflict_change"):
+            update_run_json(info.path, diagnostics={**diag, "conflict_change": value})
+            changed.append(Path(info.path))
+    return changed
 
 
 def _print_text(out: dict, run_dir: str) -> None:
