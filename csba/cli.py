@@ -300,7 +300,7 @@ def _protocol_parallel(args: argparse.Namespace, variants: list[str], t0: float)
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from .store import read_run_json, run_dir_for
+    from .store import RunError, read_run_json, run_dir_for
 
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     log_dir = Path(args.out) / "logs"
@@ -320,8 +320,16 @@ def _protocol_parallel(args: argparse.Namespace, variants: list[str], t0: float)
         if args.data_root:
             cmd += ["--data-root", args.data_root]
         log = log_dir / f"{run_dir.parent.name}-{run_dir.name}.log"
+        try:
+            meta = read_run_json(run_dir)
+        except RunError:
+            meta = {}
+        trained = meta.get("status") == "completed"
+        if trained and "diagnostics" in meta:
+            return variant, seed, 0, run_dir  # complete: its log stays as it is
         _err(f"== {variant} seed {seed} -> {run_dir} ({threads} thread(s), log {log})")
-        with open(log, "a") as fh:
+        # A run that was not completed restarts from scratch, so its log does too.
+        with open(log, "a" if trained else "w") as fh:
             rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
         return variant, seed, rc, run_dir
 
