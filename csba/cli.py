@@ -128,18 +128,70 @@ def load_run_and_data(run_dir: str, data_root: str | None = None):
     return run, bundle
 
 
+def recorded_views(meta: dict) -> int:
+    """Test-time views behind a run's stored metrics (1 when run.json does not say)."""
+    return int((meta.get("evaluation") or {}).get("views") or 1)
+
+
+def wanted_views(meta: dict | None, views: str | int) -> int:
+    """``--views`` as a number: "auto" is :func:`csba.evaluate.tta_views` of the run's dataset
+    (8 for EL cells, whose training augmentation includes 90-degree rotations, else 4)."""
+    from .evaluate import tta_views
+
+    if str(views) != "auto":
+        return int(views)
+    return tta_views(bool(((meta or {}).get("dataset") or {}).get("rot90")))
+
+
+def store_evaluation(run_dir: str, views: int, data_root: str | None = None) -> dict:
+    """Recompute a run's stored val/test metrics and test predictions with ``views`` test-time
+    views (float32; see :func:`csba.evaluate.predict`) and record ``evaluation.views``.
+
+    The single-view metrics that training stored are kept under ``metrics_single_view``, so
+    both stay in run.json. Returns the new test metrics.
+    """
+    import numpy as np
+
+    from .evaluate import evaluate_split
+    from .store import update_run_json
+
+    run, bundle = load_run_and_data(run_dir, data_root)
+    args = (bundle.classes, bundle.mean, bundle.std)
+    test, probs = evaluate_split(run.model, bundle.test, *args, views=views)
+    val, _ = evaluate_split(run.model, bundle.val, *args, views=views)
+    fields = {
+        "metrics": {"test": test, "val": val},
+        "predictions": {
+            "test": {
+                "y_true": bundle.test.labels.tolist(),
+                "y_pred": probs.argmax(1).tolist(),
+                "probs": np.round(probs, 6).tolist(),
+            }
+        },
+        "evaluation": {"views": views},
+    }
+    if recorded_views(run.meta) == 1 and "metrics_single_view" not in run.meta:
+        fields["metrics_single_view"] = run.meta["metrics"]
+    update_run_json(run.path, **fields)
+    return test
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_split
 
     run, bundle = load_run_and_data(args.run_dir, args.data_root)
+    views = recorded_views(run.meta) if args.views is None else args.views
     metrics, _ = evaluate_split(
-        run.model, bundle.split(args.split), bundle.classes, bundle.mean, bundle.std
+        run.model, bundle.split(args.split), bundle.classes, bundle.mean, bundle.std, views=views
     )
-    metrics = {"run": str(run.path), "split": args.split, **metrics}
+    metrics = {"run": str(run.path), "split": args.split, "views": views, **metrics}
     if args.json:
         _print_json(metrics)
         return 0
-    print(f"{run.path}  ({run.variant}, seed {run.seed})  split: {args.split}, n={metrics['n']}")
+    print(
+        f"{run.path}  ({run.variant}, seed {run.seed})  split: {args.split}, n={metrics['n']}, "
+        f"{views} view(s)"
+    )
     print(
         f"accuracy {metrics['accuracy']:.4f}  balanced accuracy "
         f"{metrics['balanced_accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}"
@@ -263,6 +315,9 @@ def cmd_protocol(args: argparse.Namespace) -> int:
                 meta = train(cfg, callback=_progress_printer(cfg))
                 if meta["status"] != "completed":
                     raise CLIError(f"{variant} seed {seed} {meta['status']}; rerun to resume")
+            views = wanted_views(meta, args.views)
+            if recorded_views(meta) != views:
+                store_evaluation(str(run_dir), views, args.data_root)
             if meta is None or "diagnostics" not in meta or not complete:
                 diagnose_run(str(run_dir), per_class=args.diagnose_per_class or None)
             m = read_run_json(run_dir)["metrics"]["test"]
@@ -317,6 +372,7 @@ def _protocol_parallel(args: argparse.Namespace, variants: list[str], t0: float)
         cmd += ["--device", args.device, "--out", args.out]
         cmd += ["--conflict-every", str(args.conflict_every)]
         cmd += ["--diagnose-per-class", str(args.diagnose_per_class)]
+        cmd += ["--views", str(args.views)]
         if args.data_root:
             cmd += ["--data-root", args.data_root]
         log = log_dir / f"{run_dir.parent.name}-{run_dir.name}.log"
@@ -325,7 +381,8 @@ def _protocol_parallel(args: argparse.Namespace, variants: list[str], t0: float)
         except RunError:
             meta = {}
         trained = meta.get("status") == "completed"
-        if trained and "diagnostics" in meta:
+        views_ok = recorded_views(meta) == wanted_views(meta, args.views)
+        if trained and "diagnostics" in meta and views_ok:
             return variant, seed, 0, run_dir  # complete: its log stays as it is
         _err(f"== {variant} seed {seed} -> {run_dir} ({threads} thread(s), log {log})")
         # A run that was not completed restarts from scratch, so its log does too.
@@ -472,6 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default="test", choices=("test", "val", "train"), help="default %(default)s"
     )
     e.add_argument("--data-root", default=None, help="override the run's recorded data root")
+    e.add_argument(
+        "--views",
+        type=int,
+        choices=(1, 2, 4, 8),
+        default=None,
+        help="test-time views averaged (1: plain; 8: flips x 90-degree rotations); default: "
+        "those the run's stored metrics used (run.json evaluation.views)",
+    )
     e.add_argument("--json", action="store_true", help="print one JSON document")
     e.set_defaults(func=cmd_evaluate)
 
@@ -564,6 +629,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="images per class for diagnose (0: whole training split)",
+    )
+    pr.add_argument(
+        "--views",
+        choices=("auto", "1", "2", "4", "8"),
+        default="auto",
+        help="test-time views behind the stored metrics (default auto: the 8 flips x 90-degree "
+        "rotations for EL cells, 4 flips otherwise, as in training augmentation; 1: plain)",
     )
     pr.add_argument(
         "--jobs",

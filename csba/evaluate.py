@@ -15,7 +15,24 @@ from torch import nn
 
 from .data import ImageSet, normalize
 
-__all__ = ["classification_metrics", "predict"]
+__all__ = ["classification_metrics", "predict", "tta_views"]
+
+
+def tta_views(rot90: bool) -> int:
+    """Test-time views that mirror the training augmentation: the 8 symmetries of the square
+    (flips x 90-degree rotations) for EL cells, else the 4 flip combinations."""
+    return 8 if rot90 else 4
+
+
+def _view(x: torch.Tensor, v: int) -> torch.Tensor:
+    """View ``v`` of a batch (B, c, S, S): v % 4 picks the flips, v // 4 a quarter turn."""
+    if v // 4:
+        x = x.transpose(2, 3)  # with the flips below this covers the four odd symmetries
+    if v % 2:
+        x = x.flip(3)
+    if (v // 2) % 2:
+        x = x.flip(2)
+    return x
 
 
 @torch.no_grad()
@@ -28,14 +45,21 @@ def predict(
     batch_size: int = 128,
     device: str | torch.device = "cpu",
     bf16: bool = False,
+    views: int = 1,
 ) -> np.ndarray:
     """Class probabilities (N, C) float64 for uint8 images (N, c, S, S), in eval mode.
 
     Stored metrics always come from float32 (the default) so re-evaluating a run reproduces them,
     whatever precision it was trained in; ``bf16=True`` (bfloat16 autocast, channels_last) is
-    only for the per-epoch validation that drives early stopping. The model's train/eval mode is
-    restored afterwards.
+    only for the per-epoch validation that drives early stopping. ``views`` > 1 is test-time
+    augmentation: the softmax averaged over the first ``views`` of the 8 square symmetries
+    (identity, h-flip, v-flip, both, then the same after a transpose; 4 = flips only, 8 = all,
+    for square images). The model's train/eval mode is restored afterwards.
     """
+    if views not in (1, 2, 4, 8):
+        raise ValueError(f"views must be 1, 2, 4 or 8, got {views}")
+    if views > 4 and images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"{views} views need square images, got {tuple(images.shape[-2:])}")
     was_training = model.training
     model.eval()
     device = torch.device(device)
@@ -45,9 +69,17 @@ def predict(
             x = normalize(chunk.to(device), mean, std)
             if bf16:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
-            out.append(torch.softmax(logits.float(), dim=1).double().cpu())
+            probs = None
+            for v in range(views):
+                xv = x
+                if v:  # the identity view keeps x as it is, so views=1 is the plain forward
+                    fmt = torch.channels_last if bf16 else torch.contiguous_format
+                    xv = _view(x, v).contiguous(memory_format=fmt)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(xv)
+                p = torch.softmax(logits.float(), dim=1).double()
+                probs = p if probs is None else probs + p
+            out.append((probs / views).cpu())
     finally:
         model.train(was_training)
     if not out:
@@ -94,9 +126,10 @@ def evaluate_split(
     *,
     device: str | torch.device = "cpu",
     bf16: bool = False,
+    views: int = 1,
 ) -> tuple[dict, np.ndarray]:
     """Metrics and probabilities (N, C) of ``model`` on one split (see :func:`predict`)."""
-    probs = predict(model, split.images, mean, std, device=device, bf16=bf16)
+    probs = predict(model, split.images, mean, std, device=device, bf16=bf16, views=views)
     y_true = split.labels.numpy()
     y_pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
     return classification_metrics(y_true, y_pred, classes), probs

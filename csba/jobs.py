@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .store import run_dir_for
+from .store import RunError, read_run_json, run_dir_for
 
 __all__ = [
     "FINISHED",
@@ -76,18 +76,25 @@ def check_data_root(text: str | None, allowed_root: str | os.PathLike | None = N
     return path
 
 
-def find_run_diagnoser() -> Callable[[str], object] | None:
-    """``csba.diagnostics``' run-folder diagnosis (``diagnose_run(run_dir)``), if it exists."""
-    try:
-        from .diagnostics import run as run_diagnostics
-    except ImportError:
-        run_diagnostics = None
-    fn = getattr(run_diagnostics, "diagnose_run", None)
-    if fn is None:
-        from . import diagnostics
+def evaluate_and_diagnose(run_dir: str) -> None:
+    """What ``python -m csba protocol`` does after training: store the metrics with the
+    dataset's test-time views (8 for EL cells, else 4; the single-view ones are kept under
+    ``metrics_single_view``), so dashboard runs compare like with like against the shipped
+    ones, then ``diagnose_run``."""
+    from .cli import recorded_views, store_evaluation, wanted_views
+    from .diagnostics.run import diagnose_run
+    from .store import read_run_json
 
-        fn = getattr(diagnostics, "diagnose_run", None)
-    return fn if callable(fn) else None
+    meta = read_run_json(run_dir)
+    views = wanted_views(meta, "auto")
+    if recorded_views(meta) != views:
+        store_evaluation(run_dir, views)
+    diagnose_run(run_dir)
+
+
+def find_run_diagnoser() -> Callable[[str], object] | None:
+    """The post-training step of a job: :func:`evaluate_and_diagnose`."""
+    return evaluate_and_diagnose
 
 
 @dataclass
@@ -455,8 +462,15 @@ class JobManager:
             self._lock.notify_all()
         if not cancelled:
             run_diag = self._diagnose(run.run_dir)
+            try:  # the evaluation step may have replaced the metrics (test-time views)
+                test = read_run_json(run.run_dir)["metrics"]["test"]
+            except (RunError, KeyError):
+                test = {}
             with self._lock:
                 run.diagnostics = run_diag
+                if test:
+                    run.result["test_macro_f1"] = test.get("macro_f1")
+                    run.result["test_accuracy"] = test.get("accuracy")
                 run.status = "completed"
                 self._runs_version += 1
         with self._lock:

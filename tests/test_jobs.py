@@ -79,6 +79,11 @@ def test_finished_run_is_diagnosed_by_csba_diagnostics(tiny_folder, tmp_path):
     assert job.status == "completed" and run.diagnostics == "diagnosed"
     meta = read_run_json(run.run_dir)
     assert "gcm" in meta["diagnostics"] and meta["metrics"]["test"]["macro_f1"] is not None
+    # like the protocol: metrics with the dataset's test-time views (image folder: 4 flips),
+    # the single-view ones kept, and the job's result showing the stored ones
+    assert meta["evaluation"] == {"views": 4}
+    assert set(meta["metrics_single_view"]) == {"test", "val"}
+    assert run.result["test_macro_f1"] == meta["metrics"]["test"]["macro_f1"]
 
 
 def test_existing_run_folder_is_never_overwritten(tiny_folder, tmp_path, manager):

@@ -2,7 +2,8 @@
 
 * every run folder loads (weights' SHA-256 checked), is complete and diagnosed;
 * re-evaluating a run on the ELPV test split gives exactly the metrics and predictions in its
-  run.json (float32 evaluation, whatever precision and thread count it was trained with);
+  run.json, with its recorded test-time views and with a single view (float32 evaluation,
+  whatever precision and thread count it was trained with);
 * the README's results section is exactly what ``python -m csba report checkpoints`` writes;
 * every dashboard page opens on them without an exception.
 
@@ -72,10 +73,13 @@ def test_reevaluation_gives_the_stored_metrics_exactly(info, elpv_bundles):
     idx = run.meta["split_indices"]["test"]
     assert bundle.split("test").labels.tolist() == run.meta["predictions"]["test"]["y_true"]
     assert len(idx) == len(run.meta["predictions"]["test"]["y_true"])
-    metrics, probs = evaluate_split(
-        run.model, bundle.split("test"), bundle.classes, bundle.mean, bundle.std
-    )
+    views = run.meta["evaluation"]["views"]
+    assert views == 8  # the 8 flips x 90-degree rotations of the EL cells
+    args = (bundle.classes, bundle.mean, bundle.std)
+    metrics, probs = evaluate_split(run.model, bundle.split("test"), *args, views=views)
     assert metrics == run.meta["metrics"]["test"]
+    single, _ = evaluate_split(run.model, bundle.split("test"), *args)
+    assert single == run.meta["metrics_single_view"]["test"]
     assert probs.argmax(1).tolist() == run.meta["predictions"]["test"]["y_pred"]
     stored = np.asarray(run.meta["predictions"]["test"]["probs"])
     np.testing.assert_allclose(probs, stored, atol=2e-6)  # stored rounded to 6 decimals
