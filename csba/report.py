@@ -1307,7 +1307,7 @@ def render_results_markdown(
         "refresh this section. All numbers are on one test set of "
         f"{int(y_true.size)} images (split seed {ref.split_seed}). A cell reads mean ± standard "
         f"deviation over seeds, then the {pct}% bootstrap interval of the seed mean "
-        f"({n_resamples} stratified resamples of the test set, seed {seed}).",
+        f"({n_resamples} stratified resamples of the test set, seed {seed}).{_views_text(records)}",
         "",
         f"**Verdict.** {verdict}",
         "",
@@ -1439,6 +1439,24 @@ def render_results_markdown(
         "notes": notes,
     }
     return "\n".join(lines), info
+
+
+def _views_text(records: Sequence[RunRecord]) -> str:
+    """A sentence on the test-time views behind the runs' stored predictions ('' for none)."""
+    views = sorted({int((r.meta.get("evaluation") or {}).get("views") or 1) for r in records})
+    if views == [1]:
+        return ""
+    if len(views) == 1:
+        kind = "flips x 90-degree rotations" if views[0] == 8 else "flips"
+        return (
+            f" Predictions average the softmax over {views[0]} test-time views ({kind}, as in "
+            "training augmentation); each run.json keeps the single-view metrics under "
+            "`metrics_single_view`."
+        )
+    return (
+        f" Warning: these runs' stored predictions use different numbers of test-time views "
+        f"({', '.join(map(str, views))}), so they are not compared like with like."
+    )
 
 
 def _branch_shares(meta: Mapping[str, Any]) -> np.ndarray | None:

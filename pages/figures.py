@@ -177,6 +177,7 @@ def runs_table(infos: Sequence[Any]) -> pd.DataFrame:
                 "macro-F1": number(test.get("macro_f1")),
                 "minority F1": number(pc.get("f1")),
                 "minority class": minority,
+                "views": int((m.get("evaluation") or {}).get("views") or 1),
                 "created": str(m.get("created") or "")[:16].replace("T", " "),
                 "status": m.get("status"),
                 "diagnosed": isinstance(m.get("diagnostics"), dict),
@@ -185,7 +186,7 @@ def runs_table(infos: Sequence[Any]) -> pd.DataFrame:
         )
     df = pd.DataFrame(rows)
     if not df.empty:
-        for col in ("seed", "image size", "parameters", "epochs"):
+        for col in ("seed", "image size", "parameters", "epochs", "views"):
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     return df
 

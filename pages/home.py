@@ -61,6 +61,10 @@ def runs_section(good, bad) -> None:
                 "minority F1": st.column_config.NumberColumn(
                     format="%.3f", help="Test F1 of the class with the fewest training images"
                 ),
+                "views": st.column_config.NumberColumn(
+                    help="Test-time views averaged for the stored metrics (1: plain forward; "
+                    "8: the flips x 90-degree rotations of EL cells; 4: flips)"
+                ),
                 "diagnosed": st.column_config.CheckboxColumn(
                     help="python -m csba diagnose RUN_DIR has been run"
                 ),

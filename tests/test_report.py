@@ -562,3 +562,22 @@ def test_readme_branch_shares_and_tradeoff_tables_known_answer(real_runs, tmp_pa
     # csba conflict means -0.1 and 0.0 against the baseline's seed mean -0.25
     assert rows6["csba"][5].strip() == "0.200 ± 0.071"
     assert rows6["csba"][4].strip() == "0.400 ± 0.141"
+
+
+def test_readme_names_the_test_time_views_and_warns_when_mixed(real_runs, tmp_path):
+    src = real_runs.dirs[("baseline", 0)]
+    root = tmp_path / "root" / "imagefolder-32px"
+    for variant, views in (("baseline", 4), ("csba", 4)):
+        dst = _derive(src, root / f"{variant}-s0", variant=variant, seed=0)
+        meta = read_run_json(dst)
+        meta["evaluation"] = {"views": views}
+        atomic_write_json(dst / "run.json", meta)
+    md, _ = render_results_markdown(tmp_path / "root", "imagefolder", n_resamples=50)
+    assert "softmax over 4 test-time views (flips" in md and "Warning" not in md
+    meta = read_run_json(root / "csba-s0")
+    meta["evaluation"] = {"views": 8}
+    atomic_write_json(root / "csba-s0" / "run.json", meta)
+    md, _ = render_results_markdown(tmp_path / "root", "imagefolder", n_resamples=50)
+    assert "different numbers of test-time views (4, 8)" in md
+    plain, _ = render_results_markdown(real_runs.root, "imagefolder", n_resamples=50)
+    assert "test-time views" not in plain
