@@ -78,8 +78,9 @@ def test_reevaluation_gives_the_stored_metrics_exactly(info, elpv_bundles):
     args = (bundle.classes, bundle.mean, bundle.std)
     metrics, probs = evaluate_split(run.model, bundle.split("test"), *args, views=views)
     assert metrics == run.meta["metrics"]["test"]
-    single, _ = evaluate_split(run.model, bundle.split("test"), *args)
-    assert single == run.meta["metrics_single_view"]["test"]
+    if info.path.name == "csba-s0":  # one run suffices for the single-view metrics (speed)
+        single, _ = evaluate_split(run.model, bundle.split("test"), *args)
+        assert single == run.meta["metrics_single_view"]["test"]
     assert probs.argmax(1).tolist() == run.meta["predictions"]["test"]["y_pred"]
     stored = np.asarray(run.meta["predictions"]["test"]["probs"])
     np.testing.assert_allclose(probs, stored, atol=2e-6)  # stored rounded to 6 decimals
