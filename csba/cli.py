@@ -172,8 +172,42 @@ def store_evaluation(run_dir: str, views: int, data_root: str | None = None) -> 
     }
     if recorded_views(run.meta) == 1 and "metrics_single_view" not in run.meta:
         fields["metrics_single_view"] = run.meta["metrics"]
+        fields["predictions_single_view"] = run.meta["predictions"]
     update_run_json(run.path, **fields)
     return test
+
+
+def ensure_single_view_predictions(run_dir: str, data_root: str | None = None) -> bool:
+    """Store ``predictions_single_view`` for a run evaluated with test-time views before they
+    were kept; the recomputed single-view metrics must equal ``metrics_single_view`` exactly.
+    Returns True when something was stored."""
+    import numpy as np
+
+    from .evaluate import evaluate_split
+    from .store import read_run_json, update_run_json
+
+    meta = read_run_json(run_dir)
+    if recorded_views(meta) == 1 or "predictions_single_view" in meta:
+        return False
+    run, bundle = load_run_and_data(run_dir, data_root)
+    test, probs = evaluate_split(run.model, bundle.test, bundle.classes, bundle.mean, bundle.std)
+    stored = (meta.get("metrics_single_view") or {}).get("test")
+    if stored is not None and stored != test:
+        raise CLIError(f"'{run_dir}': single-view test metrics do not reproduce the stored ones")
+    fields = {
+        "predictions_single_view": {
+            "test": {
+                "y_true": bundle.test.labels.tolist(),
+                "y_pred": probs.argmax(1).tolist(),
+                "probs": np.round(probs, 6).tolist(),
+            }
+        }
+    }
+    if stored is None:
+        val, _ = evaluate_split(run.model, bundle.val, bundle.classes, bundle.mean, bundle.std)
+        fields["metrics_single_view"] = {"test": test, "val": val}
+    update_run_json(run.path, **fields)
+    return True
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -318,6 +352,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
             views = wanted_views(meta, args.views)
             if recorded_views(meta) != views:
                 store_evaluation(str(run_dir), views, args.data_root)
+            ensure_single_view_predictions(str(run_dir), args.data_root)
             if meta is None or "diagnostics" not in meta or not complete:
                 diagnose_run(str(run_dir), per_class=args.diagnose_per_class or None)
             m = read_run_json(run_dir)["metrics"]["test"]
@@ -381,7 +416,9 @@ def _protocol_parallel(args: argparse.Namespace, variants: list[str], t0: float)
         except RunError:
             meta = {}
         trained = meta.get("status") == "completed"
-        views_ok = recorded_views(meta) == wanted_views(meta, args.views)
+        views_ok = recorded_views(meta) == wanted_views(meta, args.views) and (
+            recorded_views(meta) == 1 or "predictions_single_view" in meta
+        )
         if trained and "diagnostics" in meta and views_ok:
             return variant, seed, 0, run_dir  # complete: its log stays as it is
         _err(f"== {variant} seed {seed} -> {run_dir} ({threads} thread(s), log {log})")

@@ -22,7 +22,7 @@ import math
 import os
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -1299,6 +1299,10 @@ def render_results_markdown(
     if command is None:
         command = f"python -m csba report {shlex.quote(str(root))} --dataset {dataset}"
     verdict, verdict_info = _verdict(groups, y_true, c, dataset_label, n_resamples, seed, level)
+    single_groups = _single_view_groups(groups)
+    single_verdict = None
+    if single_groups is not None:
+        single_verdict = _verdict(single_groups, y_true, c, dataset_label, n_resamples, seed, level)
 
     lines = [
         f"### Results: {dataset_label} at {size} px" if size else f"### Results: {dataset_label}",
@@ -1311,6 +1315,11 @@ def render_results_markdown(
         "",
         f"**Verdict.** {verdict}",
         "",
+        *(
+            [f"**Without test-time views** (single forward pass): {single_verdict[0]}", ""]
+            if single_verdict
+            else []
+        ),
         "#### Variants (paper Table 2 and headline metrics)",
         "",
     ]
@@ -1425,6 +1434,7 @@ def render_results_markdown(
                 [False] * (TOP_PAIRS + 1),
             )
         )
+    lines += _single_view_lines(groups, variants, classes[minority])
     lines += _branch_share_lines(groups, variants, classes)
     lines += _tradeoff_lines(groups, variants, gcms)
     if notes:
@@ -1436,6 +1446,9 @@ def render_results_markdown(
         "image_size": size,
         "minority_class": classes[minority],
         "verdict": {"sentence": verdict, **verdict_info},
+        "verdict_single_view": (
+            {"sentence": single_verdict[0], **single_verdict[1]} if single_verdict else None
+        ),
         "notes": notes,
     }
     return "\n".join(lines), info
@@ -1457,6 +1470,62 @@ def _views_text(records: Sequence[RunRecord]) -> str:
         f" Warning: these runs' stored predictions use different numbers of test-time views "
         f"({', '.join(map(str, views))}), so they are not compared like with like."
     )
+
+
+def _single_view_groups(
+    groups: Mapping[str, list[RunRecord]],
+) -> dict[str, list[RunRecord]] | None:
+    """The runs with their single-view test predictions (``predictions_single_view``) instead,
+    when they were evaluated with test-time views and every run keeps them; else None."""
+    out: dict[str, list[RunRecord]] = {}
+    for v, rs in groups.items():
+        out[v] = []
+        for r in rs:
+            test = (r.meta.get("predictions_single_view") or {}).get("test") or {}
+            if "y_pred" not in test or (r.meta.get("evaluation") or {}).get("views", 1) == 1:
+                return None
+            y_pred = _labels_from(test["y_pred"], len(r.classes), "y_pred", r.path)
+            if y_pred.shape != r.y_true.shape:
+                return None
+            out[v].append(replace(r, y_pred=y_pred))
+    return out
+
+
+def _single_view_lines(
+    groups: Mapping[str, list[RunRecord]], variants: Sequence[str], minority: str
+) -> list[str]:
+    """Headline metrics without test-time views (``metrics_single_view``), when runs have them."""
+    rows = []
+    for v in variants:
+        single = [r.meta.get("metrics_single_view") for r in groups[v]]
+        tests = [m["test"] for m in single if isinstance(m, Mapping) and "test" in m]
+        if not tests:
+            continue
+        minority_f1 = [t.get("per_class", {}).get(minority, {}).get("f1") for t in tests]
+        rows.append(
+            [
+                v,
+                len(tests),
+                _spread_cell([t["accuracy"] for t in tests], None),
+                _spread_cell([t["macro_f1"] for t in tests], None),
+                _spread_cell([_float_or_nan(x) for x in minority_f1], None),
+            ]
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "#### Without test-time views",
+        "",
+        "The same runs' test metrics from a single forward pass (run.json `metrics_single_view`), "
+        "mean ± spread over seeds, for comparison with the tables above.",
+        "",
+        _md_table(
+            ["variant", "seeds", "accuracy", "macro-F1", f"F1 {minority}"],
+            rows,
+            [False, True, True, True, True],
+        ),
+    ]
 
 
 def _branch_shares(meta: Mapping[str, Any]) -> np.ndarray | None:

@@ -42,6 +42,11 @@ def verdict_section(good) -> None:
         verdict = info["verdict"]
         icon = ":material/check_circle:" if verdict.get("csba_better") else ":material/balance:"
         st.info(f"**Does CSBA beat the baseline?** {verdict['sentence']}", icon=icon)
+        single = info.get("verdict_single_view")
+        if single:
+            st.info(
+                f"**Without test-time views:** {single['sentence']}", icon=":material/looks_one:"
+            )
         with st.expander(f"All results for {ds} ({len(info['runs'])} runs, as in the README)"):
             st.markdown(markdown)
 

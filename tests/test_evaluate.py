@@ -86,6 +86,26 @@ def test_store_evaluation_and_evaluate_use_the_recorded_views(tiny_runs, tmp_pat
     out = json.loads(capsys.readouterr().out)
     assert out["accuracy"] == before["metrics"]["test"]["accuracy"]
     assert out["macro_f1"] == before["metrics"]["test"]["macro_f1"]
+    assert after["predictions_single_view"] == before["predictions"]
+    # a run converted before single-view predictions were kept gets them back, checked
+    from csba.cli import CLIError, ensure_single_view_predictions
+    from csba.store import atomic_write_json
+
+    meta = read_run_json(run_dir)
+    del meta["predictions_single_view"]
+    atomic_write_json(run_dir / "run.json", meta)
+    assert ensure_single_view_predictions(str(run_dir)) is True
+    restored = read_run_json(run_dir)["predictions_single_view"]["test"]
+    assert restored["y_pred"] == before["predictions"]["test"]["y_pred"]
+    assert ensure_single_view_predictions(str(run_dir)) is False  # nothing left to do
+    meta = read_run_json(run_dir)
+    del meta["predictions_single_view"]
+    meta["metrics_single_view"]["test"]["accuracy"] += 0.01  # tampered: must not pass
+    atomic_write_json(run_dir / "run.json", meta)
+    with pytest.raises(CLIError, match="do not reproduce"):
+        ensure_single_view_predictions(str(run_dir))
+    meta["metrics_single_view"] = before["metrics"]
+    atomic_write_json(run_dir / "run.json", meta)
     # a second store keeps the original single-view metrics
     store_evaluation(str(run_dir), 2)
     again = read_run_json(run_dir)

@@ -581,3 +581,32 @@ def test_readme_names_the_test_time_views_and_warns_when_mixed(real_runs, tmp_pa
     assert "different numbers of test-time views (4, 8)" in md
     plain, _ = render_results_markdown(real_runs.root, "imagefolder", n_resamples=50)
     assert "test-time views" not in plain
+
+
+def test_readme_gives_the_single_view_verdict_too(real_runs, tmp_path):
+    """Runs evaluated with test-time views keep single-view predictions; the section gives the
+    verdict for both, each from its own predictions."""
+    src = real_runs.dirs[("baseline", 0)]
+    root = tmp_path / "root" / "imagefolder-32px"
+    y_true = np.asarray(read_run_json(src)["predictions"]["test"]["y_true"])
+    good, bad = y_true, (y_true + 1) % 3  # csba right with views, wrong without
+    for variant, seed in (("baseline", 0), ("baseline", 1), ("csba", 0), ("csba", 1)):
+        noisy = _noisy(y_true, 0.3, seed + (10 if variant == "baseline" else 20))
+        views_pred = good if variant == "csba" else noisy
+        single_pred = bad if variant == "csba" else noisy
+        dst = _derive(src, root / f"{variant}-s{seed}", variant=variant, seed=seed)
+        meta = read_run_json(dst)
+        meta["predictions"]["test"]["y_pred"] = [int(v) for v in views_pred]
+        meta["predictions"]["test"].pop("probs", None)
+        meta["predictions_single_view"] = {
+            "test": {"y_true": y_true.tolist(), "y_pred": [int(v) for v in single_pred]}
+        }
+        meta["evaluation"] = {"views": 4}
+        atomic_write_json(dst / "run.json", meta)
+    md, info = render_results_markdown(tmp_path / "root", "imagefolder", n_resamples=100)
+    assert info["verdict"]["csba_better"] is True
+    assert info["verdict_single_view"]["csba_better"] is False
+    assert "**Without test-time views** (single forward pass): On imagefolder CSBA does not" in md
+    # without single-view predictions there is no second verdict
+    plain, info = render_results_markdown(real_runs.root, "imagefolder", n_resamples=50)
+    assert info["verdict_single_view"] is None and "Without test-time views" not in plain
