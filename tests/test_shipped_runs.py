@@ -114,7 +114,8 @@ def test_readme_results_are_the_report_of_the_shipped_runs(tmp_path, monkeypatch
     copy = tmp_path / "README.md"
     copy.write_text(readme)
     monkeypatch.chdir(REPO)  # the section names the root as the command was given it
-    write_readme_results("checkpoints", copy, dataset="elpv")
+    command = "python -m csba report checkpoints --readme README.md --dataset elpv"
+    write_readme_results("checkpoints", copy, dataset="elpv", command=command)
     assert copy.read_text() == readme, "README results are stale: run python -m csba report"
 
 
