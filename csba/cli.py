@@ -150,9 +150,7 @@ def store_evaluation(run_dir: str, views: int, data_root: str | None = None) -> 
     The single-view metrics that training stored are kept under ``metrics_single_view``, so
     both stay in run.json. Returns the new test metrics.
     """
-    import numpy as np
-
-    from .evaluate import evaluate_split
+    from .evaluate import evaluate_split, prediction_record
     from .store import update_run_json
 
     run, bundle = load_run_and_data(run_dir, data_root)
@@ -161,13 +159,7 @@ def store_evaluation(run_dir: str, views: int, data_root: str | None = None) -> 
     val, _ = evaluate_split(run.model, bundle.val, *args, views=views)
     fields = {
         "metrics": {"test": test, "val": val},
-        "predictions": {
-            "test": {
-                "y_true": bundle.test.labels.tolist(),
-                "y_pred": probs.argmax(1).tolist(),
-                "probs": np.round(probs, 6).tolist(),
-            }
-        },
+        "predictions": {"test": prediction_record(bundle.test.labels, probs)},
         "evaluation": {"views": views},
     }
     if recorded_views(run.meta) == 1 and "metrics_single_view" not in run.meta:
@@ -181,9 +173,7 @@ def ensure_single_view_predictions(run_dir: str, data_root: str | None = None) -
     """Store ``predictions_single_view`` for a run evaluated with test-time views before they
     were kept; the recomputed single-view metrics must equal ``metrics_single_view`` exactly.
     Returns True when something was stored."""
-    import numpy as np
-
-    from .evaluate import evaluate_split
+    from .evaluate import evaluate_split, prediction_record
     from .store import read_run_json, update_run_json
 
     meta = read_run_json(run_dir)
@@ -194,15 +184,7 @@ def ensure_single_view_predictions(run_dir: str, data_root: str | None = None) -
     stored = (meta.get("metrics_single_view") or {}).get("test")
     if stored is not None and stored != test:
         raise CLIError(f"'{run_dir}': single-view test metrics do not reproduce the stored ones")
-    fields = {
-        "predictions_single_view": {
-            "test": {
-                "y_true": bundle.test.labels.tolist(),
-                "y_pred": probs.argmax(1).tolist(),
-                "probs": np.round(probs, 6).tolist(),
-            }
-        }
-    }
+    fields = {"predictions_single_view": {"test": prediction_record(bundle.test.labels, probs)}}
     if stored is None:
         val, _ = evaluate_split(run.model, bundle.val, bundle.classes, bundle.mean, bundle.std)
         fields["metrics_single_view"] = {"test": test, "val": val}

@@ -15,7 +15,7 @@ from torch import nn
 
 from .data import ImageSet, normalize
 
-__all__ = ["classification_metrics", "predict", "tta_views"]
+__all__ = ["classification_metrics", "predict", "prediction_record", "tta_views"]
 
 
 def tta_views(rot90: bool) -> int:
@@ -85,6 +85,15 @@ def predict(
     if not out:
         return np.zeros((0, 0))
     return torch.cat(out).numpy()
+
+
+def prediction_record(labels: torch.Tensor, probs: np.ndarray) -> dict:
+    """What run.json stores of a split's predictions: labels, argmax and 6-decimal probs."""
+    return {
+        "y_true": labels.tolist(),
+        "y_pred": probs.argmax(1).tolist(),
+        "probs": np.round(probs, 6).tolist(),
+    }
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .data import DatasetBundle, augment_batch, load_dataset, normalize
-from .evaluate import evaluate_split
+from .evaluate import evaluate_split, prediction_record
 from .losses import class_weights, make_loss
 from .models import count_parameters, create_model
 from .store import run_dir_for, save_run
@@ -326,13 +326,7 @@ def train(
         "history": history,
         "generalisation_gap": kept["val_loss"] - kept["train_loss"],
         "metrics": {"test": test_metrics, "val": val_metrics},
-        "predictions": {
-            "test": {
-                "y_true": bundle.test.labels.tolist(),
-                "y_pred": test_probs.argmax(1).tolist(),
-                "probs": np.round(test_probs, 6).tolist(),
-            }
-        },
+        "predictions": {"test": prediction_record(bundle.test.labels, test_probs)},
         "conflict_history": tracker.history if tracker is not None else [],
         "runtime": {
             "device": str(device),
