@@ -65,6 +65,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(
             f"unknown variant {args.variant!r}; choose one of: {', '.join(list_models())}"
         )
+    if not 0.0 <= args.ema_decay < 1.0:
+        raise CLIError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
     cfg = TrainConfig(
         dataset=args.dataset,
         variant=args.variant,
@@ -76,6 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         patience=args.patience,
+        ema_decay=args.ema_decay,
         device=args.device,
         precision=args.precision,
         conflict_every=args.conflict_every,
@@ -303,6 +306,8 @@ def cmd_protocol(args: argparse.Namespace) -> int:
         raise CLIError(f"unknown variant(s) {unknown}; choose from: {', '.join(list_models())}")
     if args.jobs < 1:
         raise CLIError(f"--jobs must be 1 or more, got {args.jobs}")
+    if not 0.0 <= args.ema_decay < 1.0:
+        raise CLIError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
     t0 = time.perf_counter()
     if args.jobs > 1:
         return _protocol_parallel(args, variants, t0)
@@ -327,6 +332,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
                     data_root=args.data_root,
                     run_dir=str(run_dir),
                     conflict_every=args.conflict_every,
+                    ema_decay=args.ema_decay,
                 )
                 meta = train(cfg, callback=_progress_printer(cfg))
                 if meta["status"] != "completed":
@@ -389,7 +395,7 @@ def _protocol_parallel(args: argparse.Namespace, variants: list[str], t0: float)
         cmd += ["--device", args.device, "--out", args.out]
         cmd += ["--conflict-every", str(args.conflict_every)]
         cmd += ["--diagnose-per-class", str(args.diagnose_per_class)]
-        cmd += ["--views", str(args.views)]
+        cmd += ["--views", str(args.views), "--ema-decay", str(args.ema_decay)]
         if args.data_root:
             cmd += ["--data-root", args.data_root]
         log = log_dir / f"{run_dir.parent.name}-{run_dir.name}.log"
@@ -535,6 +541,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.conflict_every,
         help="record the gradient conflict matrix every N epochs (0: off)",
     )
+    t.add_argument(
+        "--ema-decay",
+        type=float,
+        default=d.ema_decay,
+        help="moving average of the weights for validation and the kept weights, per step "
+        "(0: off, the pinned protocol; 0.998: about 10 ELPV epochs)",
+    )
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(
@@ -648,6 +661,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="images per class for diagnose (0: whole training split)",
+    )
+    pr.add_argument(
+        "--ema-decay",
+        type=float,
+        default=d.ema_decay,
+        help="moving average of the weights for validation and the kept weights, per step "
+        "(0: off, the pinned protocol; 0.998: about 10 ELPV epochs)",
     )
     pr.add_argument(
         "--views",

@@ -54,6 +54,10 @@ class TrainConfig:
     lr_step: int = 30  # StepLR step, epochs (pinned)
     lr_gamma: float = 0.5  # StepLR factor (pinned)
     patience: int = 20  # early stopping on validation macro-F1, epochs (pinned)
+    # Exponential moving average of the weights (and BatchNorm buffers), updated every step;
+    # validation, early stopping and the kept weights use the average. 0 = off (the pinned
+    # protocol). 0.998 averages over about 500 steps, ~10 epochs of ELPV at batch 32.
+    ema_decay: float = 0.0
     focal_gamma: float = 2.0  # focal variant only
     augment: bool = True  # flips, plus 90-degree rotations for EL cells
     device: str = "auto"  # auto | cpu | cuda
@@ -142,6 +146,8 @@ def train(
     KeyboardInterrupt or cancel ends training early and the best weights so far are kept.
     """
     cfg = copy.deepcopy(config)
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise TrainingError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     emit = callback or (lambda event: None)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
@@ -161,6 +167,13 @@ def train(
     loss_fn = make_loss(model.loss, weight, cfg.focal_gamma)
     val_loss_fn = make_loss(model.loss, weight, cfg.focal_gamma)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = None
+    if cfg.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+        )
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
 
     # uint8 data on the device once (GPU: no host->device copies per batch).
@@ -217,6 +230,8 @@ def train(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 if device.type == "cpu" and not math.isfinite(loss.item()):
                     # Checked every batch on the CPU (free there); once an epoch on a GPU.
                     raise TrainingError(
@@ -246,10 +261,11 @@ def train(
             lr = opt.param_groups[0]["lr"]
             sched.step()
             t_train = time.perf_counter() - t0
+            kept_model = model if ema is None else ema.module
             # Validation for early stopping runs in the training precision (bf16: about half the
             # cost); the stored val/test metrics of the kept weights are recomputed in float32.
             val_metrics, val_probs = evaluate_split(
-                model,
+                kept_model,
                 bundle.val,
                 bundle.classes,
                 bundle.mean,
@@ -281,7 +297,7 @@ def train(
                 best = {
                     "macro_f1": val_metrics["macro_f1"],
                     "epoch": epoch,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                    "state": {k: v.detach().clone() for k, v in kept_model.state_dict().items()},
                 }
             emit({"type": "epoch", **record, "best_epoch": best["epoch"], "improved": improved})
             if epoch - best["epoch"] >= cfg.patience:

@@ -41,10 +41,13 @@ def test_train_command_writes_a_run(tiny_folder, tmp_path, capsys):
         "32",
         "--out",
         str(tmp_path),
+        "--ema-decay",
+        "0.5",
     ]
     assert main(args) == 0
     run_dir = capsys.readouterr().out.strip()
     assert run_dir.endswith("imagefolder-32px/gradnorm-s0")
+    assert json.loads(Path(run_dir, "run.json").read_text())["config"]["ema_decay"] == 0.5
     assert main(args) == 2  # refuses to overwrite without --overwrite
     assert "already holds a run" in capsys.readouterr().err
 
@@ -56,6 +59,7 @@ def test_train_command_writes_a_run(tiny_folder, tmp_path, capsys):
         (["train", "--variant", "vgg"], "unknown variant 'vgg'"),
         (["train", "--dataset", "imagefolder", "--data-root", "/no/such/dir"], "does not exist"),
         (["train", "--dataset", "imagefolder"], "needs --data-root"),
+        (["train", "--ema-decay", "1"], "--ema-decay must be in [0, 1)"),
         (["evaluate", "/no/such/run"], "no such run folder"),
         (["evaluate", "."], "not a run folder"),
     ],

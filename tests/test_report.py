@@ -610,3 +610,25 @@ def test_readme_gives_the_single_view_verdict_too(real_runs, tmp_path):
     # without single-view predictions there is no second verdict
     plain, info = render_results_markdown(real_runs.root, "imagefolder", n_resamples=50)
     assert info["verdict_single_view"] is None and "Without test-time views" not in plain
+
+
+def test_readme_per_run_table_known_answer(real_runs, tmp_path):
+    """One row per run plus the majority-class predictor's row, with hand-checkable numbers."""
+    root = _verdict_root(real_runs, tmp_path, csba_error=0.6)
+    md, _ = render_results_markdown(root, "imagefolder", n_resamples=50)
+    section = md[md.index("#### Per run") : md.index("paper Table 5")]
+    rows = [r.split("|")[1:-1] for r in section.splitlines() if r.startswith("| ")]
+    rows = [[c.strip() for c in r] for r in rows[1:]]  # past the header
+    # 300 test labels 150/100/50: always predicting class 0 gets accuracy 0.5, F1s 2/3, 0, 0.
+    trivial = rows[0]
+    assert trivial[0].startswith("majority-class predictor (always ")
+    assert trivial[4:7] == ["0.500", f"{2 / 9:.3f}", "0.000"]
+    y_true = np.repeat(np.arange(3), [150, 100, 50])
+    by_run = {(r[0], r[1]): r for r in rows[1:]}
+    assert set(by_run) == {("baseline", "0"), ("baseline", "1"), ("csba", "0"), ("csba", "1")}
+    for (variant, seed), row in by_run.items():
+        offset = 10 if variant == "baseline" else 20
+        y_pred = _noisy(y_true, 0.3 if variant == "baseline" else 0.6, offset + int(seed))
+        assert row[4] == f"{np.mean(y_pred == y_true):.3f}"
+    # 30% errors beat the 0.5 of the trivial predictor; 60% errors do not.
+    assert "2 of 4 runs beat the majority-class predictor's accuracy" in section

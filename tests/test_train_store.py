@@ -7,7 +7,7 @@ import torch
 
 from csba.data import load_dataset, normalize
 from csba.store import RunError, list_runs, load_run, read_run_json
-from csba.train import TrainConfig, train
+from csba.train import TrainConfig, TrainingError, train
 
 
 def _cfg(folder, out, **kw):
@@ -135,3 +135,26 @@ def test_run_json_holds_its_whole_config(tiny_runs):
     cfg = TrainConfig.from_dict(meta["config"])
     assert cfg.variant == "gradnorm" and cfg.image_size == 32
     assert set(meta["metrics"]["test"]) >= {"accuracy", "macro_f1", "per_class", "confusion_matrix"}
+
+
+def test_weight_ema_validates_and_keeps_the_average(tiny_folder, tmp_path):
+    def weights(meta):
+        return load_run(meta["run_dir"]).model.state_dict()
+
+    kw = dict(variant="baseline", epochs=2, seed=3, lr=1e-3, patience=50)
+    off = train(_cfg(tiny_folder, tmp_path / "off", **kw))
+    # A decay of ~0 makes the average the live weights: the same run as without it.
+    near = train(_cfg(tiny_folder, tmp_path / "near", ema_decay=1e-12, **kw))
+    slow = train(_cfg(tiny_folder, tmp_path / "slow", ema_decay=0.9, **kw))
+    assert off["config"]["ema_decay"] == 0.0 and slow["config"]["ema_decay"] == 0.9
+    assert off["best_epoch"] == near["best_epoch"]
+    w_off, w_near, w_slow = weights(off), weights(near), weights(slow)
+    for k, v in w_off.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(w_near[k], v, rtol=0, atol=1e-5)
+    moved = [
+        k for k, v in w_off.items() if v.is_floating_point() and (w_slow[k] - v).abs().max() > 1e-4
+    ]
+    assert moved, "a slow average should keep weights that differ from the live ones"
+    with pytest.raises(TrainingError, match="ema_decay"):
+        train(_cfg(tiny_folder, tmp_path / "bad", ema_decay=1.0, **kw))
