@@ -90,6 +90,13 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=300, help="maximum epochs (early stopping)")
     p.add_argument("--jobs", type=int, default=2, help="trainings at once")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads per training (0: cores // jobs). Keep jobs x threads <= free cores: an "
+        "oversubscribed multi-threaded run can be 10-100x slower",
+    )
     p.add_argument("--out", default="runs/precision", help="run folders (reused when complete)")
     p.add_argument("--resamples", type=int, default=2000)
     p.add_argument(
@@ -101,7 +108,7 @@ def main() -> int:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     args = p.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     arms = PRECISIONS + ((EMA,) if args.ema_decay > 0 else ())
     tasks = [(arm, s) for s in args.seeds for arm in arms]
     t0 = time.perf_counter()
