@@ -54,6 +54,12 @@ def _progress_printer(cfg):
     return progress
 
 
+def _check_ema_decay(decay: float) -> None:
+    # Checked before any run folder or data is touched, so a bad value costs nothing.
+    if not 0.0 <= decay < 1.0:
+        raise CLIError(f"--ema-decay must be in [0, 1), got {decay}")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .models import list_models
     from .store import run_dir_for
@@ -65,8 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(
             f"unknown variant {args.variant!r}; choose one of: {', '.join(list_models())}"
         )
-    if not 0.0 <= args.ema_decay < 1.0:
-        raise CLIError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    _check_ema_decay(args.ema_decay)
     cfg = TrainConfig(
         dataset=args.dataset,
         variant=args.variant,
@@ -306,8 +311,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
         raise CLIError(f"unknown variant(s) {unknown}; choose from: {', '.join(list_models())}")
     if args.jobs < 1:
         raise CLIError(f"--jobs must be 1 or more, got {args.jobs}")
-    if not 0.0 <= args.ema_decay < 1.0:
-        raise CLIError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    _check_ema_decay(args.ema_decay)
     t0 = time.perf_counter()
     if args.jobs > 1:
         return _protocol_parallel(args, variants, t0)
@@ -444,6 +448,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 # ---- parser ----------------------------------------------------------------------------------
 
 
+EMA_HELP = (
+    "moving average of the weights for validation and the kept weights, per step "
+    "(0: off, the pinned protocol; 0.998: about 10 ELPV epochs)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import list_models
     from .train import TrainConfig
@@ -545,8 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ema-decay",
         type=float,
         default=d.ema_decay,
-        help="moving average of the weights for validation and the kept weights, per step "
-        "(0: off, the pinned protocol; 0.998: about 10 ELPV epochs)",
+        help=EMA_HELP,
     )
     t.set_defaults(func=cmd_train)
 
@@ -666,8 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ema-decay",
         type=float,
         default=d.ema_decay,
-        help="moving average of the weights for validation and the kept weights, per step "
-        "(0: off, the pinned protocol; 0.998: about 10 ELPV epochs)",
+        help=EMA_HELP,
     )
     pr.add_argument(
         "--views",

@@ -1435,7 +1435,7 @@ def render_results_markdown(
             )
         )
     lines += _single_view_lines(groups, variants, classes[minority])
-    lines += _per_run_lines(groups, variants, classes, minority)
+    lines += _per_run_lines(groups, points, variants, classes, minority)
     lines += _branch_share_lines(groups, variants, classes)
     lines += _tradeoff_lines(groups, variants, gcms)
     if notes:
@@ -1531,11 +1531,14 @@ def _single_view_lines(
 
 def _per_run_lines(
     groups: Mapping[str, list[RunRecord]],
+    points: Mapping[str, list[dict[str, np.ndarray]]],
     variants: Sequence[str],
     classes: Sequence[str],
     minority: int,
 ) -> list[str]:
-    """One row per run (seed spread made visible), under the majority-class predictor's row."""
+    """One row per run (seed spread made visible), under the majority-class predictor's row.
+
+    ``points[v]`` are the runs' test metrics, in the order of ``groups[v]``."""
     c = len(classes)
     y_true = next(iter(groups.values()))[0].y_true
     majority = int(np.argmax(np.bincount(y_true, minlength=c)))
@@ -1556,8 +1559,8 @@ def _per_run_lines(
     ]
     above_acc = above_f1 = total = 0
     for v in variants:
-        for r in sorted(groups[v], key=lambda r: (r.seed is None, r.seed)):
-            m = stats.metrics_from_confusion(stats.confusion_from_predictions(y_true, r.y_pred, c))
+        runs = zip(groups[v], points[v], strict=True)
+        for r, m in sorted(runs, key=lambda rm: (rm[0].seed is None, rm[0].seed)):
             total += 1
             above_acc += bool(m["accuracy"] > trivial["accuracy"])
             above_f1 += bool(m["macro_f1"] > trivial["macro_f1"])
@@ -1580,8 +1583,6 @@ def _per_run_lines(
                     ),
                 ]
             )
-    headers = ["run", "seed", "kept epoch / run", "val macro-F1", "accuracy", "macro-F1"]
-    headers += [f"F1 {classes[minority]}", "single view: accuracy / macro-F1"]
     headers = ["run", "seed", "kept epoch / run", "val macro-F1", "accuracy", "macro-F1"]
     headers += [f"F1 {classes[minority]}", "single view: accuracy / macro-F1"]
     return [
