@@ -64,6 +64,11 @@ def predict(
     model.eval()
     device = torch.device(device)
     out = []
+    # Stored metrics must be float32 on a GPU too: TF32 convolutions/matmuls (PyTorch's default
+    # for cuDNN) round inputs to 10 mantissa bits, enough to flip a near-tie against the CPU.
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    if device.type == "cuda" and not bf16:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         for chunk in images.split(batch_size):
             x = normalize(chunk.to(device), mean, std)
@@ -82,6 +87,7 @@ def predict(
             out.append((probs / views).cpu())
     finally:
         model.train(was_training)
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     if not out:
         return np.zeros((0, 0))
     return torch.cat(out).numpy()

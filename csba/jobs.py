@@ -88,7 +88,8 @@ def evaluate_and_diagnose(run_dir: str) -> None:
     meta = read_run_json(run_dir)
     views = wanted_views(meta, "auto")
     if recorded_views(meta) != views:
-        store_evaluation(run_dir, views)
+        # On the device the run trained on (float32 there too; see csba.evaluate.predict).
+        store_evaluation(run_dir, views, device=(meta.get("runtime") or {}).get("device", "cpu"))
     diagnose_run(run_dir)
 
 

@@ -17,8 +17,14 @@ def class_weights(counts: list[int] | Tensor) -> Tensor:
 
 
 def weighted_cross_entropy(logits: Tensor, targets: Tensor, weight: Tensor | None) -> Tensor:
-    """Class-weighted cross-entropy, normalised by the summed weights (PyTorch's convention)."""
-    return F.cross_entropy(logits.float(), targets, weight=weight)
+    """Class-weighted cross-entropy, normalised by the summed weights (PyTorch's convention).
+
+    ``weight`` follows ``logits`` to their device: training's weights live on the GPU while the
+    per-epoch validation loss is computed from probabilities on the CPU.
+    """
+    if weight is not None:
+        weight = weight.to(logits.device)
+    return F.cross_entropy(logits.float(), targets.to(logits.device), weight=weight)
 
 
 def focal_loss(

@@ -40,3 +40,16 @@ def test_weighted_ce_known_value():
     l1 = math.log(2)
     expected = (1.0 * l0 + 3.0 * l1) / 4.0
     assert abs(make_loss("ce", w)(logits, y).item() - expected) < 1e-6
+
+
+def test_class_weights_follow_the_logits_device():
+    # Training keeps the class weights on the GPU while the per-epoch validation loss is computed
+    # from CPU probabilities; the first GPU protocol run crashed on that. "meta" stands in for a
+    # second device here (no GPU in the tests).
+
+    weight = class_weights([50, 10, 5])  # on the CPU
+    logits = torch.randn(4, 3, device="meta")
+    y = torch.zeros(4, dtype=torch.int64, device="meta")
+    for kind in ("ce", "focal"):
+        loss = make_loss(kind, weight)(logits, y)
+        assert loss.device.type == "meta" and loss.shape == ()
