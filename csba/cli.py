@@ -84,6 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         patience=args.patience,
         ema_decay=args.ema_decay,
+        weights_dtype=args.weights_dtype,
         device=args.device,
         precision=args.precision,
         conflict_every=args.conflict_every,
@@ -345,6 +346,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
                     run_dir=str(run_dir),
                     conflict_every=args.conflict_every,
                     ema_decay=args.ema_decay,
+                    weights_dtype=args.weights_dtype,
                 )
                 meta = train(cfg, callback=_progress_printer(cfg))
                 if meta["status"] != "completed":
@@ -408,6 +410,7 @@ def _protocol_parallel(args: argparse.Namespace, variants: list[str], t0: float)
         cmd += ["--conflict-every", str(args.conflict_every)]
         cmd += ["--diagnose-per-class", str(args.diagnose_per_class)]
         cmd += ["--views", str(args.views), "--ema-decay", str(args.ema_decay)]
+        cmd += ["--weights-dtype", args.weights_dtype]
         if args.data_root:
             cmd += ["--data-root", args.data_root]
         log = log_dir / f"{run_dir.parent.name}-{run_dir.name}.log"
@@ -459,6 +462,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 EMA_HELP = (
     "moving average of the weights for validation and the kept weights, per step "
     "(0: off, the pinned protocol; 0.998: about 10 ELPV epochs)"
+)
+
+
+WEIGHTS_DTYPE_ARG = dict(
+    dest="weights_dtype",
+    choices=("float16", "float32"),
+    help="storage of the kept weights (default %(default)s: half the size; the stored metrics "
+    "are those of the rounded weights)",
 )
 
 
@@ -565,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.ema_decay,
         help=EMA_HELP,
     )
+    t.add_argument("--weights-dtype", **WEIGHTS_DTYPE_ARG, default=d.weights_dtype)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(
@@ -685,6 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.ema_decay,
         help=EMA_HELP,
     )
+    pr.add_argument("--weights-dtype", **WEIGHTS_DTYPE_ARG, default=d.weights_dtype)
     pr.add_argument(
         "--views",
         choices=("auto", "1", "2", "4", "8"),

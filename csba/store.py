@@ -113,14 +113,24 @@ def run_dir_for(root: str | os.PathLike, dataset: str, variant: str, seed: int, 
     return Path(root) / key / f"{variant}-s{seed}"
 
 
-def save_run(run_dir: str | os.PathLike, model: nn.Module, meta: dict) -> Path:
-    """Store weights and metadata atomically; returns the run folder."""
+def save_run(
+    run_dir: str | os.PathLike, model: nn.Module, meta: dict, dtype: torch.dtype = torch.float32
+) -> Path:
+    """Store weights and metadata atomically; returns the run folder.
+
+    Floating-point tensors are stored in ``dtype`` (training stores float16 by default, after
+    rounding the model so that its metrics are those of the stored weights); :func:`load_run`
+    reads either back into the float32 model.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cleanup_stale_temp(run_dir)
     weights = run_dir / WEIGHTS
     tmp = _tmp_path(weights)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = {
+        k: (v.to(dtype) if v.is_floating_point() else v).detach().to("cpu").contiguous()
+        for k, v in model.state_dict().items()
+    }
     try:
         save_file(state, str(tmp), metadata={"format": "csba", "variant": meta["variant"]})
         digest = _sha256(tmp)

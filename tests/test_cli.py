@@ -43,11 +43,15 @@ def test_train_command_writes_a_run(tiny_folder, tmp_path, capsys):
         str(tmp_path),
         "--ema-decay",
         "0.5",
+        "--weights-dtype",
+        "float32",
     ]
     assert main(args) == 0
     run_dir = capsys.readouterr().out.strip()
     assert run_dir.endswith("imagefolder-32px/gradnorm-s0")
-    assert json.loads(Path(run_dir, "run.json").read_text())["config"]["ema_decay"] == 0.5
+    meta = json.loads(Path(run_dir, "run.json").read_text())
+    assert meta["config"]["ema_decay"] == 0.5
+    assert meta["config"]["weights_dtype"] == meta["weights_dtype"] == "float32"
     assert main(args) == 2  # refuses to overwrite without --overwrite
     assert "already holds a run" in capsys.readouterr().err
 

@@ -235,8 +235,13 @@ def test_sigkill_during_saves_gives_a_loadable_or_refused_run(tiny_runs, tmp_pat
     )
     dst = tmp_path / "r"
     outcomes = []
-    for delay in (0.8, 1.1, 1.4, 1.7, 2.0, 2.3):
+    for delay in (0.0, 0.3, 0.6, 0.9, 1.2, 1.5):
         proc = subprocess.Popen([sys.executable, "-c", script, str(dst)])
+        # Start the clock at the first completed save: on a busy CPU importing torch alone can
+        # take longer than any fixed delay, and then every kill lands before a run exists.
+        deadline = time.monotonic() + 120
+        while not (dst / "run.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)

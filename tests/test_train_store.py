@@ -158,3 +158,46 @@ def test_weight_ema_validates_and_keeps_the_average(tiny_folder, tmp_path):
     assert moved, "a slow average should keep weights that differ from the live ones"
     with pytest.raises(TrainingError, match="ema_decay"):
         train(_cfg(tiny_folder, tmp_path / "bad", ema_decay=1.0, **kw))
+
+
+def test_round_weights_known_answer():
+    from csba.train import round_weights
+
+    m = torch.nn.Linear(2, 1, bias=True)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([[1.0001, 1 / 3]]))
+        m.bias.fill_(-2.0)
+    assert round_weights(m, torch.float16) == torch.float16
+    # float16 has 10 mantissa bits: 1.0001 -> 1.0, 1/3 -> 0.333251953125 (1365 / 4096)
+    assert m.weight.tolist() == [[1.0, 1365 / 4096]] and m.bias.item() == -2.0
+    assert m.weight.dtype == torch.float32  # rounded, still a float32 model
+    with torch.no_grad():
+        m.bias.fill_(70000.0)  # beyond float16's 65504: the model stays float32, unrounded
+        m.weight.copy_(torch.tensor([[1.0001, 1 / 3]]))
+    assert round_weights(m, torch.float16) == torch.float32
+    assert m.weight[0, 0].item() == torch.tensor(1.0001).item()
+
+
+def test_weights_are_stored_in_float16_and_metrics_are_theirs(tiny_folder, tmp_path):
+    from safetensors.torch import load_file
+
+    from csba.evaluate import evaluate_split
+
+    meta = train(_cfg(tiny_folder, tmp_path / "h", variant="csba", epochs=2))
+    path = f"{meta['run_dir']}/model.safetensors"
+    dtypes = {t.dtype for t in load_file(path).values()}
+    assert torch.float16 in dtypes and torch.float32 not in dtypes  # int64 BN counters stay
+    assert read_run_json(meta["run_dir"])["weights_dtype"] == "float16"
+    run = load_run(meta["run_dir"])
+    bundle = load_dataset("imagefolder", 32, data_root=tiny_folder)
+    test, _ = evaluate_split(run.model, bundle.test, bundle.classes, bundle.mean, bundle.std)
+    assert test == meta["metrics"]["test"]  # the stored metrics are the stored weights'
+
+    full = train(
+        _cfg(tiny_folder, tmp_path / "f", variant="csba", epochs=2, weights_dtype="float32")
+    )
+    stored = load_file(f"{full['run_dir']}/model.safetensors")
+    assert {t.dtype for t in stored.values()} <= {torch.float32, torch.int64}
+    assert full["weights_dtype"] == "float32"
+    with pytest.raises(TrainingError, match="weights_dtype"):
+        train(_cfg(tiny_folder, tmp_path / "x", variant="csba", epochs=1, weights_dtype="int8"))
