@@ -1,45 +1,57 @@
 #!/usr/bin/env bash
-# One prepared device check for a session lent the GPU machine (15 minutes of device time in all).
-# Prepare here: python benchmarks/prepare_device_carry.py --size 224      (xz-packed cache, 60 MiB)
-#   and keep tracked checkpoints/ from travelling (the tree limit is 64 MiB):
-#   git rm -r -q --cached checkpoints && echo /checkpoints/ >> .git/info/exclude   (undo after:
-#   git reset -q checkpoints, and drop that line)
-# Run there:    run(command="bash benchmarks/gpu_check.sh 224", carry=[".carry"], timeout_s=570)
-# 1. throughput and MFU of the training step at the size (bench_device.py);
-# 2. the whole ELPV protocol (five variants x seeds $SEEDS, default 0 1 2) with $JOBS runs at once
-#    sharing the GPU, capped at $CAP seconds (resumable: whatever finished is kept);
-# 3. packs what comes back into $OUT (at most 8 files of 16 MiB): runs.tgz (every run.json, logs)
-#    and weights.tar.* (model.safetensors of the runs in $SHIP, split into 15 MiB parts).
+# The prepared device check for a session lent the GPU machine (15 minutes of device time in all,
+# 10 minutes per command, 64 MiB back per call in at most 8 files).
+#
+# Prepare here:
+#   python benchmarks/prepare_device_carry.py --size 224   # labels + xz-packed cache, 60 MiB
+#   git rm -r -q --cached checkpoints && echo /checkpoints/ >> .git/info/exclude
+#     (tracked checkpoints/ would not fit the 64 MiB tree; undo after the calls with
+#      git reset -q checkpoints, and delete that line from .git/info/exclude)
+# Call 1:  run(command="CAP=480 bash benchmarks/gpu_check.sh 224", carry=[".carry"], timeout_s=560)
+# Call 2, AT ONCE (the machine stays warm 30 s; /tmp/ck survives only on a warm machine):
+#          run(command="RESUME=1 CAP=300 bash benchmarks/gpu_check.sh 224", carry=[".carry"],
+#              timeout_s=330)
+# Then give_back, and here: cat /work/.device/*/runs-*.tar.* | tar x -C checkpoints
+#
+# 1. (call 1 only) throughput and MFU of the training step (bench_device.py, batch 128 and 32);
+# 2. the ELPV protocol, five variants x seeds $SEEDS (default 0 1 2), $JOBS runs at once sharing
+#    the GPU, for at most $CAP seconds; it resumes where the last call stopped (complete runs are
+#    skipped), so the time of a whole protocol is the sum of the calls' protocol lines;
+# 3. packs the complete runs that no earlier call returned (benchmarks/pack_runs.py, 56 MiB per
+#    call: float16 weights of 15 runs at 224 px are 68 MB, so two calls bring them all) and
+#    runs.tgz (every run.json and log, for the record even when a run did not finish).
 set -uo pipefail
 SIZE=${1:-224}
 JOBS=${JOBS:-5}
-CAP=${CAP:-430}
+CAP=${CAP:-480}
 SEEDS=${SEEDS:-0 1 2}
-SHIP=${SHIP:-baseline-s0 baseline-s1 baseline-s2 csba-s0 csba-s1 csba-s2 focal-s0 gradnorm-s0}
+RESUME=${RESUME:-0}
+CALL=$([ "$RESUME" = 1 ] && echo 2 || echo 1)
 export CSBA_ELPV_ROOT=$PWD/.carry CSBA_CACHE=${CSBA_CACHE:-$PWD/.carry} PYTHONUNBUFFERED=1
 DEVICE=${DEVICE:-cuda}  # cpu: a local dry run of this script at a small size
 OUT=${OUT:-/tmp/out}
-CK=/tmp/ck
+CK=${CK:-/tmp/ck}
 mkdir -p "$OUT"
-for f in .carry/*.xz; do [ -e "$f" ] && xz -d -k -T0 "$f"; done
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])" \
-  | tee -a "$OUT/gpu.txt"
-timeout 90 python3 benchmarks/bench_device.py --image-size "$SIZE" --batch 128 2>&1 \
-  | tee "$OUT/device.txt"
-timeout 40 python3 benchmarks/bench_device.py --image-size "$SIZE" --batch 32 --steps 30 2>&1 \
-  | tee -a "$OUT/device.txt"
+for f in .carry/*.xz; do [ -e "$f" ] && [ ! -e "${f%.xz}" ] && xz -d -k -T0 "$f"; done
+if [ "$RESUME" != 1 ]; then
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+  python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])" \
+    | tee -a "$OUT/gpu.txt"
+  timeout 90 python3 benchmarks/bench_device.py --image-size "$SIZE" --batch 128 2>&1 \
+    | tee "$OUT/device.txt"
+  timeout 40 python3 benchmarks/bench_device.py --image-size "$SIZE" --batch 32 --steps 30 2>&1 \
+    | tee -a "$OUT/device.txt"
+fi
 start=$(date +%s)
 # shellcheck disable=SC2086
 timeout "$CAP" python3 -m csba protocol --dataset elpv --image-size "$SIZE" --seeds $SEEDS \
-  --device "$DEVICE" --jobs "$JOBS" --out "$CK" 2>&1 | tee "$OUT/protocol.txt"
-echo "protocol at ${SIZE}px, seeds $SEEDS, $JOBS jobs on one GPU: exit ${PIPESTATUS[0]}," \
-  "$(( $(date +%s) - start )) s" | tee -a "$OUT/protocol.txt"
+  --device "$DEVICE" --jobs "$JOBS" --out "$CK" 2>&1 | tee "$OUT/protocol-$CALL.txt"
+echo "call $CALL: protocol at ${SIZE}px, seeds $SEEDS, $JOBS jobs: exit ${PIPESTATUS[0]}," \
+  "$(( $(date +%s) - start )) s" | tee -a "$OUT/protocol-$CALL.txt"
 pkill -f "csba protocol" || true  # timeout stops the parent; its workers would run on
-python3 -m csba list --root "$CK" 2>&1 | tee -a "$OUT/protocol.txt"
+python3 -m csba list --root "$CK" 2>&1 | tee -a "$OUT/protocol-$CALL.txt"
 key=elpv-${SIZE}px
 [ "$SIZE" = 128 ] && key=elpv
 (cd "$CK" && tar czf "$OUT/runs.tgz" --exclude=model.safetensors "$key" logs)
-(cd "$CK/$key" && ls -d $SHIP 2>/dev/null | sed 's|$|/model.safetensors|' \
-  | tar cf - -T - | split -b 15M - "$OUT/weights.tar.")
+python3 benchmarks/pack_runs.py "$CK" "$key" "$OUT" --call "$CALL" | tee -a "$OUT/protocol-$CALL.txt"
 ls -la "$OUT"
