@@ -48,7 +48,7 @@ timeout "$CAP" python3 -m csba protocol --dataset elpv --image-size "$SIZE" --se
   --device "$DEVICE" --jobs "$JOBS" --out "$CK" 2>&1 | tee "$OUT/protocol-$CALL.txt"
 echo "call $CALL: protocol at ${SIZE}px, seeds $SEEDS, $JOBS jobs: exit ${PIPESTATUS[0]}," \
   "$(( $(date +%s) - start )) s" | tee -a "$OUT/protocol-$CALL.txt"
-pkill -f "csba protocol" || true  # timeout stops the parent; its workers would run on
+pkill -f -- "--out $CK" || true  # timeout stops the parent, not its workers (only this out)
 python3 -m csba list --root "$CK" 2>&1 | tee -a "$OUT/protocol-$CALL.txt"
 key=elpv-${SIZE}px
 [ "$SIZE" = 128 ] && key=elpv
