@@ -185,6 +185,10 @@ def _start_training(tiny_folder, out, log, *extra):
         "32",
         "--epochs",
         "200",
+        # No early stop: the tiny run would otherwise end after ~25 epochs (a few seconds), and
+        # on a busy CPU the signal could land after it had finished (seen once: exit 0).
+        "--patience",
+        "1000",
         "--out",
         str(out),
         *extra,
