@@ -186,7 +186,7 @@ def _start_training(tiny_folder, out, log, *extra):
         "--epochs",
         "200",
         # No early stop: the tiny run would otherwise end after ~25 epochs (a few seconds), and
-        # on a busy CPU the signal could land after it had finished (seen once: exit 0).
+        # on a busy CPU a signal could land after it had finished.
         "--patience",
         "1000",
         "--out",
@@ -194,7 +194,15 @@ def _start_training(tiny_folder, out, log, *extra):
         *extra,
     ]
     with log.open("w") as f:
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        # SIGINT back to its default in the child: a test run started in the background by a
+        # non-interactive shell inherits SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt (seen: the SIGINT test got exit 0 under `nohup ... &`).
+        return subprocess.Popen(
+            cmd,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
 
 
 def test_sigint_on_the_command_line_keeps_best_weights(tiny_folder, tmp_path):
