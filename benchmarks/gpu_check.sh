@@ -13,7 +13,8 @@
 #              timeout_s=330)
 # Then give_back, and here: cat /work/.device/*/runs-*.tar.* | tar x -C checkpoints
 #
-# 1. (call 1 only) throughput and MFU of the training step (bench_device.py, batch 128 and 32);
+# 1. (call 1 only) throughput and MFU of the training step (bench_device.py, batch 128 and 32),
+#    then a 2-epoch smoke run of the whole path (stops here if it fails);
 # 2. the ELPV protocol, five variants x seeds $SEEDS (default 0 1 2), $JOBS runs at once sharing
 #    the GPU, for at most $CAP seconds; it resumes where the last call stopped (complete runs are
 #    skipped), so the time of a whole protocol is the sum of the calls' protocol lines;
@@ -41,6 +42,14 @@ if [ "$RESUME" != 1 ]; then
     | tee "$OUT/device.txt"
   timeout 40 python3 benchmarks/bench_device.py --image-size "$SIZE" --batch 32 --steps 30 2>&1 \
     | tee -a "$OUT/device.txt"
+  # Smoke: the whole path (train, evaluate, diagnose) for 2 epochs of one variant, so that a
+  # crash after training costs 30 s here rather than a whole protocol wave.
+  if ! timeout 150 python3 -m csba protocol --dataset elpv --image-size "$SIZE" --variants csba \
+    --seeds 0 --epochs 2 --device "$DEVICE" --out /tmp/smoke > "$OUT/smoke.txt" 2>&1; then
+    tail -n 30 "$OUT/smoke.txt"
+    echo "smoke run failed: no protocol this call"
+    exit 1
+  fi
 fi
 start=$(date +%s)
 # shellcheck disable=SC2086
