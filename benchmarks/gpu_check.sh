@@ -59,8 +59,7 @@ echo "call $CALL: protocol at ${SIZE}px, seeds $SEEDS, $JOBS jobs: exit ${PIPEST
   "$(( $(date +%s) - start )) s" | tee -a "$OUT/protocol-$CALL.txt"
 pkill -f -- "--out $CK" || true  # timeout stops the parent, not its workers (only this out)
 python3 -m csba list --root "$CK" 2>&1 | tee -a "$OUT/protocol-$CALL.txt"
-key=elpv-${SIZE}px
-[ "$SIZE" = 128 ] && key=elpv
+key=$(python3 -c "from csba.store import run_dir_for as r; print(r('', 'elpv', 'x', 0, $SIZE).parent)")
 (cd "$CK" && tar czf "$OUT/runs.tgz" --exclude=model.safetensors "$key" logs)
 python3 benchmarks/pack_runs.py "$CK" "$key" "$OUT" --call "$CALL" | tee -a "$OUT/protocol-$CALL.txt"
 ls -la "$OUT"

@@ -173,7 +173,6 @@ def store_evaluation(
     run.model.to(dev)
     test, probs = evaluate_split(run.model, bundle.test, *args, views=views, device=dev)
     val, _ = evaluate_split(run.model, bundle.val, *args, views=views, device=dev)
-    run.model.cpu()
     fields = {
         "metrics": {"test": test, "val": val},
         "predictions": {"test": prediction_record(bundle.test.labels, probs)},
@@ -465,19 +464,17 @@ EMA_HELP = (
 )
 
 
-WEIGHTS_DTYPE_ARG = dict(
-    dest="weights_dtype",
-    choices=("float16", "float32"),
-    help="storage of the kept weights (default %(default)s: half the size; the stored metrics "
-    "are those of the rounded weights)",
-)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .models import list_models
-    from .train import TrainConfig
+    from .train import WEIGHT_DTYPES, TrainConfig
 
     d = TrainConfig()
+    weights_dtype_arg = dict(
+        choices=tuple(WEIGHT_DTYPES),
+        default=d.weights_dtype,
+        help="storage of the kept weights (default %(default)s: half the size; the stored "
+        "metrics are those of the rounded weights)",
+    )
     p = argparse.ArgumentParser(
         prog="python -m csba",
         description="CSBA Explorer: train, evaluate and diagnose multi-branch CNNs under class "
@@ -576,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.ema_decay,
         help=EMA_HELP,
     )
-    t.add_argument("--weights-dtype", **WEIGHTS_DTYPE_ARG, default=d.weights_dtype)
+    t.add_argument("--weights-dtype", **weights_dtype_arg)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(
@@ -697,7 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.ema_decay,
         help=EMA_HELP,
     )
-    pr.add_argument("--weights-dtype", **WEIGHTS_DTYPE_ARG, default=d.weights_dtype)
+    pr.add_argument("--weights-dtype", **weights_dtype_arg)
     pr.add_argument(
         "--views",
         choices=("auto", "1", "2", "4", "8"),

@@ -129,9 +129,9 @@ def round_weights(model: nn.Module, dtype: torch.dtype) -> torch.dtype:
     float32), as storing them in ``dtype`` would; returns the dtype to store. A value beyond
     float16's range (|x| > 65504) keeps the whole model in float32 rather than storing an inf.
     """
-    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
     if dtype == torch.float32:
         return dtype
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
     limit = torch.finfo(dtype).max
     if any(t.abs().max() > limit for t in tensors if t.numel()):
         return torch.float32
