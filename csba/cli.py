@@ -85,6 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         patience=args.patience,
         ema_decay=args.ema_decay,
         weights_dtype=args.weights_dtype,
+        lr_schedule=args.lr_schedule,
+        keep=args.keep,
         device=args.device,
         precision=args.precision,
         conflict_every=args.conflict_every,
@@ -346,6 +348,9 @@ def cmd_protocol(args: argparse.Namespace) -> int:
                     conflict_every=args.conflict_every,
                     ema_decay=args.ema_decay,
                     weights_dtype=args.weights_dtype,
+                    lr=args.lr,
+                    lr_schedule=args.lr_schedule,
+                    keep=args.keep,
                 )
                 meta = train(cfg, callback=_progress_printer(cfg))
                 if meta["status"] != "completed":
@@ -409,7 +414,8 @@ def _protocol_parallel(args: argparse.Namespace, variants: list[str], t0: float)
         cmd += ["--conflict-every", str(args.conflict_every)]
         cmd += ["--diagnose-per-class", str(args.diagnose_per_class)]
         cmd += ["--views", str(args.views), "--ema-decay", str(args.ema_decay)]
-        cmd += ["--weights-dtype", args.weights_dtype]
+        cmd += ["--weights-dtype", args.weights_dtype, "--lr", repr(args.lr)]
+        cmd += ["--lr-schedule", args.lr_schedule, "--keep", args.keep]
         if args.data_root:
             cmd += ["--data-root", args.data_root]
         log = log_dir / f"{run_dir.parent.name}-{run_dir.name}.log"
@@ -466,9 +472,23 @@ EMA_HELP = (
 
 def build_parser() -> argparse.ArgumentParser:
     from .models import list_models
-    from .train import WEIGHT_DTYPES, TrainConfig
+    from .train import KEEP_RULES, LR_SCHEDULES, WEIGHT_DTYPES, TrainConfig
 
     d = TrainConfig()
+    schedule_args = {
+        "--lr-schedule": dict(
+            choices=LR_SCHEDULES,
+            default=d.lr_schedule,
+            help="step: StepLR 30 epochs x0.5 (pinned); cosine: anneal to 0 over --epochs "
+            "(default %(default)s)",
+        ),
+        "--keep": dict(
+            choices=KEEP_RULES,
+            default=d.keep,
+            help="best: the best validation macro-F1 with early stopping (pinned); last: the "
+            "final epoch's weights, no early stopping (default %(default)s)",
+        ),
+    }
     weights_dtype_arg = dict(
         choices=tuple(WEIGHT_DTYPES),
         default=d.weights_dtype,
@@ -574,6 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=EMA_HELP,
     )
     t.add_argument("--weights-dtype", **weights_dtype_arg)
+    for flag, kw in schedule_args.items():
+        t.add_argument(flag, **kw)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(
@@ -695,6 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=EMA_HELP,
     )
     pr.add_argument("--weights-dtype", **weights_dtype_arg)
+    pr.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default 1e-4)")
+    for flag, kw in schedule_args.items():
+        pr.add_argument(flag, **kw)
     pr.add_argument(
         "--views",
         choices=("auto", "1", "2", "4", "8"),

@@ -162,6 +162,8 @@ def test_protocol_parallel_jobs_match_serial_runs(tiny_folder, tmp_path, capsys)
     """--jobs 2 runs worker processes; each run equals a serial run at the same thread count."""
     common = ["--dataset", "imagefolder", "--data-root", str(tiny_folder), "--seeds", "0"]
     common += ["--epochs", "1", "--image-size", "32", "--diagnose-per-class", "4"]
+    # the non-pinned schedule options reach the worker processes too
+    common += ["--lr", "0.0003", "--lr-schedule", "cosine", "--keep", "last"]
     par = tmp_path / "par"
     args = ["protocol", *common, "--variants", "baseline", "csba", "--jobs", "2", "--out", str(par)]
     assert main(args) == 0
@@ -176,6 +178,11 @@ def test_protocol_parallel_jobs_match_serial_runs(tiny_folder, tmp_path, capsys)
     assert capsys.readouterr().out.split() == dirs
     meta = json.loads(Path(dirs[1], "run.json").read_text())
     assert meta["status"] == "completed" and "gcm" in meta["diagnostics"]
+    assert (meta["config"]["lr"], meta["config"]["lr_schedule"], meta["config"]["keep"]) == (
+        3e-4,
+        "cosine",
+        "last",
+    )
     threads = meta["runtime"]["threads"]
     # the same run in a serial worker with the same thread count gives the same weights
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}

@@ -201,3 +201,38 @@ def test_weights_are_stored_in_float16_and_metrics_are_theirs(tiny_folder, tmp_p
     assert full["weights_dtype"] == "float32"
     with pytest.raises(TrainingError, match="weights_dtype"):
         train(_cfg(tiny_folder, tmp_path / "x", variant="csba", epochs=1, weights_dtype="int8"))
+
+
+def test_cosine_schedule_and_keep_last_known_answer(tiny_folder, tmp_path):
+    import math
+
+    kw = dict(variant="baseline", epochs=4, seed=5, lr=1e-3, precision="fp32")
+    # patience 1 would stop a "best" run early; "last" trains every epoch and keeps the final one.
+    meta = train(
+        _cfg(
+            tiny_folder,
+            tmp_path / "c",
+            lr_schedule="cosine",
+            keep="last",
+            patience=1,
+            weights_dtype="float32",
+            **kw,
+        )
+    )
+    lrs = [h["lr"] for h in meta["history"]]
+    # CosineAnnealingLR over 4 epochs: lr * (1 + cos(pi * t / 4)) / 2 for epochs t = 0..3
+    want = [1e-3 * (1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)]
+    assert lrs == pytest.approx(want, rel=1e-9)
+    assert meta["epochs_run"] == 4 and meta["best_epoch"] == 4
+    assert meta["config"]["lr_schedule"] == "cosine" and meta["config"]["keep"] == "last"
+    # fp32 training, fp32 storage: the stored val metrics are those of the last epoch's weights.
+    last = meta["history"][-1]
+    assert meta["metrics"]["val"]["macro_f1"] == last["val_macro_f1"]
+    assert meta["metrics"]["val"]["accuracy"] == last["val_accuracy"]
+
+    step = train(_cfg(tiny_folder, tmp_path / "s", **kw))  # the pinned defaults
+    assert [h["lr"] for h in step["history"]] == [1e-3] * 4  # StepLR(30): flat for 4 epochs
+    assert step["config"]["lr_schedule"] == "step" and step["config"]["keep"] == "best"
+    for bad in (dict(lr_schedule="linear"), dict(keep="median")):
+        with pytest.raises(TrainingError, match=next(iter(bad))):
+            train(_cfg(tiny_folder, tmp_path / "x", **{**kw, **bad}))
