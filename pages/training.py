@@ -17,7 +17,7 @@ from plotly.subplots import make_subplots
 from csba import list_models, model_info
 from csba.data import DATASETS
 from csba.jobs import FINISHED, Job, JobManager, RunProgress, check_data_root, default_device
-from csba.train import TrainConfig
+from csba.train import KEEP_RULES, LR_SCHEDULES, TrainConfig
 from pages.common import clear_run_caches, runs_root
 from pages.common import data_root as allowed_data_root
 
@@ -123,6 +123,21 @@ def _settings() -> tuple[list[TrainConfig] | None, str | None]:
             help="Records the gradient conflict matrix during training (0 = off), for the "
             "Gradient conflict page's evolution plot.",
         )
+        e1, e2, _ = st.columns([1, 1, 3])
+        schedule = e1.selectbox(
+            "Learning-rate schedule",
+            LR_SCHEDULES,
+            key="train_schedule",
+            help="step: halve every 30 epochs (the pinned protocol); cosine: anneal to 0 over "
+            "the epochs",
+        )
+        keep = e2.selectbox(
+            "Weights kept",
+            KEEP_RULES,
+            key="train_keep",
+            help="best: the epoch with the best validation macro-F1, with early stopping (the "
+            "pinned protocol); last: the final epoch's, no early stopping",
+        )
     if not variants:
         return None, "choose at least one variant"
     root_str = None
@@ -142,6 +157,8 @@ def _settings() -> tuple[list[TrainConfig] | None, str | None]:
             batch_size=int(batch),
             lr=float(lr),
             patience=int(patience),
+            lr_schedule=schedule,
+            keep=keep,
             device=dev,
             precision=precision,
             conflict_every=int(conflict_every),

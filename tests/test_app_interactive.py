@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -120,6 +121,8 @@ def test_training_page_runs_a_job(runs_root, tiny_folder):
 
     at.text_input(key="train_root_imagefolder").set_value(tiny_folder.name)  # relative to root
     at.number_input(key="train_seed").set_value(7)
+    at.selectbox(key="train_schedule").set_value("cosine")
+    at.selectbox(key="train_keep").set_value("last")
     at.button(key="train_start").click()
     at.run()
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -137,6 +140,8 @@ def test_training_page_runs_a_job(runs_root, tiny_folder):
     assert (run_dir / "run.json").is_file()
     assert str(run_dir) in done[0]
     assert not at.error
+    config = json.loads((run_dir / "run.json").read_text())["config"]
+    assert (config["lr_schedule"], config["keep"]) == ("cosine", "last")
 
 
 def test_training_page_cancel_and_failure(runs_root, tiny_folder):
