@@ -27,6 +27,9 @@ JOBS=${JOBS:-5}
 CAP=${CAP:-480}
 SEEDS=${SEEDS:-0 1 2}
 RESUME=${RESUME:-0}
+# extra protocol options, e.g. PROTOCOL_ARGS="--lr-schedule cosine --keep last --epochs 40"; call 2
+# must repeat call 1's (a run's config is its protocol)
+PROTOCOL_ARGS=${PROTOCOL_ARGS:-}
 CALL=$([ "$RESUME" = 1 ] && echo 2 || echo 1)
 export CSBA_ELPV_ROOT=$PWD/.carry CSBA_CACHE=${CSBA_CACHE:-$PWD/.carry} PYTHONUNBUFFERED=1
 DEVICE=${DEVICE:-cuda}  # cpu: a local dry run of this script at a small size
@@ -44,8 +47,9 @@ if [ "$RESUME" != 1 ]; then
     | tee -a "$OUT/device.txt"
   # Smoke: the whole path (train, evaluate, diagnose) for 2 epochs of one variant, so that a
   # crash after training costs 30 s here rather than a whole protocol wave.
+  # shellcheck disable=SC2086
   if ! timeout 150 python3 -m csba protocol --dataset elpv --image-size "$SIZE" --variants csba \
-    --seeds 0 --epochs 2 --device "$DEVICE" --out /tmp/smoke > "$OUT/smoke.txt" 2>&1; then
+    $PROTOCOL_ARGS --seeds 0 --epochs 2 --device "$DEVICE" --out /tmp/smoke > "$OUT/smoke.txt" 2>&1; then
     tail -n 30 "$OUT/smoke.txt"
     echo "smoke run failed: no protocol this call"
     exit 1
@@ -54,7 +58,7 @@ fi
 start=$(date +%s)
 # shellcheck disable=SC2086
 timeout "$CAP" python3 -m csba protocol --dataset elpv --image-size "$SIZE" --seeds $SEEDS \
-  --device "$DEVICE" --jobs "$JOBS" --out "$CK" 2>&1 | tee "$OUT/protocol-$CALL.txt"
+  --device "$DEVICE" --jobs "$JOBS" --out "$CK" $PROTOCOL_ARGS 2>&1 | tee "$OUT/protocol-$CALL.txt"
 echo "call $CALL: protocol at ${SIZE}px, seeds $SEEDS, $JOBS jobs: exit ${PIPESTATUS[0]}," \
   "$(( $(date +%s) - start )) s" | tee -a "$OUT/protocol-$CALL.txt"
 pkill -f -- "--out $CK" || true  # timeout stops the parent, not its workers (only this out)
