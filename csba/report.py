@@ -1311,7 +1311,8 @@ def render_results_markdown(
         "refresh this section. All numbers are on one test set of "
         f"{int(y_true.size)} images (split seed {ref.split_seed}). A cell reads mean ± standard "
         f"deviation over seeds, then the {pct}% bootstrap interval of the seed mean "
-        f"({n_resamples} stratified resamples of the test set, seed {seed}).{_views_text(records)}",
+        f"({n_resamples} stratified resamples of the test set, seed {seed})."
+        f"{_protocol_text(records)}{_views_text(records)}",
         "",
         f"**Verdict.** {verdict}",
         "",
@@ -1453,6 +1454,57 @@ def render_results_markdown(
         "notes": notes,
     }
     return "\n".join(lines), info
+
+
+# TrainConfig fields that make up the training protocol (DESIGN.md §2); the rest name the run
+# (variant, seed, paths) or only change speed (device, precision, threads).
+PROTOCOL_KEYS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "lr_schedule",
+    "lr_step",
+    "lr_gamma",
+    "keep",
+    "patience",
+    "ema_decay",
+    "focal_gamma",
+    "augment",
+)
+
+
+def protocol_changes(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The protocol settings of a run that differ from the pinned defaults of TrainConfig.
+
+    A run.json written before a setting existed lacks it and ran with its default.
+    """
+    from .train import TrainConfig
+
+    pinned = TrainConfig()
+    config = meta.get("config") or {}
+    return {k: config[k] for k in PROTOCOL_KEYS if k in config and config[k] != getattr(pinned, k)}
+
+
+def _protocol_text(records: Sequence[RunRecord]) -> str:
+    """A sentence saying whether the runs used the pinned training protocol, and if not, how."""
+    changes = [protocol_changes(r.meta) for r in records]
+
+    def listed(c: Mapping[str, Any]) -> str:
+        return ", ".join(f"`{k}` {v}" for k, v in c.items())
+
+    if all(c == changes[0] for c in changes):
+        if not changes[0]:
+            return " Every run used the pinned training protocol (DESIGN.md §2)."
+        return (
+            " Every run used the pinned training protocol (DESIGN.md §2) except "
+            f"{listed(changes[0])}."
+        )
+    kinds = sorted({listed(c) or "pinned" for c in changes})
+    return (
+        " Warning: these runs were trained with different protocols "
+        f"({'; '.join(kinds)}), so they are not compared like with like."
+    )
 
 
 def _views_text(records: Sequence[RunRecord]) -> str:

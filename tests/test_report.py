@@ -632,3 +632,38 @@ def test_readme_per_run_table_known_answer(real_runs, tmp_path):
         assert row[4] == f"{np.mean(y_pred == y_true):.3f}"
     # 30% errors beat the 0.5 of the trivial predictor; 60% errors do not.
     assert "2 of 4 runs beat the majority-class predictor's accuracy" in section
+
+
+def test_readme_names_the_training_protocol_and_warns_when_mixed(real_runs, tmp_path):
+    from csba.report import protocol_changes
+
+    pinned = {"epochs": 300, "lr": 1e-4, "seed": 4, "variant": "csba", "out": "x"}
+    assert protocol_changes({"config": pinned}) == {}  # run names and paths are not protocol
+    changed = {**pinned, "lr": 3e-4, "lr_schedule": "cosine", "keep": "last", "epochs": 40}
+    assert protocol_changes({"config": changed}) == {
+        "epochs": 40,
+        "lr": 3e-4,
+        "lr_schedule": "cosine",
+        "keep": "last",
+    }
+    src = real_runs.dirs[("baseline", 0)]
+    root = tmp_path / "root" / "imagefolder-32px"
+    for variant in ("baseline", "csba"):
+        dst = _derive(src, root / f"{variant}-s0", variant=variant, seed=0)
+        meta = read_run_json(dst)
+        meta["config"] = {**meta["config"], **pinned}
+        atomic_write_json(dst / "run.json", meta)
+    md, _ = render_results_markdown(tmp_path / "root", "imagefolder", n_resamples=50)
+    assert "Every run used the pinned training protocol (DESIGN.md §2)." in md
+    meta = read_run_json(root / "csba-s0")
+    meta["config"] = changed
+    atomic_write_json(root / "csba-s0" / "run.json", meta)
+    md, _ = render_results_markdown(tmp_path / "root", "imagefolder", n_resamples=50)
+    assert "trained with different protocols (`epochs` 40, `lr` 0.0003" in md
+    meta = read_run_json(root / "baseline-s0")
+    meta["config"] = changed
+    atomic_write_json(root / "baseline-s0" / "run.json", meta)
+    md, _ = render_results_markdown(tmp_path / "root", "imagefolder", n_resamples=50)
+    assert (
+        "(DESIGN.md §2) except `epochs` 40, `lr` 0.0003, `lr_schedule` cosine, `keep` last." in md
+    )
