@@ -5,6 +5,20 @@ times the full step (bf16 autocast + channels_last + Adam) and reports images/s 
 MFU = FLOPs / time / peak. Peak: ``--peak-tflops`` or, on CUDA, a table of dense bf16 peaks
 (H100 SXM 989, H100 PCIe 756, H200 989, A100 312 TFLOP/s).
 
+Each ``--modes`` entry runs the same step another way, timed in the same process, and the table
+gives its speed as a ratio to eager:
+
+* ``eager``: plain PyTorch (what ``csba.train`` does);
+* ``compile``: ``torch.compile`` of the model (inductor kernels, fused elementwise ops);
+* ``cudagraph`` (CUDA only): the whole step (forward, backward, Adam) captured once as a CUDA
+  graph and replayed, so a step costs one launch instead of hundreds; Adam runs with
+  ``capturable=True`` and autocast with ``cache_enabled=False``, as the CUDA-graph docs require;
+* ``compile-cudagraph`` (CUDA only): ``torch.compile(mode="reduce-overhead")``.
+
+The loss after the timed steps is printed for every mode, as a check that the step trains: all
+start from the same weights and fit the same random batch, so the loss falls in every mode. Its
+values differ between modes because their dropout draws differ (compiled code has its own RNG).
+
     python benchmarks/bench_device.py --image-size 224 --batch 128          # on the GPU machine
     python benchmarks/bench_device.py --image-size 64 --batch 32 --steps 3  # quick CPU check
 """
@@ -17,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, uninstalled
 from torch.utils.flop_counter import FlopCounterMode
@@ -42,6 +57,67 @@ def guess_peak(device: torch.device) -> float | None:
     return None
 
 
+MODES = ("eager", "compile", "cudagraph", "compile-cudagraph")
+CUDA_ONLY = ("cudagraph", "compile-cudagraph")
+
+
+def make_step(mode: str, model, x: torch.Tensor, y: torch.Tensor, device: torch.device):
+    """A function doing one training step in ``mode``; returns it and the last-loss reader."""
+    cuda = device.type == "cuda"
+    graphed = mode == "cudagraph"
+    opt = torch.optim.Adam(
+        model.parameters(), lr=1e-4, fused=True if cuda else None, capturable=graphed
+    )
+    net = model
+    if mode == "compile":
+        net = torch.compile(model)
+    elif mode == "compile-cudagraph":
+        net = torch.compile(model, mode="reduce-overhead")
+
+    def fwd_bwd(xb, yb):
+        # cache_enabled=False: autocast's weight-cast cache must not outlive a graph capture
+        with torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not graphed):
+            out = net(xb)
+        loss = F.cross_entropy(out.float(), yb)
+        loss.backward()
+        return loss
+
+    last = {"loss": torch.zeros((), device=device)}
+    if not graphed:
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            last["loss"] = fwd_bwd(x, y).detach()
+            opt.step()
+
+        return step, last
+
+    # Whole-step capture (PyTorch CUDA-graph docs, "whole network capture"): warm up on a side
+    # stream, capture once with static input/output tensors, then every step is one replay.
+    static_x, static_y = x.clone(), y.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            fwd_bwd(static_x, static_y)
+            opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)  # grads are then allocated in the graph's pool, once
+    with torch.cuda.graph(graph):
+        static_loss = fwd_bwd(static_x, static_y)
+        opt.step()
+
+    def replay():
+        static_x.copy_(x)  # a real loop copies each new batch into the static input
+        static_y.copy_(y)
+        graph.replay()
+        last["loss"] = static_loss
+
+    return replay, last
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--variants", nargs="+", default=["baseline", "csba", "class_heads"])
@@ -51,6 +127,13 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=4)
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=["eager", "cudagraph"],
+        help="ways to run the step (CUDA-only ones are skipped on the CPU); default %(default)s",
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
@@ -60,45 +143,58 @@ def main() -> None:
         f"device {name}, {args.image_size} px, batch {args.batch}, bf16 + channels_last, "
         f"peak {peak or 'unknown'} TFLOP/s"
     )
-    print(f"{'variant':<12} {'GFLOP/img':>9} {'img/s':>9} {'TFLOP/s':>8} {'MFU':>6}")
+    modes = [m for m in args.modes if device.type == "cuda" or m not in CUDA_ONLY]
+    print(
+        f"{'variant':<12} {'mode':<18} {'GFLOP/img':>9} {'img/s':>9} {'TFLOP/s':>8} {'MFU':>6} "
+        f"{'x eager':>7} {'setup s':>7} {'loss':>8}"
+    )
     for variant in args.variants:
-        model = create_model(variant, args.classes).to(device).to(memory_format=torch.channels_last)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+        torch.manual_seed(0)
+        init = create_model(variant, args.classes).state_dict()
         x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
         x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, args.classes, (args.batch,), device=device)
-
-        def step(model=model, opt=opt, x=x, y=y):
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                out = model(x)
-            loss = torch.nn.functional.cross_entropy(out.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
+        model = create_model(variant, args.classes).to(device)
         with FlopCounterMode(display=False) as fc:
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 out = model(x)
-            torch.nn.functional.cross_entropy(out.float(), y).backward()
+            F.cross_entropy(out.float(), y).backward()
         flops = fc.get_total_flops()  # forward + backward of one batch
-        opt.zero_grad(set_to_none=True)
-        for _ in range(3):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = (time.perf_counter() - t) / args.steps
-        tflops = flops / dt / 1e12
-        mfu = f"{100 * tflops / peak:5.1f}%" if peak else "   -"
-        print(
-            f"{variant:<12} {flops / args.batch / 1e9:9.2f} {args.batch / dt:9.1f} "
-            f"{tflops:8.2f} {mfu:>6}",
-            flush=True,
-        )
+        eager_dt = None
+        for mode in modes:
+            model = create_model(variant, args.classes)
+            model.load_state_dict(init)
+            model = model.to(device).to(memory_format=torch.channels_last).train()
+            t = time.perf_counter()
+            try:
+                step, last = make_step(mode, model, x, y, device)
+                for _ in range(3):  # warm-up: compilation, cuDNN autotuning, graph capture
+                    step()
+                sync(device)
+            except Exception as e:  # report and go on: one failing mode must not hide the rest
+                print(f"{variant:<12} {mode:<18} failed: {type(e).__name__}: {e}"[:300])
+                continue
+            setup = time.perf_counter() - t
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            sync(device)
+            dt = (time.perf_counter() - t) / args.steps
+            eager_dt = dt if mode == "eager" else eager_dt
+            ratio = f"{eager_dt / dt:7.2f}" if eager_dt else "      -"
+            tflops = flops / dt / 1e12
+            mfu = f"{100 * tflops / peak:5.1f}%" if peak else "   -"
+            print(
+                f"{variant:<12} {mode:<18} {flops / args.batch / 1e9:9.2f} "
+                f"{args.batch / dt:9.1f} {tflops:8.2f} {mfu:>6} {ratio} {setup:7.1f} "
+                f"{float(last['loss']):8.4f}",
+                flush=True,
+            )
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":
