@@ -86,6 +86,8 @@ def make_step(mode: str, model, x: torch.Tensor, y: torch.Tensor, device: torch.
     if not graphed:
 
         def step():
+            if mode == "compile-cudagraph":
+                torch.compiler.cudagraph_mark_step_begin()  # a new iteration: outputs recycle
             opt.zero_grad(set_to_none=True)
             last["loss"] = fwd_bwd(x, y).detach()
             opt.step()
