@@ -41,10 +41,16 @@ if [ "$RESUME" != 1 ]; then
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
   python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])" \
     | tee -a "$OUT/gpu.txt"
-  timeout 90 python3 benchmarks/bench_device.py --image-size "$SIZE" --batch 128 2>&1 \
-    | tee "$OUT/device.txt"
-  timeout 40 python3 benchmarks/bench_device.py --image-size "$SIZE" --batch 32 --steps 30 2>&1 \
-    | tee -a "$OUT/device.txt"
+  # eager vs the whole step as one CUDA graph (train.py's default on CUDA); COMPILE=1 adds the
+  # torch.compile modes for the baseline (about a minute of compilation each)
+  timeout 100 python3 benchmarks/bench_device.py --image-size "$SIZE" --batch 128 \
+    --modes eager cudagraph 2>&1 | tee "$OUT/device.txt"
+  timeout 60 python3 benchmarks/bench_device.py --image-size "$SIZE" --batch 32 --steps 30 \
+    --modes eager cudagraph 2>&1 | tee -a "$OUT/device.txt"
+  if [ "${COMPILE:-0}" = 1 ]; then
+    timeout 240 python3 benchmarks/bench_device.py --image-size "$SIZE" --batch 32 --steps 30 \
+      --variants baseline --modes eager compile compile-cudagraph 2>&1 | tee -a "$OUT/device.txt"
+  fi
   # Smoke: the whole path (train, evaluate, diagnose) for 2 epochs of one variant, so that a
   # crash after training costs 30 s here rather than a whole protocol wave.
   # shellcheck disable=SC2086
@@ -54,6 +60,23 @@ if [ "$RESUME" != 1 ]; then
     echo "smoke run failed: no protocol this call"
     exit 1
   fi
+  # the same 2 epochs with eager steps: train losses should agree with the graphed run's to a
+  # few per cent (dropout draws differ), and runtime says whether the graph was captured
+  # shellcheck disable=SC2086
+  timeout 90 python3 -m csba protocol --dataset elpv --image-size "$SIZE" --variants csba \
+    $PROTOCOL_ARGS --seeds 0 --epochs 2 --device "$DEVICE" --out /tmp/smoke-eager \
+    --no-cuda-graph > "$OUT/smoke-eager.txt" 2>&1
+  python3 - <<'PY' | tee -a "$OUT/smoke.txt"
+import glob, json
+for path in sorted(glob.glob("/tmp/smoke*/elpv*/csba-s0/run.json")):
+    r = json.load(open(path))
+    rt = r["runtime"]
+    print(path, "cuda_graph", rt.get("cuda_graph"), rt.get("cuda_graph_error", ""),
+          "train s %.1f" % rt["train_seconds"],
+          "train loss", [round(h["train_loss"], 4) for h in r["history"]],
+          "val acc", [round(h["val_accuracy"], 3) for h in r["history"]])
+PY
+
 fi
 start=$(date +%s)
 # shellcheck disable=SC2086

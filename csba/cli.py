@@ -87,6 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         weights_dtype=args.weights_dtype,
         lr_schedule=args.lr_schedule,
         keep=args.keep,
+        cuda_graph=args.cuda_graph,
         device=args.device,
         precision=args.precision,
         conflict_every=args.conflict_every,
@@ -351,6 +352,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
                     lr=args.lr,
                     lr_schedule=args.lr_schedule,
                     keep=args.keep,
+                    cuda_graph=args.cuda_graph,
                 )
                 meta = train(cfg, callback=_progress_printer(cfg))
                 if meta["status"] != "completed":
@@ -416,6 +418,7 @@ def _protocol_parallel(args: argparse.Namespace, variants: list[str], t0: float)
         cmd += ["--views", str(args.views), "--ema-decay", str(args.ema_decay)]
         cmd += ["--weights-dtype", args.weights_dtype, "--lr", repr(args.lr)]
         cmd += ["--lr-schedule", args.lr_schedule, "--keep", args.keep]
+        cmd += ["--cuda-graph" if args.cuda_graph else "--no-cuda-graph"]
         if args.data_root:
             cmd += ["--data-root", args.data_root]
         log = log_dir / f"{run_dir.parent.name}-{run_dir.name}.log"
@@ -475,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .train import KEEP_RULES, LR_SCHEDULES, WEIGHT_DTYPES, TrainConfig
 
     d = TrainConfig()
+    graph_arg = dict(
+        action=argparse.BooleanOptionalAction,
+        default=d.cuda_graph,
+        help="on CUDA, capture the training step as a CUDA graph and replay it (falls back to "
+        "eager steps if capture fails; default: on)",
+    )
     schedule_args = {
         "--lr-schedule": dict(
             choices=LR_SCHEDULES,
@@ -596,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weights-dtype", **weights_dtype_arg)
     for flag, kw in schedule_args.items():
         t.add_argument(flag, **kw)
+    t.add_argument("--cuda-graph", **graph_arg)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(
@@ -720,6 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default 1e-4)")
     for flag, kw in schedule_args.items():
         pr.add_argument(flag, **kw)
+    pr.add_argument("--cuda-graph", **graph_arg)
     pr.add_argument(
         "--views",
         choices=("auto", "1", "2", "4", "8"),

@@ -163,7 +163,7 @@ def test_protocol_parallel_jobs_match_serial_runs(tiny_folder, tmp_path, capsys)
     common = ["--dataset", "imagefolder", "--data-root", str(tiny_folder), "--seeds", "0"]
     common += ["--epochs", "1", "--image-size", "32", "--diagnose-per-class", "4"]
     # the non-pinned schedule options reach the worker processes too
-    common += ["--lr", "0.0003", "--lr-schedule", "cosine", "--keep", "last"]
+    common += ["--lr", "0.0003", "--lr-schedule", "cosine", "--keep", "last", "--no-cuda-graph"]
     par = tmp_path / "par"
     args = ["protocol", *common, "--variants", "baseline", "csba", "--jobs", "2", "--out", str(par)]
     assert main(args) == 0
@@ -178,11 +178,14 @@ def test_protocol_parallel_jobs_match_serial_runs(tiny_folder, tmp_path, capsys)
     assert capsys.readouterr().out.split() == dirs
     meta = json.loads(Path(dirs[1], "run.json").read_text())
     assert meta["status"] == "completed" and "gcm" in meta["diagnostics"]
-    assert (meta["config"]["lr"], meta["config"]["lr_schedule"], meta["config"]["keep"]) == (
+    config = meta["config"]
+    assert (config["lr"], config["lr_schedule"], config["keep"], config["cuda_graph"]) == (
         3e-4,
         "cosine",
         "last",
+        False,
     )
+    assert meta["runtime"]["cuda_graph"] is False  # the CPU never captures
     threads = meta["runtime"]["threads"]
     # the same run in a serial worker with the same thread count gives the same weights
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}

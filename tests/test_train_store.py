@@ -236,3 +236,28 @@ def test_cosine_schedule_and_keep_last_known_answer(tiny_folder, tmp_path):
     for bad in (dict(lr_schedule="linear"), dict(keep="median")):
         with pytest.raises(TrainingError, match=next(iter(bad))):
             train(_cfg(tiny_folder, tmp_path / "x", **{**kw, **bad}))
+
+
+@pytest.mark.parametrize("schedule", ["step", "cosine"])
+def test_tensor_learning_rate_follows_the_schedule_in_place(schedule):
+    """A CUDA-graphed step reads Adam's lr from one tensor captured once: the schedulers must
+    update that tensor in place, to the same values as a float lr."""
+    rates = {}
+    for kind in ("float", "tensor"):
+        p = torch.nn.Parameter(torch.zeros(3))
+        lr = torch.tensor(1e-3) if kind == "tensor" else 1e-3
+        opt = torch.optim.Adam([p], lr=lr)
+        if schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5)
+        else:
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+        seen = []
+        for _ in range(5):
+            p.grad = torch.ones(3)
+            opt.step()
+            sched.step()
+            seen.append(float(opt.param_groups[0]["lr"]))
+        if kind == "tensor":
+            assert opt.param_groups[0]["lr"] is lr  # the same tensor, updated in place
+        rates[kind] = seen
+    assert rates["tensor"] == pytest.approx(rates["float"], rel=1e-6)
