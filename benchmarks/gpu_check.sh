@@ -51,6 +51,7 @@ if [ "$RESUME" != 1 ]; then
     timeout 240 python3 benchmarks/bench_device.py --image-size "$SIZE" --batch 32 --steps 30 \
       --variants baseline --modes eager compile compile-cudagraph 2>&1 | tee -a "$OUT/device.txt"
   fi
+  rm -rf /tmp/smoke /tmp/smoke-eager  # a stale complete run would be skipped, not retrained
   # Smoke: the whole path (train, evaluate, diagnose) for 2 epochs of one variant, so that a
   # crash after training costs 30 s here rather than a whole protocol wave.
   # shellcheck disable=SC2086
@@ -87,6 +88,6 @@ echo "call $CALL: protocol at ${SIZE}px, seeds $SEEDS, $JOBS jobs: exit ${PIPEST
 pkill -f -- "--out $CK" || true  # timeout stops the parent, not its workers (only this out)
 python3 -m csba list --root "$CK" 2>&1 | tee -a "$OUT/protocol-$CALL.txt"
 key=$(python3 -c "from csba.store import run_dir_for as r; print(r('', 'elpv', 'x', 0, $SIZE).parent)")
-(cd "$CK" && tar czf "$OUT/runs.tgz" --exclude=model.safetensors "$key" logs)
+(cd "$CK" && tar czf "$OUT/runs.tgz" --exclude=model.safetensors "$key" $(ls -d logs 2>/dev/null))
 python3 benchmarks/pack_runs.py "$CK" "$key" "$OUT" --call "$CALL" | tee -a "$OUT/protocol-$CALL.txt"
 ls -la "$OUT"
