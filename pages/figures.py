@@ -18,6 +18,7 @@ from plotly.subplots import make_subplots
 
 from csba.diagnostics import off_diagonal_stats  # noqa: F401 (used by the pages via F.)
 from csba.diagnostics import sorted_pairs as adversarial_pairs  # noqa: F401
+from csba.report import protocol_changes
 
 # Diverging scale for cosines: red = conflict (negative), white = 0, blue = agreement.
 CONFLICT_SCALE = px.colors.diverging.RdBu
@@ -178,6 +179,8 @@ def runs_table(infos: Sequence[Any]) -> pd.DataFrame:
                 "minority F1": number(pc.get("f1")),
                 "minority class": minority,
                 "views": int((m.get("evaluation") or {}).get("views") or 1),
+                "protocol": ", ".join(f"{k} {v}" for k, v in protocol_changes(m).items())
+                or "pinned",
                 "created": str(m.get("created") or "")[:16].replace("T", " "),
                 "status": m.get("status"),
                 "diagnosed": isinstance(m.get("diagnostics"), dict),

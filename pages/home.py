@@ -70,6 +70,10 @@ def runs_section(good, bad) -> None:
                     help="Test-time views averaged for the stored metrics (1: plain forward; "
                     "8: the flips x 90-degree rotations of EL cells; 4: flips)"
                 ),
+                "protocol": st.column_config.TextColumn(
+                    help="Training settings that differ from the pinned protocol "
+                    "(DESIGN.md §2); 'pinned' when none do"
+                ),
                 "diagnosed": st.column_config.CheckboxColumn(
                     help="python -m csba diagnose RUN_DIR has been run"
                 ),

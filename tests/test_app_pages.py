@@ -111,6 +111,9 @@ def test_home_lists_every_run_and_the_broken_one(runs_root):
     assert set(runs["variant"]) == {"baseline", "csba", "gradnorm", "focal", "class_heads"}
     assert runs["diagnosed"].sum() == 3  # csba, class_heads, gradnorm (partial)
     assert {"accuracy", "macro-F1", "minority F1"} <= set(runs.columns)
+    # the tiny runs train 1 epoch in batches of 16: both differ from the pinned protocol
+    tiny = runs["protocol"][runs["variant"] == "baseline"].iloc[0]
+    assert tiny == "epochs 1, batch_size 16", tiny
     assert any("is not valid JSON" in e.value for e in at.error)
     # class distribution and parameter table (paper Table 2)
     dist = at.dataframe[1].value
