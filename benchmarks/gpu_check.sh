@@ -7,14 +7,17 @@
 #   git rm -r -q --cached checkpoints && echo /checkpoints/ >> .git/info/exclude
 #     (tracked checkpoints/ would not fit the 64 MiB tree; undo after the calls with
 #      git reset -q checkpoints, and delete that line from .git/info/exclude)
-# Call 1:  run(command="CAP=480 bash benchmarks/gpu_check.sh 224", carry=[".carry"], timeout_s=560)
+# Call 1:  run(command="CAP=380 bash benchmarks/gpu_check.sh 224", carry=[".carry"], timeout_s=540)
+#          (benchmarks and the two smoke runs take about 150 s before the protocol starts)
 # Call 2, AT ONCE (the machine stays warm 30 s; /tmp/ck survives only on a warm machine):
-#          run(command="RESUME=1 CAP=300 bash benchmarks/gpu_check.sh 224", carry=[".carry"],
-#              timeout_s=330)
+#          run(command="RESUME=1 CAP=200 bash benchmarks/gpu_check.sh 224", carry=[".carry"],
+#              timeout_s=230)
+#          (start-up, both calls and the idle gaps must fit the 900 s budget)
 # Then give_back, and here: cat /work/.device/*/runs-*.tar.* | tar x -C checkpoints
 #
-# 1. (call 1 only) throughput and MFU of the training step (bench_device.py, batch 128 and 32),
-#    then a 2-epoch smoke run of the whole path (stops here if it fails);
+# 1. (call 1 only) throughput and MFU of the training step, eager and as one CUDA graph
+#    (bench_device.py, batch 128 and 32), then a 2-epoch smoke run of the whole path (stops here
+#    if it fails) and the same 2 epochs with eager steps, to compare with the graphed ones;
 # 2. the ELPV protocol, five variants x seeds $SEEDS (default 0 1 2), $JOBS runs at once sharing
 #    the GPU, for at most $CAP seconds; it resumes where the last call stopped (complete runs are
 #    skipped), so the time of a whole protocol is the sum of the calls' protocol lines;
