@@ -8,11 +8,12 @@ MFU = FLOPs / time / peak. Peak: ``--peak-tflops`` or, on CUDA, a table of dense
 Each ``--modes`` entry runs the same step another way, timed in the same process, and the table
 gives its speed as a ratio to eager:
 
-* ``eager``: plain PyTorch (what ``csba.train`` does);
+* ``eager``: plain PyTorch (what ``csba.train`` does on the CPU);
 * ``compile``: ``torch.compile`` of the model (inductor kernels, fused elementwise ops);
 * ``cudagraph`` (CUDA only): the whole step (forward, backward, Adam) captured once as a CUDA
-  graph and replayed, so a step costs one launch instead of hundreds; Adam runs with
-  ``capturable=True`` and autocast with ``cache_enabled=False``, as the CUDA-graph docs require;
+  graph and replayed, so a step costs one launch instead of hundreds: ``csba.train.TrainStep``
+  itself, as ``csba.train`` runs it on CUDA (capturable fused Adam with a tensor lr, autocast
+  with ``cache_enabled=False``, as the CUDA-graph docs require);
 * ``compile-cudagraph`` (CUDA only): ``torch.compile(mode="reduce-overhead")``.
 
 The loss after the timed steps is printed for every mode, as a check that the step trains: all
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from torch.utils.flop_counter import FlopCounterMode
 
 from csba.models import create_model
+from csba.train import TrainStep
 
 PEAK_BF16_TFLOPS = {
     "H100 SXM": 989.0,
@@ -58,66 +60,49 @@ def guess_peak(device: torch.device) -> float | None:
 
 
 MODES = ("eager", "compile", "cudagraph", "compile-cudagraph")
+WARMUP = 3  # eager steps before a capture (csba.train.TrainStep's default)
 CUDA_ONLY = ("cudagraph", "compile-cudagraph")
 
 
 def make_step(mode: str, model, x: torch.Tensor, y: torch.Tensor, device: torch.device):
-    """A function doing one training step in ``mode``; returns it and the last-loss reader."""
+    """One training step in ``mode`` on the batch (x, y), as ``csba.train`` runs it.
+
+    Returns ``(step, last, train_step)``: ``step()`` trains once, ``last["loss"]`` is the loss
+    of the latest step and ``train_step`` the :class:`csba.train.TrainStep` (its
+    ``graph_error`` says why a capture fell back to eager). The cudagraph mode captures at the
+    ``WARMUP + 1``-th call, so callers warm up that many steps before timing.
+    """
     cuda = device.type == "cuda"
     graphed = mode == "cudagraph"
     opt = torch.optim.Adam(
-        model.parameters(), lr=1e-4, fused=True if cuda else None, capturable=graphed
+        model.parameters(),
+        # as csba.train: a graph bakes a float lr in at capture, a tensor lr is read each replay
+        lr=torch.tensor(1e-4, device=device) if graphed else 1e-4,
+        fused=True if cuda else None,
+        capturable=graphed,
     )
     net = model
     if mode == "compile":
         net = torch.compile(model)
     elif mode == "compile-cudagraph":
         net = torch.compile(model, mode="reduce-overhead")
-
-    def fwd_bwd(xb, yb):
-        # cache_enabled=False: autocast's weight-cast cache must not outlive a graph capture
-        with torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not graphed):
-            out = net(xb)
-        loss = F.cross_entropy(out.float(), yb)
-        loss.backward()
-        return loss
-
+    train_step = TrainStep(
+        net,
+        lambda logits, yb: F.cross_entropy(logits.float(), yb),
+        opt,
+        device,
+        bf16=True,
+        graph=graphed,
+        warmup=WARMUP,
+    )
     last = {"loss": torch.zeros((), device=device)}
-    if not graphed:
 
-        def step():
-            if mode == "compile-cudagraph":
-                torch.compiler.cudagraph_mark_step_begin()  # a new iteration: outputs recycle
-            opt.zero_grad(set_to_none=True)
-            last["loss"] = fwd_bwd(x, y).detach()
-            opt.step()
+    def step():
+        if mode == "compile-cudagraph":
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: outputs recycle
+        last["loss"] = train_step(x, y)
 
-        return step, last
-
-    # Whole-step capture (PyTorch CUDA-graph docs, "whole network capture"): warm up on a side
-    # stream, capture once with static input/output tensors, then every step is one replay.
-    static_x, static_y = x.clone(), y.clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            opt.zero_grad(set_to_none=True)
-            fwd_bwd(static_x, static_y)
-            opt.step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    opt.zero_grad(set_to_none=True)  # grads are then allocated in the graph's pool, once
-    with torch.cuda.graph(graph):
-        static_loss = fwd_bwd(static_x, static_y)
-        opt.step()
-
-    def replay():
-        static_x.copy_(x)  # a real loop copies each new batch into the static input
-        static_y.copy_(y)
-        graph.replay()
-        last["loss"] = static_loss
-
-    return replay, last
+    return step, last, train_step
 
 
 def main() -> None:
@@ -169,12 +154,15 @@ def main() -> None:
             model = model.to(device).to(memory_format=torch.channels_last).train()
             t = time.perf_counter()
             try:
-                step, last = make_step(mode, model, x, y, device)
-                for _ in range(3):  # warm-up: compilation, cuDNN autotuning, graph capture
+                step, last, train_step = make_step(mode, model, x, y, device)
+                for _ in range(WARMUP + 1):  # compilation, cuDNN autotuning, graph capture
                     step()
                 sync(device)
             except Exception as e:  # report and go on: one failing mode must not hide the rest
                 print(f"{variant:<12} {mode:<18} failed: {type(e).__name__}: {e}"[:300])
+                continue
+            if train_step.graph_error:  # fell back to eager: timing it would mislabel eager
+                print(f"{variant:<12} {mode:<18} capture failed: {train_step.graph_error}"[:300])
                 continue
             setup = time.perf_counter() - t
             t = time.perf_counter()

@@ -4,8 +4,8 @@ Writes ``runs-<call>.tar.aa``, ``.ab``, ... (15 MiB parts of one tar of whole ru
 run.json + model.safetensors) holding the complete runs under ``ROOT/KEY`` that no earlier call
 returned, up to ``--budget-mib``; what it packed is remembered in ``ROOT/.returned`` so the
 next call (``gpu_check.sh`` with ``RESUME=1``) returns the rest. A run is complete when it is
-trained, evaluated with its test-time views and diagnosed. Unpack here with
-``cat runs-*.tar.* | tar x -C checkpoints``.
+trained, evaluated with its test-time views and diagnosed (what ``protocol`` skips). Unpack here
+with ``cat runs-*.tar.* | tar x -C checkpoints``.
 
     python benchmarks/pack_runs.py /tmp/ck elpv-224px "$OUT" --call 1
 """
@@ -14,23 +14,24 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
+import sys
 import tarfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, uninstalled
+from csba.cli import protocol_complete
+from csba.store import RunError, read_run_json
 
 PART = 15 * 2**20  # bytes per returned file (the limit is 16 MiB)
 
 
 def complete(run_dir: Path) -> bool:
+    """What ``protocol`` skips (:func:`csba.cli.protocol_complete`), with its weights present."""
     try:
-        meta = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
+        meta = read_run_json(run_dir)
+    except RunError:
         return False
-    return (
-        meta.get("status") == "completed"
-        and "diagnostics" in meta
-        and (run_dir / "model.safetensors").is_file()
-    )
+    return protocol_complete(meta) and (run_dir / "model.safetensors").is_file()
 
 
 def main() -> None:

@@ -155,6 +155,19 @@ def wanted_views(meta: dict | None, views: str | int) -> int:
     return tta_views(bool(((meta or {}).get("dataset") or {}).get("rot90")))
 
 
+def protocol_complete(meta: dict, views: str | int = "auto") -> bool:
+    """Whether ``protocol`` has nothing left to do for a run (its parsed run.json): trained to
+    the end, evaluated with the wanted test-time views (keeping the single-view predictions)
+    and diagnosed. ``protocol`` skips such runs and the device script returns only these."""
+    n = recorded_views(meta)
+    return (
+        meta.get("status") == "completed"
+        and "diagnostics" in meta
+        and n == wanted_views(meta, views)
+        and (n == 1 or "predictions_single_view" in meta)
+    )
+
+
 def store_evaluation(
     run_dir: str, views: int, data_root: str | None = None, device: str = "cpu"
 ) -> dict:
@@ -307,6 +320,46 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return compare_cli(args, _print_json)
 
 
+# The training options `protocol` passes to every run: (flag, attribute of both the parsed
+# arguments and TrainConfig). The serial path builds its TrainConfig from this table and the
+# parallel path its workers' command lines, so an option added here reaches both.
+PROTOCOL_TRAIN_OPTIONS = (
+    ("--image-size", "image_size"),
+    ("--epochs", "epochs"),
+    ("--device", "device"),
+    ("--data-root", "data_root"),
+    ("--conflict-every", "conflict_every"),
+    ("--ema-decay", "ema_decay"),
+    ("--weights-dtype", "weights_dtype"),
+    ("--lr", "lr"),
+    ("--lr-schedule", "lr_schedule"),
+    ("--keep", "keep"),
+    ("--cuda-graph", "cuda_graph"),
+)
+
+
+def protocol_train_config(args: argparse.Namespace, variant: str, seed: int, run_dir: Path):
+    """The TrainConfig of one protocol run: the pinned defaults plus the passed-through options."""
+    from .train import TrainConfig
+
+    opts = {attr: getattr(args, attr) for _, attr in PROTOCOL_TRAIN_OPTIONS}
+    return TrainConfig(
+        dataset=args.dataset, variant=variant, seed=seed, run_dir=str(run_dir), **opts
+    )
+
+
+def protocol_train_flags(args: argparse.Namespace) -> list[str]:
+    """The same options as command-line flags, for a `protocol --jobs 1` worker."""
+    flags = []
+    for flag, attr in PROTOCOL_TRAIN_OPTIONS:
+        value = getattr(args, attr)
+        if isinstance(value, bool):  # BooleanOptionalAction: --x / --no-x
+            flags.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:  # None: the option's default (e.g. no --data-root)
+            flags += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return flags
+
+
 def cmd_protocol(args: argparse.Namespace) -> int:
     """Train + diagnose every variant x seed, skipping runs already complete (resumable)."""
     import time
@@ -314,7 +367,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
     from .diagnostics.run import diagnose_run
     from .models import list_models
     from .store import RunError, read_run_json, run_dir_for
-    from .train import TrainConfig, train
+    from .train import train
 
     variants = list_models() if args.variants == ["all"] else args.variants
     unknown = [v for v in variants if v not in list_models()]
@@ -337,23 +390,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
                 meta, complete = None, False
             if not complete:
                 _err(f"== {variant} seed {seed} -> {run_dir}")
-                cfg = TrainConfig(
-                    dataset=args.dataset,
-                    variant=variant,
-                    seed=seed,
-                    image_size=args.image_size,
-                    epochs=args.epochs,
-                    device=args.device,
-                    data_root=args.data_root,
-                    run_dir=str(run_dir),
-                    conflict_every=args.conflict_every,
-                    ema_decay=args.ema_decay,
-                    weights_dtype=args.weights_dtype,
-                    lr=args.lr,
-                    lr_schedule=args.lr_schedule,
-                    keep=args.keep,
-                    cuda_graph=args.cuda_graph,
-                )
+                cfg = protocol_train_config(args, variant, seed, run_dir)
                 meta = train(cfg, callback=_progress_printer(cfg))
                 if meta["status"] != "completed":
                     raise CLIError(f"{variant} seed {seed} {meta['status']}; rerun to resume")
@@ -411,26 +448,15 @@ def _protocol_parallel(args: argparse.Namespace, variants: list[str], t0: float)
         run_dir = run_dir_for(args.out, args.dataset, variant, seed, args.image_size)
         cmd = [sys.executable, "-m", "csba", "protocol", "--jobs", "1"]
         cmd += ["--dataset", args.dataset, "--variants", variant, "--seeds", str(seed)]
-        cmd += ["--image-size", str(args.image_size), "--epochs", str(args.epochs)]
-        cmd += ["--device", args.device, "--out", args.out]
-        cmd += ["--conflict-every", str(args.conflict_every)]
-        cmd += ["--diagnose-per-class", str(args.diagnose_per_class)]
-        cmd += ["--views", str(args.views), "--ema-decay", str(args.ema_decay)]
-        cmd += ["--weights-dtype", args.weights_dtype, "--lr", repr(args.lr)]
-        cmd += ["--lr-schedule", args.lr_schedule, "--keep", args.keep]
-        cmd += ["--cuda-graph" if args.cuda_graph else "--no-cuda-graph"]
-        if args.data_root:
-            cmd += ["--data-root", args.data_root]
+        cmd += ["--out", args.out, "--diagnose-per-class", str(args.diagnose_per_class)]
+        cmd += ["--views", str(args.views), *protocol_train_flags(args)]
         log = log_dir / f"{run_dir.parent.name}-{run_dir.name}.log"
         try:
             meta = read_run_json(run_dir)
         except RunError:
             meta = {}
         trained = meta.get("status") == "completed"
-        views_ok = recorded_views(meta) == wanted_views(meta, args.views) and (
-            recorded_views(meta) == 1 or "predictions_single_view" in meta
-        )
-        if trained and "diagnostics" in meta and views_ok:
+        if protocol_complete(meta, args.views):
             return variant, seed, 0, run_dir  # complete: its log stays as it is
         _err(f"== {variant} seed {seed} -> {run_dir} ({threads} thread(s), log {log})")
         # A run that was not completed restarts from scratch, so its log does too.

@@ -206,3 +206,38 @@ def test_protocol_parallel_jobs_match_serial_runs(tiny_folder, tmp_path, capsys)
 def test_protocol_rejects_zero_jobs(capsys):
     assert main(["protocol", "--jobs", "0"]) == 2
     assert "--jobs must be 1 or more" in capsys.readouterr().err
+
+
+def test_protocol_workers_get_exactly_the_serial_config():
+    """A worker's flags parse back to the TrainConfig the serial path builds, option by option."""
+    import dataclasses
+
+    from csba.cli import (
+        PROTOCOL_TRAIN_OPTIONS,
+        build_parser,
+        protocol_train_config,
+        protocol_train_flags,
+    )
+    from csba.train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert {attr for _, attr in PROTOCOL_TRAIN_OPTIONS} <= fields
+    parser = build_parser()
+    argv = ["protocol", "--image-size", "48", "--epochs", "7", "--device", "cpu"]
+    argv += ["--data-root", "/x", "--conflict-every", "3", "--ema-decay", "0.99"]
+    argv += ["--weights-dtype", "float32", "--lr", "0.000123456789", "--lr-schedule", "cosine"]
+    argv += ["--keep", "last", "--no-cuda-graph"]
+    args = parser.parse_args(argv)
+    cfg = protocol_train_config(args, "csba", 2, Path("r"))
+    pinned = TrainConfig()
+    changed = {
+        attr for _, attr in PROTOCOL_TRAIN_OPTIONS if getattr(cfg, attr) != getattr(pinned, attr)
+    }
+    assert changed == {attr for _, attr in PROTOCOL_TRAIN_OPTIONS}  # every option is exercised
+    for a in (args, parser.parse_args(["protocol"])):  # non-default and default values
+        flags = protocol_train_flags(a)
+        back = parser.parse_args(["protocol", *flags])
+        assert protocol_train_config(back, "csba", 2, Path("r")) == protocol_train_config(
+            a, "csba", 2, Path("r")
+        )
+    assert cfg.lr == 0.000123456789 and cfg.variant == "csba" and cfg.seed == 2

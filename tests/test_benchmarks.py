@@ -1,0 +1,68 @@
+"""benchmarks/: what a device call sends back (pack_runs.py) and the device benchmark on a CPU."""
+
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pack_runs.py"
+
+
+def _edit(run_dir: Path, **changes) -> None:
+    meta = json.loads((run_dir / "run.json").read_text())
+    meta.update(changes)
+    (run_dir / "run.json").write_text(json.dumps(meta))
+
+
+def _pack(root: Path, out: Path, call: str, budget_mib: float) -> str:
+    cmd = [sys.executable, str(SCRIPT), str(root), "k", str(out), "--call", call]
+    cmd += ["--budget-mib", str(budget_mib)]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+def test_pack_runs_returns_complete_runs_once_within_the_budget(tiny_runs, tmp_path):
+    root = tmp_path / "ck"
+    for variant, src in tiny_runs.items():
+        shutil.copytree(src, root / "k" / f"{variant}-s0")
+    done = {"evaluation": {"views": 4}, "predictions_single_view": {}, "diagnostics": {}}
+    for v in ("baseline", "csba", "focal"):
+        _edit(root / "k" / f"{v}-s0", **done)
+    _edit(root / "k" / "gradnorm-s0", **{**done, "status": "interrupted"})  # not finished
+    _edit(root / "k" / "class_heads-s0", evaluation={"views": 4}, predictions_single_view={})
+    (root / "k" / "focal-s0" / "model.safetensors").unlink()  # weights missing
+    size = sum(f.stat().st_size for f in (root / "k" / "baseline-s0").iterdir())
+    out1, out2 = tmp_path / "o1", tmp_path / "o2"
+    out1.mkdir()
+    out2.mkdir()
+
+    # room for one run: baseline goes now, csba waits for the next call
+    said = _pack(root, out1, "1", budget_mib=1.5 * size / 2**20)
+    assert "packed 1 run(s)" in said and "k/baseline-s0" in said
+    assert "left for the next call (over the budget): k/csba-s0" in said
+    parts = sorted(out1.iterdir())
+    assert [p.name for p in parts] == ["runs-1.tar.aa"]
+    with tarfile.open(parts[0]) as tar:
+        assert sorted(tar.getnames()) == [
+            "k/baseline-s0/model.safetensors",
+            "k/baseline-s0/run.json",
+        ]
+
+    said = _pack(root, out2, "2", budget_mib=56)
+    assert "packed 1 run(s)" in said and "k/csba-s0" in said and "baseline" not in said
+    assert (root / ".returned").read_text().split() == ["k/baseline-s0", "k/csba-s0"]
+    said = _pack(root, tmp_path, "3", budget_mib=56)  # nothing new: nothing written
+    assert said.startswith("packed 0 run(s)") and not list(tmp_path.glob("runs-3.*"))
+
+
+def test_bench_device_times_the_training_step_on_the_cpu():
+    """The device benchmark drives csba.train.TrainStep; on the CPU its CUDA-only modes are
+    skipped and every row reports a finite loss."""
+    bench = SCRIPT.parent / "bench_device.py"
+    cmd = [sys.executable, str(bench), "--image-size", "32", "--batch", "8", "--steps", "2"]
+    cmd += ["--variants", "baseline", "class_heads", "--modes", "eager", "cudagraph"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert [(r[0], r[1]) for r in rows] == [("baseline", "eager"), ("class_heads", "eager")]
+    assert all(0 < float(r[-1]) < 10 and float(r[3]) > 0 for r in rows)  # loss, img/s
