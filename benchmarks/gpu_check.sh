@@ -83,6 +83,7 @@ PY
 
 fi
 start=$(date +%s)
+mkdir -p "$CK"  # a cap that ends before the first run still packs (nothing)
 # shellcheck disable=SC2086
 timeout "$CAP" python3 -m csba protocol --dataset elpv --image-size "$SIZE" --seeds $SEEDS \
   --device "$DEVICE" --jobs "$JOBS" --out "$CK" $PROTOCOL_ARGS 2>&1 | tee "$OUT/protocol-$CALL.txt"

@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--budget-mib", type=float, default=56.0, help="bytes of runs per call")
     args = ap.parse_args()
     root, out = Path(args.root), Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)  # no run finished yet: nothing to pack
     ledger = root / ".returned"
     returned = set(ledger.read_text().split()) if ledger.exists() else set()
     budget = args.budget_mib * 2**20

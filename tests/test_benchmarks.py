@@ -66,3 +66,9 @@ def test_bench_device_times_the_training_step_on_the_cpu():
     rows = [line.split() for line in out.splitlines()[2:]]
     assert [(r[0], r[1]) for r in rows] == [("baseline", "eager"), ("class_heads", "eager")]
     assert all(0 < float(r[-1]) < 10 and float(r[3]) > 0 for r in rows)  # loss, img/s
+
+
+def test_pack_runs_with_no_runs_yet_packs_nothing(tmp_path):
+    """A device call whose cap ends before the first run finishes must not crash the packing."""
+    said = _pack(tmp_path / "never-made", tmp_path, "1", budget_mib=56)
+    assert said.startswith("packed 0 run(s)") and not list(tmp_path.glob("runs-1.*"))
