@@ -320,6 +320,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return compare_cli(args, _print_json)
 
 
+def cmd_pair(args: argparse.Namespace) -> int:
+    from .paired import pair_cli
+
+    return pair_cli(args, _print_json)
+
+
 # The training options `protocol` passes to every run: (flag, attribute of both the parsed
 # arguments and TrainConfig). The serial path builds its TrainConfig from this table and the
 # parallel path its workers' command lines, so an option added here reaches both.
@@ -772,6 +778,35 @@ def build_parser() -> argparse.ArgumentParser:
         "2 is about 1.2x faster on a 2-core CPU)",
     )
     pr.set_defaults(func=cmd_protocol)
+
+    pa = sub.add_parser(
+        "pair",
+        help="paired comparison of two training protocols (same variants and seeds)",
+        description="Pair the runs under ROOT_A (the reference, e.g. the pinned protocol) and "
+        "ROOT_B (a candidate) by variant and seed and report B minus A: validation and test "
+        "accuracy and macro-F1 per pair, their mean with a t interval over pairs, a paired "
+        "bootstrap on the test set, how many runs reach a per-run bar, and whether validation "
+        "supports the change (DESIGN.md §2 asks for that before a pinned value moves).",
+    )
+    pa.add_argument("root_a", metavar="ROOT_A", help="reference runs, e.g. checkpoints")
+    pa.add_argument("root_b", metavar="ROOT_B", help="candidate runs, e.g. runs/cosine")
+    pa.add_argument("--dataset", default="elpv", help="dataset key (default %(default)s)")
+    pa.add_argument(
+        "--image-size-a", type=int, default=None, help="size of A's runs (default: most runs)"
+    )
+    pa.add_argument(
+        "--image-size-b", type=int, default=None, help="size of B's runs (default: most runs)"
+    )
+    pa.add_argument(
+        "--bar-accuracy", type=float, default=0.60, help="per-run bar (default %(default)s)"
+    )
+    pa.add_argument(
+        "--bar-macro-f1", type=float, default=0.45, help="per-run bar (default %(default)s)"
+    )
+    pa.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    pa.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    pa.add_argument("--json", action="store_true", help="print one JSON document")
+    pa.set_defaults(func=cmd_pair)
 
     ls = sub.add_parser("list", help="list the runs found", description="List run folders.")
     ls.add_argument("--root", default="checkpoints", help="default %(default)s")
