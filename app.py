@@ -26,6 +26,7 @@ PAGES = {
         st.Page("pages/home.py", title="Runs", icon=":material/home:", default=True),
         st.Page("pages/confusion.py", title="Confusion matrices", icon=":material/grid_on:"),
         st.Page("pages/f1.py", title="Per-class F1", icon=":material/bar_chart:"),
+        st.Page("pages/protocols.py", title="Protocols", icon=":material/compare_arrows:"),
     ],
     "Diagnostics": [
         st.Page("pages/conflict.py", title="Gradient conflict", icon=":material/swap_calls:"),

@@ -340,6 +340,25 @@ def results_summary(dataset: str, n_resamples: int = 2000) -> tuple[str, dict]:
     return _results(str(root), dataset, _scan([root]), int(n_resamples))
 
 
+@st.cache_data(show_spinner="Pairing the runs...", max_entries=16)
+def _pair(folder_a: str, folder_b: str, dataset: str, stamps, bar, n_resamples: int) -> dict:
+    from csba.paired import compare_protocols
+
+    return compare_protocols(folder_a, folder_b, dataset=dataset, bar=bar, n_resamples=n_resamples)
+
+
+def pair_folders(
+    folder_a: str | os.PathLike,
+    folder_b: str | os.PathLike,
+    dataset: str,
+    bar: tuple[float, float],
+    n_resamples: int = 2000,
+) -> dict:
+    """:func:`csba.paired.compare_protocols` of two run folders, cached until a run changes."""
+    stamps = _scan([Path(folder_a), Path(folder_b)])
+    return _pair(str(folder_a), str(folder_b), dataset, stamps, tuple(bar), n_resamples)
+
+
 @st.cache_data(show_spinner="Bootstrapping seed means...", max_entries=64)
 def _seed_mean(stamps, ref_stamps, n_resamples: int, seed: int) -> dict:
     from csba.stats import bootstrap_seed_mean

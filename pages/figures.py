@@ -457,6 +457,50 @@ def delta_forest(deltas: pd.DataFrame, metric: str, *, title: str) -> go.Figure:
     return _layout(fig, title, 160 + 45 * max(1, sub["class"].nunique()))
 
 
+def paired_differences(result: dict, keys: Sequence[str]) -> go.Figure:
+    """B - A per (variant, seed) pair as dots, with the mean and its t interval, per metric."""
+    summary = result["summary"]
+    labels = [summary[k]["label"] for k in keys]
+    fig = go.Figure()
+    for k, pair in enumerate(result["pairs"]):
+        name = f"{pair['variant']} s{pair['seed']}"
+        fig.add_trace(
+            go.Scatter(
+                x=[pair[key]["diff"] for key in keys],
+                y=labels,
+                mode="markers",
+                name=name,
+                marker={"size": 8, "color": PALETTE[k % len(PALETTE)], "opacity": 0.75},
+                customdata=[[pair[key]["a"], pair[key]["b"]] for key in keys],
+                hovertemplate=f"<b>{name}</b><br>%{{y}}: %{{customdata[0]:.3f}} -> "
+                "%{customdata[1]:.3f} (Δ %{x:+.3f})<extra></extra>",
+            )
+        )
+    means = [summary[key]["mean_diff"] for key in keys]
+    lo = [summary[key]["ci"][0] for key in keys]
+    hi = [summary[key]["ci"][1] for key in keys]
+    fig.add_trace(
+        go.Scatter(
+            x=means,
+            y=labels,
+            mode="markers",
+            name="mean, 95% t interval",
+            marker={"size": 14, "symbol": "diamond", "color": "black"},
+            error_x={
+                "type": "data",
+                "symmetric": False,
+                "array": [h - m for h, m in zip(hi, means, strict=True)],
+                "arrayminus": [m - v for m, v in zip(means, lo, strict=True)],
+            },
+            hovertemplate="%{y}: mean Δ %{x:+.3f}<extra></extra>",
+        )
+    )
+    fig.add_vline(x=0, line={"color": "grey", "dash": "dash"})
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(title_text="B - A (same variant and seed)")
+    return _layout(fig, "Paired differences, B minus A", 160 + 50 * len(keys))
+
+
 # --------------------------------------------------------------------------------------------
 # Gradient conflict
 # --------------------------------------------------------------------------------------------

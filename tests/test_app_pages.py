@@ -190,6 +190,50 @@ def test_every_page_says_what_to_do_without_runs(empty_root):
         _no_exception(at)
         assert any("No runs found" in i.value for i in at.info), page
         assert "python -m csba train" in at.info[0].value
+    at.switch_page("pages/protocols.py")
+    at.run()
+    _no_exception(at)
+    assert "Pairing needs two folders of runs" in at.info[0].value
+
+
+def test_protocols_page_pairs_two_folders(prepared_root, tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    shutil.copytree(prepared_root, root)
+    ds = next(p for p in root.iterdir() if p.name != "broken")
+    other = root / "cosine"
+    for k, name in enumerate(("baseline-s0", "csba-s0", "focal-s0")):
+        shutil.copytree(ds / name, other / name)
+        meta = read_run_json(other / name)
+        meta["config"].update(lr_schedule="cosine", keep="last")
+        meta["metrics"]["val"]["macro_f1"] += 0.01 * (k + 1)
+        atomic_write_json(other / name / "run.json", meta)
+    monkeypatch.setenv("CSBA_RUNS_ROOT", str(root))
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO))
+    at = _app("pages/protocols.py")
+    at.selectbox(key="pair_a").set_value(ds)
+    at.selectbox(key="pair_b").set_value(other)
+    at.select_slider(key="pair_nres").set_value(200)
+    at.run()
+    _no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    assert at.info[0].value.startswith("Validation")  # the verdict sentence
+    texts = _texts(at)
+    assert "lr_schedule cosine, keep last" in texts and "3 of 3 runs" not in texts
+    summary = at.dataframe[0].value
+    f1 = summary[summary["metric"] == "val macro-F1"].iloc[0]
+    assert f1["pairs"] == 3 and f1["B higher"] == "3/3"
+    assert abs(f1["B - A"] - 0.02) < 1e-9  # +0.01, +0.02, +0.03
+    pairs = at.dataframe[1].value
+    assert list(pairs["variant"]) == ["baseline", "csba", "focal"]
+    assert len(at.get("plotly_chart")) == 1
+    at.number_input(key="pair_bar_acc").set_value(0.0)
+    at.number_input(key="pair_bar_f1").set_value(0.0)
+    at.run()
+    assert "3 of 3 runs reach" in _texts(at)  # a bar of zero: every run reaches it
+    at.selectbox(key="pair_b").set_value(ds)
+    at.run()
+    assert "Choose two different folders." in [i.value for i in at.info]
 
 
 # --------------------------------------------------------------------------------------------
