@@ -14,6 +14,8 @@
 #              timeout_s=230)
 #          (start-up, both calls and the idle gaps must fit the 900 s budget)
 # Then give_back, and here: cat /work/.device/*/runs-*.tar.* | tar x -C checkpoints
+# and judge the 224 px runs against the 128 px ones, pair by pair (validation decides, DESIGN §2):
+#   python -m csba pair checkpoints checkpoints --image-size-a 128 --image-size-b 224
 #
 # 1. (call 1 only) throughput and MFU of the training step, eager and as one CUDA graph
 #    (bench_device.py, batch 128 and 32), then a 2-epoch smoke run of the whole path (stops here
