@@ -722,6 +722,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     r.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    r.add_argument(
+        "--bar-accuracy",
+        type=float,
+        default=None,
+        metavar="A",
+        help="per-run bar: every run's test accuracy should reach A (give with --bar-macro-f1); "
+        "the Per run table then gives each run's status with its bootstrap interval",
+    )
+    r.add_argument(
+        "--bar-macro-f1", type=float, default=None, metavar="F", help="per-run bar: macro-F1"
+    )
     r.add_argument("--json", action="store_true", help="print one JSON document")
     r.set_defaults(func=cmd_report)
 

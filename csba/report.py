@@ -1256,11 +1256,14 @@ def render_results_markdown(
     seed: int = 0,
     level: float = LEVEL,
     command: str | None = None,
+    bar: tuple[float, float] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The Markdown results section for the runs of ``dataset`` under ``root`` (no markers).
 
     Returns ``(markdown, info)`` where ``info`` has ``runs`` (paths), ``variants``,
-    ``image_size``, ``minority_class`` and ``verdict`` (sentence plus the numbers behind it).
+    ``image_size``, ``minority_class``, ``verdict`` (sentence plus the numbers behind it) and
+    ``bar``: with ``bar`` = (accuracy, macro-F1) thresholds every run must reach, each run's
+    :func:`csba.stats.bar_check` and the counts (None without a bar).
     The text depends only on the runs (no date), so regenerating it is idempotent.
     """
     records, notes = _select_runs(root, dataset, image_size)
@@ -1298,6 +1301,7 @@ def render_results_markdown(
     dataset_label = {"elpv": "ELPV", "elpv8": "ELPV (8 classes)"}.get(dataset, dataset)
     if command is None:
         command = f"python -m csba report {shlex.quote(str(root))} --dataset {dataset}"
+        command += _bar_flags(bar)
     verdict, verdict_info = _verdict(groups, y_true, c, dataset_label, n_resamples, seed, level)
     single_groups = _single_view_groups(groups)
     single_verdict = None
@@ -1436,7 +1440,10 @@ def render_results_markdown(
             )
         )
     lines += _single_view_lines(groups, variants, classes[minority])
-    lines += _per_run_lines(groups, points, variants, classes, minority)
+    per_run, bar_info = _per_run_lines(
+        groups, points, variants, classes, minority, n_resamples, seed, level, bar
+    )
+    lines += per_run
     lines += _branch_share_lines(groups, variants, classes)
     lines += _tradeoff_lines(groups, variants, gcms)
     if notes:
@@ -1452,6 +1459,7 @@ def render_results_markdown(
             {"sentence": single_verdict[0], **single_verdict[1]} if single_verdict else None
         ),
         "notes": notes,
+        "bar": bar_info,
     }
     return "\n".join(lines), info
 
@@ -1581,16 +1589,34 @@ def _single_view_lines(
     ]
 
 
+def _bar_flags(bar: tuple[float, float] | None) -> str:
+    """The command-line flags that give ``bar`` ("" without one)."""
+    return "" if bar is None else f" --bar-accuracy {bar[0]:g} --bar-macro-f1 {bar[1]:g}"
+
+
+def _bar_text(bar: tuple[float, float]) -> str:
+    return f"accuracy >= {bar[0]:.2f} and macro-F1 >= {bar[1]:.2f}"
+
+
 def _per_run_lines(
     groups: Mapping[str, list[RunRecord]],
     points: Mapping[str, list[dict[str, np.ndarray]]],
     variants: Sequence[str],
     classes: Sequence[str],
     minority: int,
-) -> list[str]:
+    n_resamples: int,
+    seed: int,
+    level: float,
+    bar: tuple[float, float] | None = None,
+) -> tuple[list[str], dict[str, Any] | None]:
     """One row per run (seed spread made visible), under the majority-class predictor's row.
 
-    ``points[v]`` are the runs' test metrics, in the order of ``groups[v]``."""
+    ``points[v]`` are the runs' test metrics, in the order of ``groups[v]``. Each run's
+    accuracy and macro-F1 carry their own bootstrap interval (test-set noise of that run alone).
+    With ``bar`` = (accuracy, macro-F1) every run also gets its :func:`stats.bar_check` status
+    and the lines end with a count; the second return value then holds the per-run results
+    (None without a bar).
+    """
     c = len(classes)
     y_true = next(iter(groups.values()))[0].y_true
     majority = int(np.argmax(np.bincount(y_true, minlength=c)))
@@ -1608,46 +1634,94 @@ def _per_run_lines(
             _fmt(trivial["f1"][minority]),
             "-",
         ]
+        + (["-"] if bar else [])
     ]
-    above_acc = above_f1 = total = 0
-    for v in variants:
-        runs = zip(groups[v], points[v], strict=True)
-        for r, m in sorted(runs, key=lambda rm: (rm[0].seed is None, rm[0].seed)):
-            total += 1
-            above_acc += bool(m["accuracy"] > trivial["accuracy"])
-            above_f1 += bool(m["macro_f1"] > trivial["macro_f1"])
-            val = ((r.meta.get("metrics") or {}).get("val") or {}).get("macro_f1")
-            single = ((r.meta.get("metrics_single_view") or {}).get("test")) or {}
-            kept = " / ".join(_int_or_dash(r.meta.get(k)) for k in ("best_epoch", "epochs_run"))
-            rows.append(
-                [
-                    v,
-                    "-" if r.seed is None else r.seed,
-                    kept,
-                    _fmt(val),
-                    _fmt(m["accuracy"]),
-                    _fmt(m["macro_f1"]),
-                    _fmt(m["f1"][minority]),
-                    (
-                        f"{_fmt(single['accuracy'])} / {_fmt(single['macro_f1'])}"
-                        if "accuracy" in single and "macro_f1" in single
-                        else "-"
-                    ),
-                ]
-            )
+    ordered = [
+        (v, r, m)
+        for v in variants
+        for r, m in sorted(
+            zip(groups[v], points[v], strict=True),
+            key=lambda rm: (rm[0].seed is None, rm[0].seed),
+        )
+    ]
+    total = len(ordered)
+    above_acc = sum(bool(m["accuracy"] > trivial["accuracy"]) for _, _, m in ordered)
+    above_f1 = sum(bool(m["macro_f1"] > trivial["macro_f1"]) for _, _, m in ordered)
+    preds = [r.y_pred for _, r, _ in ordered]
+    if bar:
+        checked = stats.bar_check_runs(y_true, preds, c, *bar, n_resamples, seed, level)
+        cis = checked["runs"]
+    else:
+        cis = [stats.bootstrap_metrics(y_true, p, c, n_resamples, seed, level) for p in preds]
+    half_widths = [float(np.diff(ci["accuracy"]["ci"])[0]) / 2 for ci in cis]
+    for (v, r, m), ci in zip(ordered, cis, strict=True):
+        val = ((r.meta.get("metrics") or {}).get("val") or {}).get("macro_f1")
+        single = ((r.meta.get("metrics_single_view") or {}).get("test")) or {}
+        kept = " / ".join(_int_or_dash(r.meta.get(k)) for k in ("best_epoch", "epochs_run"))
+        rows.append(
+            [
+                v,
+                "-" if r.seed is None else r.seed,
+                kept,
+                _fmt(val),
+                _fmt_ci(m["accuracy"], *ci["accuracy"]["ci"]),
+                _fmt_ci(m["macro_f1"], *ci["macro_f1"]["ci"]),
+                _fmt(m["f1"][minority]),
+                (
+                    f"{_fmt(single['accuracy'])} / {_fmt(single['macro_f1'])}"
+                    if "accuracy" in single and "macro_f1" in single
+                    else "-"
+                ),
+            ]
+            + ([f"{ci['status']} ({ci['share']:.0%})"] if bar else [])
+        )
+    pct = round(100 * level)
     headers = ["run", "seed", "kept epoch / run", "val macro-F1", "accuracy", "macro-F1"]
     headers += [f"F1 {classes[minority]}", "single view: accuracy / macro-F1"]
-    return [
+    if bar:
+        headers.append(f"bar: {_bar_text(bar)}")
+    lines = [
         "",
         "#### Per run",
         "",
-        f"Each run's test metrics (as stored; they are what the tables above aggregate), the epoch "
-        f"early stopping kept out of those trained, and its validation macro-F1. {above_acc} of "
-        f"{total} runs beat the majority-class predictor's accuracy and {above_f1} of {total} its "
-        "macro-F1.",
+        f"Each run's test metrics (as stored; they are what the tables above aggregate) with the "
+        f"{pct}% bootstrap interval of that run alone, the epoch early stopping kept out of those "
+        f"trained, and its validation macro-F1. {above_acc} of {total} runs beat the "
+        f"majority-class predictor's accuracy and {above_f1} of {total} its macro-F1. The test "
+        "set alone moves a run's accuracy by about "
+        f"±{float(np.median(half_widths)):.3f} (median half-width of these intervals).",
         "",
-        _md_table(headers, rows, [False] + [True] * 7),
+        _md_table(headers, rows, [False] + [True] * 7 + ([False] if bar else [])),
     ]
+    if not bar:
+        return lines, None
+    counts = checked["counts"]
+    meet = checked["meet"]
+    lines += [
+        "",
+        f"Per-run bar ({_bar_text(bar)}, each run on its own): {meet} of {total} runs meet it, "
+        f"{counts['clearly meets']} with both {pct}% intervals above it; of the {total - meet} "
+        f"that miss it, {counts['misses within noise']} are within test-set noise of it (every "
+        f"interval reaches it) and {counts['clearly misses']} miss it clearly. The percentage "
+        "is the share of bootstrap resamples of the test set in which the run meets the bar. "
+        "On these resamples (a stand-in for another test set of the same size), the same runs "
+        f"meet it {checked['expected']:.1f} times out of {total} on average, and all {total} at "
+        f"once in {checked['all_share']:.1%} of resamples.",
+    ]
+    summary = {
+        "accuracy": bar[0],
+        "macro_f1": bar[1],
+        "runs": total,
+        "meet": meet,
+        "counts": counts,
+        "expected": checked["expected"],
+        "all_share": checked["all_share"],
+        "per_run": [
+            {"run": r.name, "variant": v, "seed": r.seed, **ci}
+            for (v, r, _), ci in zip(ordered, cis, strict=True)
+        ],
+    }
+    return lines, summary
 
 
 def _branch_shares(meta: Mapping[str, Any]) -> np.ndarray | None:
@@ -1781,6 +1855,7 @@ def write_readme_results(
     seed: int = 0,
     level: float = LEVEL,
     command: str | None = None,
+    bar: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Regenerate the README's results section from the runs of ``dataset`` under ``root``.
 
@@ -1789,7 +1864,8 @@ def write_readme_results(
     the paired macro-F1 difference against the baseline, per-class F1 (Table 7), mean/std
     conflict and the most adversarial pairs (Table 4), branch gradient shares (Table 5) and
     validation accuracy / generalisation gap / conflict change (Table 6) of diagnosed runs, and
-    one sentence on whether CSBA beats the baseline. It replaces the text between
+    one sentence on whether CSBA beats the baseline; with ``bar``, each run's status against
+    that per-run bar (:func:`render_results_markdown`). It replaces the text between
     ``<!-- results:start -->`` and ``<!-- results:end -->`` (added at the end when absent; the
     README is created when missing). Writing is atomic. Returns the info dict of
     :func:`render_results_markdown` plus ``readme`` and ``changed``.
@@ -1804,8 +1880,9 @@ def write_readme_results(
         )
         if image_size is not None:
             command += f" --image-size {int(image_size)}"
+        command += _bar_flags(bar)
     body, info = render_results_markdown(
-        root, dataset, image_size, n_resamples, seed, level, command
+        root, dataset, image_size, n_resamples, seed, level, command, bar
     )
     try:
         old = readme.read_text(encoding="utf-8") if readme.exists() else ""
@@ -1830,12 +1907,20 @@ def report_cli(args: Any, print_json) -> int:
     """``python -m csba report ROOT --readme README.md [--dataset elpv]``.
 
     ``args`` has ``root``, ``readme`` and ``dataset``; optional ``image_size``, ``resamples``,
-    ``seed`` and ``json``. Prints the verdict sentence (or one JSON document with ``--json``).
+    ``seed``, ``bar_accuracy`` with ``bar_macro_f1`` (both or neither) and ``json``. Prints
+    the verdict sentence (or one JSON document with ``--json``).
     """
     root = args.root
     readme = args.readme
     dataset = getattr(args, "dataset", None) or "elpv"
     image_size = getattr(args, "image_size", None)
+    bar_acc = getattr(args, "bar_accuracy", None)
+    bar_f1 = getattr(args, "bar_macro_f1", None)
+    if (bar_acc is None) != (bar_f1 is None):
+        raise ValueError("give both --bar-accuracy and --bar-macro-f1, or neither")
+    for flag, value in (("--bar-accuracy", bar_acc), ("--bar-macro-f1", bar_f1)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{flag} must be in [0, 1], got {value:g}")
     info = write_readme_results(
         root,
         readme,
@@ -1843,6 +1928,7 @@ def report_cli(args: Any, print_json) -> int:
         image_size=image_size,
         n_resamples=int(getattr(args, "resamples", None) or 2000),
         seed=int(getattr(args, "seed", None) or 0),
+        bar=None if bar_acc is None else (float(bar_acc), float(bar_f1)),
     )
     if getattr(args, "json", False):
         print_json(info)
@@ -1854,4 +1940,10 @@ def report_cli(args: Any, print_json) -> int:
         + ")"
     )
     print(info["verdict"]["sentence"])
+    if info["bar"]:
+        b = info["bar"]
+        print(
+            f"per-run bar ({_bar_text((b['accuracy'], b['macro_f1']))}): {b['meet']} of "
+            f"{b['runs']} runs meet it; " + ", ".join(f"{n} {k}" for k, n in b["counts"].items())
+        )
     return 0

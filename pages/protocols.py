@@ -67,6 +67,11 @@ def main() -> None:
         s = res[side]
         bar = s["bar"]
         below = f" Below it: {', '.join(bar['failing'])}." if bar["failing"] else ""
+        if bar["failing"]:
+            below += (
+                f" {len(bar['within_noise'])} of these are within test-set noise of the bar "
+                "(every 95% bootstrap upper bound reaches it)."
+            )
         st.markdown(
             f"**{side.upper()}** `{labels[folder]}`: {s['protocol']}. {bar['meet']} of "
             f"{bar['runs']} runs reach test accuracy {bar_acc:.2f} and macro-F1 "

@@ -464,6 +464,67 @@ def test_readme_verdict_decided(real_runs, tmp_path, csba_error, better, phrase)
     assert v["sentence"] in (tmp_path / "R.md").read_text()
 
 
+def test_readme_per_run_bar_statuses_and_counts(real_runs, tmp_path, capsys):
+    # csba errs on 5% of 300 test images (accuracy about 0.95), the baseline on 30% (about
+    # 0.70, 95% interval about +-0.05): against a bar of accuracy 0.8 the csba runs clearly meet
+    # it and the baseline runs clearly miss it; at 0.71 the baseline runs are within noise.
+    root = _verdict_root(real_runs, tmp_path, csba_error=0.05)
+    readme = tmp_path / "R.md"
+    info = write_readme_results(
+        root, readme, dataset="imagefolder", n_resamples=300, bar=(0.8, 0.5)
+    )
+    bar = info["bar"]
+    assert (bar["accuracy"], bar["macro_f1"], bar["runs"], bar["meet"]) == (0.8, 0.5, 4, 2)
+    assert bar["counts"] == {
+        "clearly meets": 2,
+        "meets": 0,
+        "misses within noise": 0,
+        "clearly misses": 2,
+    }
+    assert bar["expected"] == pytest.approx(2.0) and bar["all_share"] == 0.0
+    by_run = {(r["variant"], r["seed"]): r for r in bar["per_run"]}
+    assert by_run[("csba", 1)]["status"] == "clearly meets"
+    assert by_run[("baseline", 0)]["status"] == "clearly misses"
+    lo, hi = by_run[("baseline", 0)]["accuracy"]["ci"]
+    assert lo < by_run[("baseline", 0)]["accuracy"]["value"] < hi < 0.8
+    text = readme.read_text()
+    assert "--bar-accuracy 0.8 --bar-macro-f1 0.5" in text  # the command that wrote it
+    assert "| bar: accuracy >= 0.80 and macro-F1 >= 0.50 |" in text
+    assert "clearly misses (0%)" in text and "clearly meets (100%)" in text
+    assert "2 of 4 runs meet it" in text
+    # Each run's accuracy cell carries its own interval.
+    acc = by_run[("baseline", 0)]["accuracy"]
+    assert f"{acc['value']:.3f} [{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}]" in text
+
+    near = write_readme_results(
+        root, tmp_path / "N.md", dataset="imagefolder", n_resamples=300, bar=(0.71, 0.5)
+    )["bar"]
+    statuses = {(r["variant"], r["status"]) for r in near["per_run"]}
+    assert ("baseline", "misses within noise") in statuses or ("baseline", "meets") in statuses
+    assert near["counts"]["clearly misses"] == 0
+
+    # Without a bar: intervals, no bar column, no bar in the info.
+    plain = write_readme_results(root, tmp_path / "P.md", dataset="imagefolder", n_resamples=300)
+    assert plain["bar"] is None and "| bar:" not in (tmp_path / "P.md").read_text()
+
+    # The command line: both flags or neither, thresholds in [0, 1], one line on stderr.
+    for extra, message in (
+        (["--bar-accuracy", "0.6"], "give both --bar-accuracy and --bar-macro-f1"),
+        (["--bar-accuracy", "60", "--bar-macro-f1", "0.45"], "--bar-accuracy must be in"),
+    ):
+        rc = cli_main(
+            ["report", str(root), "--readme", str(readme), "--dataset", "imagefolder", *extra]
+        )
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and err.count("\n") == 1
+    bar_flags = ["--bar-accuracy", "0.8", "--bar-macro-f1", "0.5"]
+    rc = cli_main(
+        ["report", str(root), "--readme", str(readme), "--dataset", "imagefolder", *bar_flags]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0 and "per-run bar (accuracy >= 0.80 and macro-F1 >= 0.50): 2 of 4" in out
+
+
 def test_bootstrap_seed_mean_helper():
     y = np.repeat(np.arange(3), [50, 30, 20])
     preds = [_noisy(y, 0.3, s) for s in range(3)]

@@ -114,9 +114,31 @@ def test_readme_results_are_the_report_of_the_shipped_runs(tmp_path, monkeypatch
     copy = tmp_path / "README.md"
     copy.write_text(readme)
     monkeypatch.chdir(REPO)  # the section names the root as the command was given it
-    command = "python -m csba report checkpoints --readme README.md --dataset elpv"
-    write_readme_results("checkpoints", copy, dataset="elpv", command=command)
+    command = (
+        "python -m csba report checkpoints --readme README.md --dataset elpv"
+        " --bar-accuracy 0.6 --bar-macro-f1 0.45"
+    )
+    write_readme_results("checkpoints", copy, dataset="elpv", command=command, bar=(0.6, 0.45))
     assert copy.read_text() == readme, "README results are stale: run python -m csba report"
+
+
+def test_pair_of_the_shipped_runs_with_themselves(monkeypatch):
+    # Known answers on the real runs: pairing a folder with itself differs by exactly zero,
+    # and the bar counts agree with the README's per-run table (stored metrics and stored
+    # predictions give the same pass/fail for every run).
+    from csba.paired import compare_protocols
+    from csba.report import render_results_markdown
+
+    monkeypatch.chdir(REPO)
+    res = compare_protocols("checkpoints", "checkpoints", bar=(0.6, 0.45), n_resamples=500)
+    assert all(s["mean_diff"] == 0 for s in res["summary"].values())
+    _, info = render_results_markdown("checkpoints", n_resamples=500, bar=(0.6, 0.45))
+    bar = res["a"]["bar"]
+    assert bar["meet"] == info["bar"]["meet"] and bar["runs"] == len(RUNS)
+    statuses = {r["run"]: r["status"] for r in info["bar"]["per_run"]}
+    assert bar["failing"] == sorted(n for n, st in statuses.items() if "misses" in st)
+    assert bar["within_noise"] == [n for n in bar["failing"] if statuses[n] != "clearly misses"]
+    assert bar["expected"] == pytest.approx(info["bar"]["expected"])
 
 
 @pytest.mark.parametrize(

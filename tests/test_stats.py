@@ -513,3 +513,88 @@ def test_property_intervals_ordered_and_in_unit_range(data, seed, stratified):
     for label, entry in _all_entries(diff):
         lo, hi = entry["ci"]
         assert -1.0 <= lo <= hi <= 1.0, label
+
+
+# --------------------------------------------------------------------------------------------
+# Per-run bar
+# --------------------------------------------------------------------------------------------
+
+
+def test_bar_check_known_answers_for_constant_metrics():
+    # Always predicting the majority of a 60/40 split: under stratified resampling the class
+    # supports are fixed, so accuracy is exactly 0.6 and macro-F1 exactly (0.75 + 0) / 2 in
+    # every resample and both intervals collapse to their point values.
+    y = np.array([0] * 60 + [1] * 40)
+    pred = np.zeros_like(y)
+    r = stats.bar_check(y, pred, 2, 0.6, 0.3, n_resamples=200)
+    assert r["accuracy"] == {"value": 0.6, "ci": [0.6, 0.6]}
+    assert r["macro_f1"]["value"] == pytest.approx(0.375)
+    assert r["macro_f1"]["ci"] == pytest.approx([0.375, 0.375])
+    assert (r["meets"], r["status"], r["share"]) == (True, "clearly meets", 1.0)
+    assert r["bar"] == {"accuracy": 0.6, "macro_f1": 0.3}
+    r = stats.bar_check(y, pred, 2, 0.61, 0.3, n_resamples=200)
+    assert (r["meets"], r["status"], r["share"]) == (False, "clearly misses", 0.0)
+    r = stats.bar_check(y, pred, 2, 0.6, 0.4, n_resamples=200)  # macro-F1 alone misses
+    assert (r["meets"], r["status"], r["share"]) == (False, "clearly misses", 0.0)
+
+
+def _slow_bar_shares(y, preds, bar, n_resamples, seed):
+    """Reference: per-resample sklearn metrics on the same indices, run by run."""
+    idx = stats._resample_indices(y, n_resamples, seed)
+    passed = np.array(
+        [
+            [
+                accuracy_score(y[i], p[i]) >= bar[0]
+                and f1_score(y[i], p[i], labels=[0, 1], average="macro", zero_division=0) >= bar[1]
+                for i in idx
+            ]
+            for p in preds
+        ]
+    )  # (runs, R)
+    return passed.mean(1), passed.sum(0).mean(), passed.all(0).mean()
+
+
+def test_bar_check_status_and_shares_against_sklearn_loop():
+    # 50/50 classes, 30 of each right: accuracy 0.6 with a bootstrap spread of several points.
+    y = np.array([0] * 50 + [1] * 50)
+    p1 = y.copy()
+    p1[30:50] = 1
+    p1[80:] = 0
+    p2 = y.copy()
+    p2[45:50] = 1  # accuracy 0.95
+    bar = (0.59, 0.5)
+    res = stats.bar_check_runs(y, [p1, p2], 2, *bar, n_resamples=300, seed=3)
+    shares, expected, all_share = _slow_bar_shares(y, [p1, p2], bar, 300, 3)
+    assert [r["share"] for r in res["runs"]] == pytest.approx(list(shares))
+    assert res["expected"] == pytest.approx(expected)
+    assert res["all_share"] == pytest.approx(all_share)
+    assert 0.0 < res["runs"][0]["share"] < 1.0
+    assert res["runs"][0]["accuracy"]["value"] == pytest.approx(0.6)
+    lo, hi = res["runs"][0]["accuracy"]["ci"]
+    assert lo < 0.59 < 0.6 < hi
+    assert [r["status"] for r in res["runs"]] == ["meets", "clearly meets"]
+    assert res["counts"] == {
+        "clearly meets": 1,
+        "meets": 1,
+        "misses within noise": 0,
+        "clearly misses": 0,
+    }
+    assert res["meet"] == 2
+    # The same run against a bar just above its point value: missed, but within noise.
+    within = stats.bar_check(y, p1, 2, 0.61, 0.5, n_resamples=300, seed=3)
+    assert (within["meets"], within["status"]) == (False, "misses within noise")
+    # bar_check is bar_check_runs of one run: same intervals as bootstrap_metrics.
+    single = stats.bar_check(y, p1, 2, *bar, n_resamples=300, seed=3)
+    boot = stats.bootstrap_metrics(y, p1, 2, n_resamples=300, seed=3)
+    assert single["accuracy"] == boot["accuracy"]
+    assert single["macro_f1"] == boot["macro_f1"]
+    assert single["share"] == res["runs"][0]["share"]
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "0.6", None])
+def test_bar_check_rejects_bad_thresholds(bad):
+    y = np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="bar_accuracy"):
+        stats.bar_check(y, y, 2, bad, 0.5)
+    with pytest.raises(ValueError, match="at least one"):
+        stats.bar_check_runs(y, [], 2, 0.5, 0.5)
