@@ -47,6 +47,18 @@ def verdict_section(good) -> None:
             st.info(
                 f"**Without test-time views:** {single['sentence']}", icon=":material/looks_one:"
             )
+        bar = info.get("bar")
+        if bar:
+            n = bar["counts"]
+            st.info(
+                f"**Per-run bar** (test accuracy >= {bar['accuracy']:.2f} and macro-F1 >= "
+                f"{bar['macro_f1']:.2f}): {bar['meet']} of {bar['runs']} runs meet it "
+                f"({n['clearly meets']} clearly); {n['misses within noise']} miss it within "
+                f"test-set noise and {n['clearly misses']} clearly. On bootstrap resamples of "
+                f"the test set all {bar['runs']} meet it at once in {bar['all_share']:.1%}; the "
+                "Per run table below gives each run's interval.",
+                icon=":material/straighten:",
+            )
         with st.expander(f"All results for {ds} ({len(info['runs'])} runs, as in the README)"):
             st.markdown(markdown)
 
