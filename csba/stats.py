@@ -247,6 +247,25 @@ def _package(
     return result
 
 
+def _config(
+    yt: np.ndarray,
+    num_classes: int,
+    n_resamples: int,
+    seed: int | None,
+    level: float,
+    stratified: bool,
+) -> dict[str, Any]:
+    """The ``config`` entry of every bootstrap result (plain Python values)."""
+    return {
+        "n": int(yt.size),
+        "num_classes": int(num_classes),
+        "n_resamples": int(n_resamples),
+        "seed": seed,
+        "level": float(level),
+        "stratified": bool(stratified),
+    }
+
+
 def bootstrap_metrics(
     y_true: Any,
     y_pred: Any,
@@ -282,14 +301,7 @@ def bootstrap_metrics(
     indices = _resample_indices(yt, n_resamples, seed, stratified)
     samples = metrics_from_confusion(_confusion_batch(yt, yp, indices, num_classes))
     point = metrics_from_confusion(confusion_from_predictions(yt, yp, num_classes))
-    config = {
-        "n": int(yt.size),
-        "num_classes": int(num_classes),
-        "n_resamples": int(n_resamples),
-        "seed": seed,
-        "level": float(level),
-        "stratified": bool(stratified),
-    }
+    config = _config(yt, num_classes, n_resamples, seed, level, stratified)
     return _package(point, samples, point["support"], level, config)
 
 
@@ -400,14 +412,7 @@ def bar_check_runs(
         raise ValueError("bar_check_runs needs at least one prediction array")
     yt, arrays = _check_inputs(y_true, group, num_classes)
     indices = _resample_indices(yt, n_resamples, seed, stratified)
-    config = {
-        "n": int(yt.size),
-        "num_classes": int(num_classes),
-        "n_resamples": int(n_resamples),
-        "seed": seed,
-        "level": float(level),
-        "stratified": bool(stratified),
-    }
+    config = _config(yt, num_classes, n_resamples, seed, level, stratified)
     runs, passes = [], []
     for yp in arrays:
         one, both = _bar_one(yt, yp, indices, num_classes, bars, level)
@@ -455,12 +460,7 @@ def paired_bootstrap_diff(
     point = {k: qb[k] - qa[k] for k in names}
     samples = {k: sb[k] - sa[k] for k in names}
     config = {
-        "n": int(yt.size),
-        "num_classes": int(num_classes),
-        "n_resamples": int(n_resamples),
-        "seed": seed,
-        "level": float(level),
-        "stratified": bool(stratified),
+        **_config(yt, num_classes, n_resamples, seed, level, stratified),
         "difference": "b - a",
     }
     return _package(point, samples, qa["support"], level, config)
@@ -877,12 +877,7 @@ def bootstrap_seed_mean(
         samples = {k: samples[k] - ref_samples[k] for k in names}
     support = np.bincount(yt, minlength=num_classes).astype(np.float64)
     config = {
-        "n": int(yt.size),
-        "num_classes": int(num_classes),
-        "n_resamples": int(n_resamples),
-        "seed": seed,
-        "level": float(level),
-        "stratified": bool(stratified),
+        **_config(yt, num_classes, n_resamples, seed, level, stratified),
         "runs": len(group),
         "reference_runs": len(ref),
     }
