@@ -690,7 +690,9 @@ def test_readme_per_run_table_known_answer(real_runs, tmp_path):
     for (variant, seed), row in by_run.items():
         offset = 10 if variant == "baseline" else 20
         y_pred = _noisy(y_true, 0.3 if variant == "baseline" else 0.6, offset + int(seed))
-        assert row[4] == f"{np.mean(y_pred == y_true):.3f}"
+        # each run's own interval: that of stats.bootstrap_metrics with the report's settings
+        ci = stats.bootstrap_metrics(y_true, y_pred, 3, n_resamples=50, seed=0)["accuracy"]["ci"]
+        assert row[4] == f"{np.mean(y_pred == y_true):.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
     # 30% errors beat the 0.5 of the trivial predictor; 60% errors do not.
     assert "2 of 4 runs beat the majority-class predictor's accuracy" in section
 
