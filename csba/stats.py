@@ -371,7 +371,7 @@ def bar_check(
     "status": one of BAR_STATUSES, "share": fraction of resamples in which both thresholds are
     reached, "bar": {"accuracy", "macro_f1"}, "config": {...}}``; plain Python numbers.
     """
-    return bar_check_runs(
+    res = bar_check_runs(
         y_true,
         [y_pred],
         num_classes,
@@ -381,7 +381,8 @@ def bar_check(
         seed,
         level,
         stratified,
-    )["runs"][0] | {"bar": _bars(bar_accuracy, bar_macro_f1)}
+    )
+    return res["runs"][0] | {"bar": res["bar"]}
 
 
 def bar_check_runs(
