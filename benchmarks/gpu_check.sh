@@ -8,6 +8,8 @@
 #     (tracked checkpoints/ would not fit the 64 MiB tree; undo after the calls with
 #      git reset -q checkpoints, and delete that line from .git/info/exclude)
 # Call 1:  run(command="CAP=380 bash benchmarks/gpu_check.sh 224", carry=[".carry"], timeout_s=540)
+#          (or one long call: "JOBS=8 CAP=600 DEADLINE=560 bash ..." with timeout_s=600, then a
+#           short RESUME=1 CAP=1 call only to bring back the weights call 1 could not pack)
 #          (benchmarks and the two smoke runs take about 150 s before the protocol starts)
 # Call 2, AT ONCE (the machine stays warm 30 s; /tmp/ck survives only on a warm machine):
 #          run(command="RESUME=1 CAP=200 bash benchmarks/gpu_check.sh 224", carry=[".carry"],
@@ -32,6 +34,10 @@ JOBS=${JOBS:-5}
 CAP=${CAP:-480}
 SEEDS=${SEEDS:-0 1 2}
 RESUME=${RESUME:-0}
+# DEADLINE: seconds after this script starts by which the protocol must stop (CAP shrinks to fit),
+# so that packing ends inside the call's timeout_s whatever the benchmarks before it took
+DEADLINE=${DEADLINE:-}
+script_start=$(date +%s)
 # extra protocol options, e.g. PROTOCOL_ARGS="--lr-schedule cosine --keep last --epochs 40"; call 2
 # must repeat call 1's (a run's config is its protocol)
 PROTOCOL_ARGS=${PROTOCOL_ARGS:-}
@@ -85,6 +91,11 @@ PY
 
 fi
 start=$(date +%s)
+if [ -n "$DEADLINE" ]; then
+  left=$(( DEADLINE - (start - script_start) ))
+  [ "$left" -lt "$CAP" ] && CAP=$(( left > 1 ? left : 1 ))
+  echo "protocol cap: $CAP s (deadline $DEADLINE s after the script's start)"
+fi
 mkdir -p "$CK"  # a cap that ends before the first run still packs (nothing)
 # shellcheck disable=SC2086
 timeout "$CAP" python3 -m csba protocol --dataset elpv --image-size "$SIZE" --seeds $SEEDS \
