@@ -18,6 +18,8 @@ from __future__ import annotations
 import io
 import os
 import re
+import tarfile
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -145,6 +147,30 @@ def all_runs() -> list[RunInfo]:
     extra, _ = _parse_extra(st.session_state.get(EXTRA_KEY, ""))
     roots = [runs_root(), *extra]
     return _read_runs(tuple(str(r) for r in roots), _scan(roots))
+
+
+RECORDS = REPO_ROOT / "benchmarks" / "results"  # our archived runs: run.json + logs, no weights
+
+
+@st.cache_resource(show_spinner="Unpacking the bundled run records...")
+def bundled_records() -> dict[Path, tuple[str, list[RunInfo]]]:
+    """``{folder: (label, its runs)}`` for ``benchmarks/results/*.tgz``, unpacked once per server
+    into a temporary folder. These are the project's own archives of runs whose weights are not
+    shipped (e.g. the 224 px protocol on a GPU); pages that only read run.json (Protocols) can
+    pair them with other runs. An archive that cannot be read is skipped."""
+    out: dict[Path, tuple[str, list[RunInfo]]] = {}
+    for archive in sorted(RECORDS.glob("*.tgz")):
+        dest = Path(tempfile.mkdtemp(prefix=f"csba-{archive.stem}-"))
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(dest, filter="data")  # refuses links, absolute paths and ../
+        except (OSError, tarfile.TarError):
+            continue
+        for info in list_runs(dest):
+            if info.meta is not None:
+                folder = Path(info.path).parent
+                out.setdefault(folder, (f"{archive.stem}/{folder.name}", []))[1].append(info)
+    return out
 
 
 def run_stamp(info_or_path: RunInfo | str | os.PathLike) -> tuple[str, int]:

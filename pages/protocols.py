@@ -7,7 +7,15 @@ import pandas as pd
 import streamlit as st
 
 from pages import figures as F
-from pages.common import all_runs, dataset_name, download_df, download_fig, pair_folders, runs_root
+from pages.common import (
+    all_runs,
+    bundled_records,
+    dataset_name,
+    download_df,
+    download_fig,
+    pair_folders,
+    runs_root,
+)
 
 SHOWN = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1")
 
@@ -16,9 +24,13 @@ def folder_label(folder: Path, infos: list) -> str:
     """A folder of runs, relative to the runs root where it lies under it, with its contents."""
     root = runs_root()
     name = str(folder.relative_to(root)) if folder.is_relative_to(root) else str(folder)
+    return f"{name} ({contents(infos)})"
+
+
+def contents(infos: list) -> str:
+    """'15 runs, 224 px': how many runs and at which image sizes."""
     sizes = sorted({(i.meta.get("dataset") or {}).get("image_size") for i in infos} - {None})
-    size = f", {'/'.join(map(str, sizes))} px" if sizes else ""
-    return f"{name} ({len(infos)} runs{size})"
+    return f"{len(infos)} runs" + (f", {'/'.join(map(str, sizes))} px" if sizes else "")
 
 
 def main() -> None:
@@ -34,6 +46,17 @@ def main() -> None:
     for info in all_runs():
         if info.meta is not None:
             folders.setdefault(Path(info.path).parent, []).append(info)
+    names = sorted(folders, key=str)
+    labels = {f: folder_label(f, folders[f]) for f in names}
+    # then the bundled records (benchmarks/results: run.json only, e.g. the 224 px GPU protocol)
+    # of a dataset that some folder above holds, so that the pair has something to pair with
+    datasets = {dataset_name(infos[0].meta) for infos in folders.values()}
+    for folder, (name, infos) in bundled_records().items():
+        if dataset_name(infos[0].meta) not in datasets:
+            continue
+        folders[folder] = infos
+        names.append(folder)
+        labels[folder] = f"bundled record {name} ({contents(infos)}; run.json only)"
     if len(folders) < 2:
         st.info(
             "Pairing needs two folders of runs (for example checkpoints/elpv and a folder "
@@ -41,8 +64,6 @@ def main() -> None:
             "--out runs/cosine`, then add it in the sidebar)."
         )
         return
-    names = sorted(folders, key=str)
-    labels = {f: folder_label(f, folders[f]) for f in names}
     c1, c2 = st.columns(2)
     a = c1.selectbox("A: reference", names, index=0, format_func=labels.get, key="pair_a")
     b = c2.selectbox("B: candidate", names, index=1, format_func=labels.get, key="pair_b")

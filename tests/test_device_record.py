@@ -79,3 +79,24 @@ def test_readme_claim_at_224px_is_what_report_computes(record):
     assert "| gradnorm |" in body and "-0.026 [-0.048, -0.002]" in body
     assert "+0.020 [-0.004, +0.045]" in body and "0.664 ± 0.027" in body
     assert "csba - baseline macro-F1 +0.006, 95% paired bootstrap [-0.012, +0.024]" in README
+
+
+def test_protocols_page_opens_on_the_shipped_runs_against_the_record(monkeypatch):
+    """The dashboard offers the bundled record as a folder of runs: with the shipped 128 px runs
+    the Protocols page opens on 128 px (A) against the 224 px GPU protocol (B)."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.delenv("CSBA_RUNS_ROOT", raising=False)
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/protocols.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    a, b = at.selectbox(key="pair_a"), at.selectbox(key="pair_b")
+    assert Path(a.value) == REPO / "checkpoints" / "elpv"
+    assert Path(b.value).name == "elpv-224px" and (Path(b.value) / "csba-s0" / "run.json").is_file()
+    assert "bundled record elpv-224px-h200/elpv-224px (15 runs, 224 px; run.json only)" in b.options
+    assert at.info[0].value.startswith("Validation does not resolve A against B")
+    texts = " ".join(m.value for m in at.markdown)
+    assert "10 of 15 runs reach" in texts and "7 of 15 runs reach" in texts
