@@ -53,6 +53,29 @@ __all__ = [
     "sort_key",
 ]
 
+
+def _route_through_app() -> None:
+    """Make app.py's ``st.navigation`` route the request that started this process.
+
+    A ``pages/`` folder beside app.py puts Streamlit in its old multipage mode until the first
+    ``st.navigation`` call. When a fresh server's first request is a page's own URL (a bookmark
+    of /protocols, say), that mode runs ``pages/<name>.py`` alone: app.py, and with it
+    ``st.navigation``, never runs, and every session then gets a sidebar listing each module in
+    ``pages/`` (common and figures too) until someone opens the root URL. Every page imports
+    this module first, so here we leave that mode and rerun, which runs app.py. Uses
+    Streamlit's internal flag (what ``st.navigation`` itself sets); if it moves, nothing
+    happens."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:
+        return
+    if getattr(PagesManager, "uses_pages_directory", None):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_route_through_app()
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VARIANT_ORDER = ("baseline", "csba", "gradnorm", "focal", "class_heads")
 EXTRA_KEY = "csba_extra_runs"  # session-state key of the sidebar "add run folders" input

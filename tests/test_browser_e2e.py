@@ -243,3 +243,24 @@ def test_every_page_in_chromium(server):
     print(f"training 2 tiny runs (1 epoch, 32 px): {train_s:.1f} s")
     print(f"server resident memory after visiting every page: {rss_mib:.0f} MiB")
     assert rss_mib > 0
+
+
+def test_a_page_url_as_a_fresh_servers_first_request(server):
+    """A bookmarked page (here /confusion) opened before anyone opened the root URL: app.py's
+    navigation must still route it (Streamlit's old pages/ mode would run the page file alone
+    and list every module of pages/, common and figures too, in the sidebar)."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(90_000)
+        page.goto(f"{server['url']}/confusion")
+        _settle(page, "Confusion matrices")
+        links = page.locator('[data-testid="stSidebarNavLink"]')
+        page.get_by_text("Add run folders").first.wait_for()  # app.py's sidebar ran
+        names = [links.nth(i).inner_text().strip().splitlines()[-1] for i in range(links.count())]
+        assert "Runs" in names and "Protocols" in names, names
+        assert "common" not in names and "figures" not in names, names
+        _no_exception(page, "first request to /confusion")
+        browser.close()
