@@ -7,14 +7,17 @@
 #   git rm -r -q --cached checkpoints && echo /checkpoints/ >> .git/info/exclude
 #     (tracked checkpoints/ would not fit the 64 MiB tree; undo after the calls with
 #      git reset -q checkpoints, and delete that line from .git/info/exclude)
-# Call 1:  run(command="CAP=380 bash benchmarks/gpu_check.sh 224", carry=[".carry"], timeout_s=540)
-#          (or one long call: "JOBS=8 CAP=600 DEADLINE=560 bash ..." with timeout_s=600, then a
-#           short RESUME=1 CAP=1 call only to bring back the weights call 1 could not pack)
-#          (benchmarks and the two smoke runs take about 150 s before the protocol starts)
+# Call 1:  run(command="JOBS=8 CAP=600 DEADLINE=540 bash benchmarks/gpu_check.sh 224",
+#              carry=[".carry"], timeout_s=600)
+#          (2026-11-29 on one H200: 533 s in all; the benchmarks and the two smoke runs took
+#           128 s, the whole protocol 374 s with 8 jobs, and 10 of the 15 runs' weights came back)
 # Call 2, AT ONCE (the machine stays warm 30 s; /tmp/ck survives only on a warm machine):
-#          run(command="RESUME=1 CAP=200 bash benchmarks/gpu_check.sh 224", carry=[".carry"],
-#              timeout_s=230)
-#          (start-up, both calls and the idle gaps must fit the 900 s budget)
+#          run(command="RESUME=1 CAP=1 bash benchmarks/gpu_check.sh 224", carry=[".carry"],
+#              timeout_s=120)
+#          (brings back the weights call 1 could not pack: 25 s. If call 1's protocol did not
+#           finish, give call 2 the time left instead: RESUME=1 CAP=<s>; complete runs are
+#           skipped, so the whole protocol's time is the sum of the calls' protocol lines)
+#          (start-up, both calls and the idle gaps must fit the 900 s budget: 614 s used then)
 # Then give_back, and here: cat /work/.device/*/runs-*.tar.* | tar x -C checkpoints
 # and judge the 224 px runs against the 128 px ones, pair by pair (validation decides, DESIGN §2):
 #   python -m csba pair checkpoints checkpoints --image-size-a 128 --image-size-b 224
