@@ -15,9 +15,11 @@ Streamlit lives here and in the page files only; ``csba/`` stays free of it.
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import re
+import shutil
 import tarfile
 import tempfile
 from collections.abc import Sequence
@@ -184,6 +186,7 @@ def bundled_records() -> dict[Path, tuple[str, list[RunInfo]]]:
     out: dict[Path, tuple[str, list[RunInfo]]] = {}
     for archive in sorted(RECORDS.glob("*.tgz")):
         dest = Path(tempfile.mkdtemp(prefix=f"csba-{archive.stem}-"))
+        atexit.register(shutil.rmtree, dest, ignore_errors=True)  # gone with the server
         try:
             with tarfile.open(archive) as tar:
                 tar.extractall(dest, filter="data")  # refuses links, absolute paths and ../
