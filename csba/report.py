@@ -37,7 +37,6 @@ __all__ = [
     "RESULTS_END",
     "RESULTS_START",
     "RunRecord",
-    "bar_flags",
     "compare_cli",
     "compare_runs",
     "confusion_figure",
@@ -1302,7 +1301,7 @@ def render_results_markdown(
     dataset_label = {"elpv": "ELPV", "elpv8": "ELPV (8 classes)"}.get(dataset, dataset)
     if command is None:
         command = f"python -m csba report {shlex.quote(str(root))} --dataset {dataset}"
-        command += bar_flags(bar)
+        command += _bar_flags(bar)
     verdict, verdict_info = _verdict(groups, y_true, c, dataset_label, n_resamples, seed, level)
     single_groups = _single_view_groups(groups)
     single_verdict = None
@@ -1590,7 +1589,7 @@ def _single_view_lines(
     ]
 
 
-def bar_flags(bar: tuple[float, float] | None) -> str:
+def _bar_flags(bar: tuple[float, float] | None) -> str:
     """The command-line flags that give ``bar`` ("" without one)."""
     return "" if bar is None else f" --bar-accuracy {bar[0]:g} --bar-macro-f1 {bar[1]:g}"
 
@@ -1881,7 +1880,7 @@ def write_readme_results(
         )
         if image_size is not None:
             command += f" --image-size {int(image_size)}"
-        command += bar_flags(bar)
+        command += _bar_flags(bar)
     body, info = render_results_markdown(
         root, dataset, image_size, n_resamples, seed, level, command, bar
     )

@@ -378,13 +378,13 @@ def compare(paths: Sequence[str | os.PathLike], n_resamples: int = 1000, seed: i
 
 @st.cache_data(show_spinner="Summarising the runs...", max_entries=16)
 def _results(root: str, dataset: str, stamps, n_resamples: int) -> tuple[str, dict]:
-    from csba.report import bar_flags, render_results_markdown
+    from csba.report import render_results_markdown
 
     del stamps  # only part of the cache key
     # ELPV runs are held to the shipping bar (issue 8), as in the README; other data to none.
+    # The section's command (bar flags included) is the one render_results_markdown writes.
     bar = DEFAULT_BAR if dataset == "elpv" else None
-    command = f"python -m csba report {root} --dataset {dataset}{bar_flags(bar)}"
-    return render_results_markdown(root, dataset, n_resamples=n_resamples, command=command, bar=bar)
+    return render_results_markdown(root, dataset, n_resamples=n_resamples, bar=bar)
 
 
 def results_summary(dataset: str, n_resamples: int = 2000) -> tuple[str, dict]:
