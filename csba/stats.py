@@ -35,15 +35,12 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix
 
 __all__ = [
-    "BAR_STATUSES",
     "DELTA_COLUMNS",
     "METRIC_NAMES",
     "OVERALL_METRICS",
     "PER_CLASS_METRICS",
     "aggregate_metric_dicts",
     "aggregate_seeds",
-    "bar_check",
-    "bar_check_runs",
     "bootstrap_metrics",
     "bootstrap_seed_mean",
     "confusion_from_predictions",
@@ -303,133 +300,6 @@ def bootstrap_metrics(
     point = metrics_from_confusion(confusion_from_predictions(yt, yp, num_classes))
     config = _config(yt, num_classes, n_resamples, seed, level, stratified)
     return _package(point, samples, point["support"], level, config)
-
-
-BAR_STATUSES: tuple[str, ...] = ("clearly meets", "meets", "misses within noise", "clearly misses")
-
-
-def _bar_one(
-    yt: np.ndarray,
-    yp: np.ndarray,
-    indices: np.ndarray,
-    num_classes: int,
-    bars: Mapping[str, float],
-    level: float,
-) -> tuple[dict[str, Any], np.ndarray]:
-    """One run's bar status and the (R,) bool array of resamples in which it meets the bar."""
-    samples = metrics_from_confusion(_confusion_batch(yt, yp, indices, num_classes))
-    point = metrics_from_confusion(confusion_from_predictions(yt, yp, num_classes))
-    out: dict[str, Any] = {}
-    lows, highs, reached = [], [], []
-    for name, threshold in bars.items():
-        bounds = _interval(samples[name], level)
-        out[name] = _entry(point[name], bounds)
-        lows.append(bounds[0] >= threshold)
-        highs.append(bounds[1] >= threshold)
-        reached.append(point[name] >= threshold)
-    meets = all(reached)
-    if meets:
-        status = "clearly meets" if all(lows) else "meets"
-    else:
-        status = "misses within noise" if all(highs) else "clearly misses"
-    both = np.logical_and.reduce([samples[k] >= t for k, t in bars.items()])  # (R,)
-    out.update(meets=bool(meets), status=status, share=float(both.mean()))
-    return out, both
-
-
-def _bars(bar_accuracy: float, bar_macro_f1: float) -> dict[str, float]:
-    for name, value in (("bar_accuracy", bar_accuracy), ("bar_macro_f1", bar_macro_f1)):
-        if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    return {"accuracy": float(bar_accuracy), "macro_f1": float(bar_macro_f1)}
-
-
-def bar_check(
-    y_true: Any,
-    y_pred: Any,
-    num_classes: int,
-    bar_accuracy: float,
-    bar_macro_f1: float,
-    n_resamples: int = 2000,
-    seed: int | None = 0,
-    level: float = 0.95,
-    stratified: bool = True,
-) -> dict[str, Any]:
-    """Whether one run reaches a per-run bar, and whether its test set can tell.
-
-    The bar is met when accuracy >= ``bar_accuracy`` and macro-F1 >= ``bar_macro_f1`` (the
-    point values on the whole test set). The intervals are those of :func:`bootstrap_metrics`
-    with the same arguments, so a run's status reads:
-
-    * ``"clearly meets"``: both lower bounds reach their thresholds;
-    * ``"meets"``: both point values do, but an interval reaches below a threshold;
-    * ``"misses within noise"``: a point value is below its threshold, but every upper bound
-      reaches its threshold (the test set cannot tell the run from one that meets the bar);
-    * ``"clearly misses"``: an upper bound is below its threshold.
-
-    Returns ``{"accuracy": {"value", "ci"}, "macro_f1": {"value", "ci"}, "meets": bool,
-    "status": one of BAR_STATUSES, "share": fraction of resamples in which both thresholds are
-    reached, "bar": {"accuracy", "macro_f1"}, "config": {...}}``; plain Python numbers.
-    """
-    res = bar_check_runs(
-        y_true,
-        [y_pred],
-        num_classes,
-        bar_accuracy,
-        bar_macro_f1,
-        n_resamples,
-        seed,
-        level,
-        stratified,
-    )
-    return res["runs"][0] | {"bar": res["bar"]}
-
-
-def bar_check_runs(
-    y_true: Any,
-    preds: Sequence[Any],
-    num_classes: int,
-    bar_accuracy: float,
-    bar_macro_f1: float,
-    n_resamples: int = 2000,
-    seed: int | None = 0,
-    level: float = 0.95,
-    stratified: bool = True,
-) -> dict[str, Any]:
-    """:func:`bar_check` for several runs on one test set, on shared resamples.
-
-    Because every run is scored on the same resamples, the result also says how the set of
-    runs as a whole would fare on another test set of the same size and class supports:
-    ``expected`` is the mean number of runs meeting the bar per resample (the sum of the
-    runs' ``share``) and ``all_share`` the fraction of resamples in which every run meets it.
-
-    Returns ``{"runs": [bar_check result without "bar", one per run], "counts": {status: n},
-    "meet": n, "expected": float, "all_share": float, "bar": {...}, "config": {...}}``.
-    """
-    _check_level(level)
-    bars = _bars(bar_accuracy, bar_macro_f1)
-    group = list(preds)
-    if not group:
-        raise ValueError("bar_check_runs needs at least one prediction array")
-    yt, arrays = _check_inputs(y_true, group, num_classes)
-    indices = _resample_indices(yt, n_resamples, seed, stratified)
-    config = _config(yt, num_classes, n_resamples, seed, level, stratified)
-    runs, passes = [], []
-    for yp in arrays:
-        one, both = _bar_one(yt, yp, indices, num_classes, bars, level)
-        runs.append(one | {"config": config})
-        passes.append(both)
-    passed = np.stack(passes)  # (runs, R) bool
-    counts = {k: sum(r["status"] == k for r in runs) for k in BAR_STATUSES}
-    return {
-        "runs": runs,
-        "counts": counts,
-        "meet": counts["clearly meets"] + counts["meets"],
-        "expected": float(passed.sum(0).mean()),
-        "all_share": float(passed.all(0).mean()),
-        "bar": bars,
-        "config": config,
-    }
 
 
 def paired_bootstrap_diff(
@@ -885,3 +755,16 @@ def bootstrap_seed_mean(
     if ref:
         config["difference"] = "mean(preds) - mean(reference)"
     return _package(point, samples, support, level, config)
+
+
+# The per-run bar lives in csba.bar (it builds on the bootstrap above); its names stay
+# importable from here. Resolved lazily, so either module may be imported first.
+_BAR_NAMES = ("BAR_STATUSES", "SHIPPING_BAR", "bar_check", "bar_check_runs", "shipping_bar")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BAR_NAMES:
+        from . import bar
+
+        return getattr(bar, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
