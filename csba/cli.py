@@ -315,9 +315,36 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import compare_cli
+    """Compare run folders (csba.report.compare_runs): readable tables, or one JSON document
+    on stdout with ``--json``; files written with --csv/--latex/--figures are listed (on
+    stderr with --json). A tqdm bar on stderr follows the bootstraps."""
+    from tqdm import tqdm
 
-    return compare_cli(args, _print_json)
+    from .report import compare_runs, format_comparison, write_figures, write_tables
+
+    with tqdm(desc="compare: bootstrap", unit="run", file=sys.stderr, leave=False) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        comparison = compare_runs(
+            list(args.run_dirs), n_resamples=args.resamples, seed=args.seed, progress=progress
+        )
+    written = write_tables(comparison, args.csv, args.latex)
+    if args.figures:
+        written += write_figures(comparison, args.figures)
+    if args.json:
+        _print_json({**comparison["json"], "files": [str(p) for p in written]})
+        for p in written:
+            _err(f"wrote {p}")
+        return 0
+    print(format_comparison(comparison))
+    if written:
+        print()
+        for p in written:
+            print(f"wrote {p}")
+    return 0
 
 
 def cmd_pair(args: argparse.Namespace) -> int:
@@ -491,9 +518,42 @@ def _protocol_parallel(args: argparse.Namespace, variants: list[str], t0: float)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import report_cli
+    """Write the results of the runs under ROOT (csba.report.write_results): every table to
+    --results (default docs/results.md beside the README), a summary into --readme. Prints
+    what changed, the verdict and the shipping bar (or one JSON document with --json)."""
+    from .report import shipping_bar_parts, write_results
 
-    return report_cli(args, _print_json)
+    if (args.bar_accuracy is None) != (args.bar_macro_f1 is None):
+        raise CLIError("give both --bar-accuracy and --bar-macro-f1, or neither")
+    for flag, value in (
+        ("--bar-accuracy", args.bar_accuracy),
+        ("--bar-macro-f1", args.bar_macro_f1),
+    ):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise CLIError(f"{flag} must be in [0, 1], got {value:g}")
+    bar = None if args.bar_accuracy is None else (args.bar_accuracy, args.bar_macro_f1)
+    info = write_results(
+        args.root,
+        args.readme,
+        dataset=args.dataset,
+        image_size=args.image_size,
+        n_resamples=args.resamples,
+        seed=args.seed,
+        bar=bar,
+        results_path=args.results,
+    )
+    if args.json:
+        _print_json(info)
+        return 0
+    runs = ", ".join(f"{v} x{n}" for v, n in info["variants"].items())
+    for key, path in (("results_changed", info["results"]), ("changed", info["readme"])):
+        state = "updated" if info[key] else "already up to date:"
+        print(f"{state} {path} (results of {len(info['runs'])} run(s) of {args.dataset}: {runs})")
+    print(info["verdict"]["sentence"])
+    if info["bar"]:
+        p = shipping_bar_parts(info["bar"])
+        print(f"{p['head']}. {p['runs']} {p['variants']}")
+    return 0
 
 
 # ---- parser ----------------------------------------------------------------------------------
@@ -707,12 +767,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "report",
-        help="write the README results section from a folder of runs",
+        help="write the results (docs/results.md) and their README summary from a folder of runs",
         description="Aggregate the runs under ROOT (seeds, bootstrap intervals, "
-        "conflict) into the README between <!-- results:start/end --> markers.",
+        "conflict) into every results table, written to --results, and a short summary "
+        "(verdict, shipping bar, variants table, link) written into the README between "
+        "<!-- results:start/end --> markers.",
     )
     r.add_argument("root", metavar="ROOT", help="folder of runs, e.g. checkpoints")
-    r.add_argument("--readme", default="README.md", help="default %(default)s")
+    r.add_argument(
+        "--readme", default="README.md", help="README that gets the summary (default %(default)s)"
+    )
+    r.add_argument(
+        "--results",
+        metavar="PATH",
+        default=None,
+        help="Markdown file that gets every table (default: docs/results.md beside the README)",
+    )
     r.add_argument("--dataset", default="elpv", help="dataset key (default %(default)s)")
     r.add_argument(
         "--image-size",
@@ -727,11 +797,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="A",
-        help="per-run bar: every run's test accuracy should reach A (give with --bar-macro-f1); "
-        "the Per run table then gives each run's status with its bootstrap interval",
+        help="shipping bar (give with --bar-macro-f1): met when no run clearly misses "
+        "accuracy A or macro-F1 F (its 95%% bootstrap interval lies wholly below) and every "
+        "variant's seed-mean macro-F1 reaches F; the Per run table gives each run's status",
     )
     r.add_argument(
-        "--bar-macro-f1", type=float, default=None, metavar="F", help="per-run bar: macro-F1"
+        "--bar-macro-f1", type=float, default=None, metavar="F", help="shipping bar: macro-F1"
     )
     r.add_argument("--json", action="store_true", help="print one JSON document")
     r.set_defaults(func=cmd_report)

@@ -39,6 +39,7 @@ from .report import (
     _select_runs,
     _text_table,
     protocol_changes,
+    shipping_bar_parts,
 )
 
 # (key in the comparison, where the number lives in run.json, label)
@@ -172,12 +173,19 @@ def compare_protocols(
             if _metric(r.meta, ("metrics", "test", "accuracy")) >= bar[0]
             and _metric(r.meta, ("metrics", "test", "macro_f1")) >= bar[1]
         ]
-        checked = stats.bar_check_runs(
-            records[0].y_true, [r.y_pred for r in records], num_classes, *bar, n_resamples, seed
-        )
+        checked = stats.shipping_bar(
+            records[0].y_true, [r.y_pred for r in records], [r.variant for r in records],
+            num_classes, *bar, n_resamples, seed, level,
+        )  # fmt: skip
         status = {r.name: c["status"] for r, c in zip(records, checked["runs"], strict=True)}
         failing = sorted(r.name for r in records if r.name not in ok)
         return {
+            "accuracy": bar[0],
+            "macro_f1": bar[1],
+            "level": level,
+            "met": checked["met"],
+            "clearly_missing": [records[i].name for i in checked["clearly_missing"]],
+            "variants": checked["variants"],
             "meet": len(ok),
             "runs": len(records),
             "failing": failing,
@@ -280,14 +288,8 @@ def format_protocols(result: Mapping[str, Any]) -> str:
         s = result[side]
         bar = s["bar"]
         lines.append(f"{side.upper()}: {s['root']} ({s['protocol']})")
-        failing = f"; below it: {', '.join(bar['failing'])}" if bar["failing"] else ""
-        if bar["failing"]:
-            failing += f" ({len(bar['within_noise'])} of them within test-set noise of it)"
-        lines.append(
-            f"   {bar['meet']} of {bar['runs']} runs reach test accuracy "
-            f">= {result['bar']['accuracy']:.2f} and macro-F1 >= {result['bar']['macro_f1']:.2f}"
-            f"{failing}"
-        )
+        p = shipping_bar_parts(bar)
+        lines.append(f"   {p['head']}. {p['runs']} {p['variants']}")
         lines += [f"   note: {n}" for n in s["notes"]]
     short = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1")
     headers = ["variant", "seed", "kept A", "kept B"]

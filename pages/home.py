@@ -4,6 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from csba.report import shipping_bar_parts
 from csba.store import RunError
 from pages import figures as F
 from pages.common import (
@@ -30,7 +31,8 @@ INTRO = (
 
 def verdict_section(good) -> None:
     """Per dataset with runs under the runs folder: does CSBA beat the baseline (the README's
-    verdict, computed from the runs found) and the whole results section in an expander."""
+    verdict, computed from the runs found), the shipping bar (ELPV) and the whole results
+    section (docs/results.md) in an expander."""
     root = runs_root().resolve()
     local = [i for i in good if Path(i.path).resolve().is_relative_to(root)]
     for ds in sorted({dataset_name(i.meta) for i in local}):
@@ -49,18 +51,27 @@ def verdict_section(good) -> None:
             )
         bar = info.get("bar")
         if bar:
-            n = bar["counts"]
-            st.info(
-                f"**Per-run bar** (test accuracy >= {bar['accuracy']:.2f} and macro-F1 >= "
-                f"{bar['macro_f1']:.2f}): {bar['meet']} of {bar['runs']} runs meet it "
-                f"({n['clearly meets']} clearly); {n['misses within noise']} miss it within "
-                f"test-set noise and {n['clearly misses']} clearly. On bootstrap resamples of "
-                f"the test set all {bar['runs']} meet it at once in {bar['all_share']:.1%}; the "
-                "Per run table below gives each run's interval.",
-                icon=":material/straighten:",
-            )
-        with st.expander(f"All results for {ds} ({len(info['runs'])} runs, as in the README)"):
+            bar_section(bar)
+        with st.expander(f"All results for {ds} ({len(info['runs'])} runs, as in docs/results.md)"):
             st.markdown(markdown)
+
+
+def bar_section(bar) -> None:
+    """The shipping bar: met or not met, its two parts, then the per-run statuses as detail."""
+    parts = shipping_bar_parts(bar)
+    n = bar["counts"]
+    text = (
+        f"**{parts['head']}** (accuracy {bar['accuracy']:.2f}, macro-F1 {bar['macro_f1']:.2f})\n\n"
+        f"- **Runs:** {parts['runs']}\n- **Variants:** {parts['variants']}\n\n"
+        f"Per-run statuses (detail): {bar['meet']} of {bar['runs']} runs reach both thresholds "
+        f"({n['clearly meets']} with both intervals above them); {n['misses within noise']} miss "
+        f"within test-set noise and {n['clearly misses']} clearly. The Per run table in the "
+        "results below gives each run's interval."
+    )
+    if parts["met"]:
+        st.success(text, icon=":material/check_circle:")
+    else:
+        st.error(text, icon=":material/cancel:")
 
 
 def runs_section(good, bad) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from csba.report import shipping_bar_parts
 from pages import figures as F
 from pages.common import (
     all_runs,
@@ -86,17 +87,11 @@ def main() -> None:
     st.info(res["verdict"], icon=":material/balance:")
     for side, folder in (("a", a), ("b", b)):
         s = res[side]
-        bar = s["bar"]
-        below = f" Below it: {', '.join(bar['failing'])}." if bar["failing"] else ""
-        if bar["failing"]:
-            below += (
-                f" {len(bar['within_noise'])} of these are within test-set noise of the bar "
-                "(every 95% bootstrap upper bound reaches it)."
-            )
+        p = shipping_bar_parts(s["bar"])
         st.markdown(
-            f"**{side.upper()}** `{labels[folder]}`: {s['protocol']}. {bar['meet']} of "
-            f"{bar['runs']} runs reach test accuracy {bar_acc:.2f} and macro-F1 "
-            f"{bar_f1:.2f}.{below}"
+            f"**{side.upper()}** `{labels[folder]}`: {s['protocol']}. **{p['head']}.** "
+            f"{p['runs']} {p['variants']} ({s['bar']['meet']} of {s['bar']['runs']} runs reach "
+            f"test accuracy {bar_acc:.2f} and macro-F1 {bar_f1:.2f} on their point values.)"
         )
         for note in s["notes"]:
             st.caption(note)

@@ -45,7 +45,7 @@ from .records import (
     protocol_changes,
 )
 from .tables import OVERALL_LABEL, TABLE_NAMES, compare_runs, format_comparison, write_tables
-from .verdict import shipping_bar_text
+from .verdict import shipping_bar_parts, shipping_bar_text
 
 __all__ = [
     "LEVEL",
@@ -65,6 +65,7 @@ __all__ = [
     "render_readme_summary",
     "render_results_markdown",
     "replace_between_markers",
+    "shipping_bar_parts",
     "shipping_bar_text",
     "write_figures",
     "write_readme_results",
