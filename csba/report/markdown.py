@@ -262,9 +262,9 @@ def _render(
     summary = {
         "title": title,
         "intro": (
-            f"{len(records)} run(s) under `{root}`, all on one test set of {int(y_true.size)} "
-            f"images; a cell reads mean ± standard deviation over seeds, then the {pct}% "
-            "bootstrap interval of the seed mean."
+            f"{len(records)} run(s) under `{root}`, one test set of {int(y_true.size)} images; "
+            f"a cell reads mean ± seed standard deviation [{pct}% bootstrap interval of the "
+            "seed mean]."
         ),
         "verdicts": verdicts,
         "variants": variants_table,

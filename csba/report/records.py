@@ -378,7 +378,7 @@ def protocol_changes(meta: Mapping[str, Any]) -> dict[str, Any]:
 
     A run.json written before a setting existed lacks it and ran with its default.
     """
-    from .train import TrainConfig
+    from ..train import TrainConfig
 
     pinned = TrainConfig()
     config = meta.get("config") or {}

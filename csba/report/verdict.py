@@ -241,7 +241,7 @@ def _per_run_lines(
     }
     lines += [
         "",
-        f"{shipping_bar_text(summary)} Statuses in the table (detail, each run on its own "
+        f"Statuses in the table (the detail behind the shipping bar above; each run on its own "
         f"against {_bar_text(bar)}): {meet} of {total} runs reach both thresholds, "
         f"{counts['clearly meets']} with both {pct}% intervals above them; of the {total - meet} "
         f"that do not, {counts['misses within noise']} are within test-set noise of them (every "
