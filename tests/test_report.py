@@ -24,7 +24,6 @@ from csba.cli import main as cli_main
 from csba.report import (
     RESULTS_END,
     RESULTS_START,
-    compare_cli,
     compare_runs,
     render_results_markdown,
     replace_between_markers,
@@ -243,18 +242,13 @@ def test_unusable_runs_raise_run_error(real_runs, tmp_path):
         compare_runs([src], n_resamples=0)
 
 
-def test_csv_and_latex_files(real_runs, tmp_path):
+def test_csv_and_latex_files(real_runs, tmp_path, capsys):
     d = real_runs.dirs
-    args = SimpleNamespace(
-        run_dirs=[str(d[("baseline", 0)]), str(d[("baseline", 1)]), str(d[("csba", 0)])],
-        json=False,
-        csv=str(tmp_path / "csv"),
-        latex=str(tmp_path / "tex"),
-        figures=None,
-        resamples=200,
-        seed=0,
-    )
-    assert compare_cli(args, print_json=lambda obj: pytest.fail("no JSON without --json")) == 0
+    argv = ["compare", str(d[("baseline", 0)]), str(d[("baseline", 1)]), str(d[("csba", 0)])]
+    argv += ["--csv", str(tmp_path / "csv"), "--latex", str(tmp_path / "tex")]
+    assert cli_main([*argv, "--resamples", "200", "--seed", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "wrote " in captured.out and not captured.out.lstrip().startswith("{")
     expected = {
         "summary": {"run", "variant", "seed", "accuracy", "accuracy_ci_low", "macro_f1",
                     "macro_f1_ci_high", "balanced_accuracy", "parameters", "best_epoch"},
@@ -487,11 +481,14 @@ def test_readme_per_run_bar_statuses_and_counts(real_runs, tmp_path, capsys):
     assert by_run[("baseline", 0)]["status"] == "clearly misses"
     lo, hi = by_run[("baseline", 0)]["accuracy"]["ci"]
     assert lo < by_run[("baseline", 0)]["accuracy"]["value"] < hi < 0.8
-    text = readme.read_text()
-    assert "--bar-accuracy 0.8 --bar-macro-f1 0.5" in text  # the command that wrote it
-    assert "| bar: accuracy >= 0.80 and macro-F1 >= 0.50 |" in text
+    summary = readme.read_text()
+    assert "--bar-accuracy 0.8 --bar-macro-f1 0.5" in summary  # the command that wrote it
+    assert "**Shipping bar: not met.** 2 of 4 runs clearly miss accuracy 0.80" in summary
+    text = (tmp_path / "docs" / "results.md").read_text()  # every table, the bar's detail
+    assert "--bar-accuracy 0.8 --bar-macro-f1 0.5" in text
+    assert "| status: accuracy >= 0.80 and macro-F1 >= 0.50 |" in text
     assert "clearly misses (0%)" in text and "clearly meets (100%)" in text
-    assert "2 of 4 runs meet it" in text
+    assert "2 of 4 runs reach both thresholds" in text
     # Each run's accuracy cell carries its own interval.
     acc = by_run[("baseline", 0)]["accuracy"]
     assert f"{acc['value']:.3f} [{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}]" in text
@@ -505,7 +502,8 @@ def test_readme_per_run_bar_statuses_and_counts(real_runs, tmp_path, capsys):
 
     # Without a bar: intervals, no bar column, no bar in the info.
     plain = write_readme_results(root, tmp_path / "P.md", dataset="imagefolder", n_resamples=300)
-    assert plain["bar"] is None and "| bar:" not in (tmp_path / "P.md").read_text()
+    plain_text = (tmp_path / "docs" / "results.md").read_text()
+    assert plain["bar"] is None and "| status:" not in plain_text
 
     # The command line: both flags or neither, thresholds in [0, 1], one line on stderr.
     for extra, message in (
@@ -522,7 +520,7 @@ def test_readme_per_run_bar_statuses_and_counts(real_runs, tmp_path, capsys):
         ["report", str(root), "--readme", str(readme), "--dataset", "imagefolder", *bar_flags]
     )
     out = capsys.readouterr().out
-    assert rc == 0 and "per-run bar (accuracy >= 0.80 and macro-F1 >= 0.50): 2 of 4" in out
+    assert rc == 0 and "Shipping bar: not met. 2 of 4 runs clearly miss accuracy 0.80" in out
 
 
 def test_bootstrap_seed_mean_helper():
@@ -558,21 +556,17 @@ def test_readme_errors_and_report_cli(real_runs, tmp_path, capsys):
         write_readme_results(tmp_path / "nowhere", tmp_path / "R.md", dataset="imagefolder")
     assert not (tmp_path / "R.md").exists()
 
-    got = []
-    args = SimpleNamespace(
-        root=str(real_runs.root),
-        readme=str(tmp_path / "R.md"),
-        dataset="imagefolder",
-        resamples=50,
-        json=True,
-    )
-    assert report.report_cli(args, got.append) == 0
-    assert len(got) == 1 and got[0]["readme"] == str(tmp_path / "R.md")
-    json.dumps(got[0], allow_nan=False)  # JSON-ready
-    args.json = False
-    assert report.report_cli(args, got.append) == 0
+    argv = ["report", str(real_runs.root), "--readme", str(tmp_path / "R.md")]
+    argv += ["--dataset", "imagefolder", "--resamples", "50"]
+    capsys.readouterr()
+    assert cli_main([*argv, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)  # stdout is one JSON document
+    assert got["readme"] == str(tmp_path / "R.md")
+    assert got["results"] == str(tmp_path / "docs" / "results.md")
+    assert (tmp_path / "docs" / "results.md").is_file()
+    assert cli_main(argv) == 0
     out = capsys.readouterr().out
-    assert "already up to date" in out and len(got) == 1
+    assert "already up to date" in out
 
 
 def test_readme_ignores_other_datasets_and_broken_runs(real_runs, tmp_path):
@@ -717,7 +711,7 @@ def test_readme_names_the_training_protocol_and_warns_when_mixed(real_runs, tmp_
         meta["config"] = {**meta["config"], **pinned}
         atomic_write_json(dst / "run.json", meta)
     md, _ = render_results_markdown(tmp_path / "root", "imagefolder", n_resamples=50)
-    assert "Every run used the pinned training protocol (DESIGN.md §2)." in md
+    assert "Every run used the pinned training protocol (`docs/design.md` §2)." in md
     meta = read_run_json(root / "csba-s0")
     meta["config"] = changed
     atomic_write_json(root / "csba-s0" / "run.json", meta)
@@ -728,5 +722,6 @@ def test_readme_names_the_training_protocol_and_warns_when_mixed(real_runs, tmp_
     atomic_write_json(root / "baseline-s0" / "run.json", meta)
     md, _ = render_results_markdown(tmp_path / "root", "imagefolder", n_resamples=50)
     assert (
-        "(DESIGN.md §2) except `epochs` 40, `lr` 0.0003, `lr_schedule` cosine, `keep` last." in md
+        "(`docs/design.md` §2) except `epochs` 40, `lr` 0.0003, `lr_schedule` cosine, `keep` last."
+        in md
     )

@@ -598,3 +598,36 @@ def test_bar_check_rejects_bad_thresholds(bad):
         stats.bar_check(y, y, 2, bad, 0.5)
     with pytest.raises(ValueError, match="at least one"):
         stats.bar_check_runs(y, [], 2, 0.5, 0.5)
+
+
+def test_shipping_bar_known_answers_for_both_parts():
+    from csba.bar import SHIPPING_BAR, shipping_bar
+
+    assert SHIPPING_BAR == (0.60, 0.45)
+    y = np.repeat([0, 1], 50)
+    perfect = y.copy()
+    majority = np.zeros_like(y)  # accuracy 0.5 on every stratified resample: clearly misses 0.60
+    res = shipping_bar(y, [perfect, perfect], ["a", "b"], 2, n_resamples=200)
+    assert res["met"] and res["clearly_missing"] == []
+    assert res["variants"] == {
+        "a": {"runs": 1, "macro_f1": 1.0, "meets": True},
+        "b": {"runs": 1, "macro_f1": 1.0, "meets": True},
+    }
+    res = shipping_bar(y, [perfect, majority], ["a", "a"], 2, n_resamples=200)
+    assert not res["met"] and res["clearly_missing"] == [1]
+    # seed mean of variant a: (1 + 1/3) / 2, macro-F1 of the majority predictor being (2/3 + 0) / 2
+    assert res["variants"]["a"]["macro_f1"] == pytest.approx((1 + 1 / 3) / 2)
+    assert res["variants"]["a"]["meets"]
+
+    # Part 2 alone: 20 images, one run with macro-F1 0.375 whose interval still reaches 0.45
+    # (misses within noise, so part 1 holds) while its variant's mean is below 0.45.
+    y = np.repeat([0, 1], 10)
+    noisy = np.array([0] * 6 + [1] * 4 + [0] * 8 + [1] * 2)  # acc 0.4; F1 0.5 and 0.25
+    f1 = f1_score(y, noisy, average="macro")
+    assert f1 == pytest.approx(0.375)
+    res = shipping_bar(y, [noisy], ["c"], 2, 0.0, 0.45, n_resamples=500)
+    assert res["clearly_missing"] == [] and res["runs"][0]["status"] == "misses within noise"
+    assert res["variants"]["c"] == {"runs": 1, "macro_f1": pytest.approx(f1), "meets": False}
+    assert not res["met"]
+    with pytest.raises(ValueError, match="2 prediction arrays but 1 variants"):
+        shipping_bar(y, [noisy, noisy], ["c"], 2)
