@@ -371,8 +371,7 @@ def score_image(run, x, *, typicality: Typicality | None = None) -> TypicalityRe
         )
     else:
         msg = (
-            f"typicality: percentile {p:.0f} of validation images (score {s:.2f}, "
-            f"cut {t.cut:.2f})"
+            f"typicality: percentile {p:.0f} of validation images (score {s:.2f}, cut {t.cut:.2f})"
         )
     return TypicalityResult(score=s, percentile=p, outside=outside, cut=t.cut, message=msg)
 
