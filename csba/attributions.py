@@ -37,12 +37,12 @@ __all__ = [
     "ImageExplanation",
     "PreparedImage",
     "branch_labels",
+    "clip_map",
     "explain",
     "explain_image",
     "image_report",
     "integrated_gradients",
     "method_label",
-    "clip_map",
     "normalise_map",
     "overlay",
     "prepare_image",
@@ -404,8 +404,8 @@ def overlay(
     Each pixel takes ``alpha * heat`` of the colour map, so where the map is 0 the image shows
     unchanged and the strongest evidence is the most coloured. (Captum's ``blended_heat_map``
     lays the colour map at a constant alpha 0.5 over a grey copy, tinting zero-evidence pixels
-    too; weighting by the map keeps the image readable where there is no evidence.) The map is resized (bilinear) to
-    the image when their sizes differ. Returns uint8 H x W x 3.
+    too; weighting by the map keeps the image readable where there is no evidence.) The map is
+    resized (bilinear) to the image when their sizes differ. Returns uint8 H x W x 3.
     """
     img = np.asarray(image)
     if img.ndim == 2:

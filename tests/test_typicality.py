@@ -158,7 +158,7 @@ def test_diagnose_writes_and_ensure_backfills(tiny_runs, tiny_folder, tmp_path):
     with pytest.raises(TypicalityError, match="one image"):
         score_image(run, prepare_image(pil, run.meta["dataset"]).x.repeat(2, 1, 1, 1))
     (run_dir / JSON_FILE).unlink()
-    with pytest.raises(TypicalityError, match="python -m csba.typicality"):
+    with pytest.raises(TypicalityError, match=r"python -m csba\.typicality"):
         score_image(run, pil)
 
 
