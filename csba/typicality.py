@@ -29,7 +29,8 @@ cut_percentile, cut, n_train, n_val, feature_dim, classes.
   :func:`load_typicality`, :func:`ensure_typicality` (backfill a run folder);
 * :func:`score_image` (a run + one image -> :class:`TypicalityResult`).
 
-``python -m csba.typicality RUN_DIR ... [--force]`` backfills run folders.
+``python -m csba.typicality RUN_DIR ... [--force]`` backfills run folders; ``--measure`` prints
+each run's cut, the fraction of its test split flagged and the sample photographs' scores.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ __all__ = [
     "features",
     "fit_typicality",
     "load_typicality",
+    "measure",
     "save_typicality",
     "score_image",
 ]
@@ -379,14 +381,57 @@ def score_image(run, x, *, typicality: Typicality | None = None) -> TypicalityRe
 # ---- command line ----------------------------------------------------------------------------
 
 
+def measure(run_dir: str | os.PathLike, data_root: str | None = None) -> dict:
+    """A run's reference checked: cut, fraction of its test split flagged, the scores of the
+    two scikit-learn sample photographs (``china.jpg``, ``flower.jpg``)."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    from .cli import load_run_and_data
+
+    run, bundle = load_run_and_data(str(run_dir), data_root)
+    t = load_typicality(run.path)
+    test = t.score(_split_features(run.model, bundle.test, bundle.mean, bundle.std))
+    photos = {
+        n: score_image(run, Image.fromarray(load_sample_image(n)), typicality=t).score
+        for n in ("china.jpg", "flower.jpg")
+    }
+    return {
+        "run": Path(run.path).name,
+        "cut": t.cut,
+        "test_flagged": float(np.mean(test > t.cut)),
+        "n_test": len(test),
+        "test_median": float(np.median(test)),
+        "photos": photos,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m csba.typicality RUN_DIR ... [--force] [--data-root D]``: backfill runs."""
     ap = argparse.ArgumentParser(prog="python -m csba.typicality", description=main.__doc__)
     ap.add_argument("run_dirs", nargs="+")
     ap.add_argument("--force", action="store_true", help="recompute existing files")
     ap.add_argument("--data-root", default=None)
+    ap.add_argument(
+        "--measure",
+        action="store_true",
+        help="print a markdown table: cut, test images flagged, the two sample photos' scores",
+    )
     args = ap.parse_args(argv)
     failed = 0
+    if args.measure:
+        print("| run | cut (val p99) | test median | test flagged | china.jpg | flower.jpg |")
+        print("|---|---|---|---|---|---|")
+        for d in args.run_dirs:
+            m = measure(d, args.data_root)
+            ph = m["photos"]
+            print(
+                f"| {m['run']} | {m['cut']:.2f} | {m['test_median']:.2f} | "
+                f"{100 * m['test_flagged']:.1f}% of {m['n_test']} | "
+                f"{ph['china.jpg']:.2f} | {ph['flower.jpg']:.2f} |",
+                flush=True,
+            )
+        return 0
     for d in args.run_dirs:
         try:
             path = ensure_typicality(d, data_root=args.data_root, force=args.force)

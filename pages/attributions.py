@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from PIL import Image
 
 from csba.attributions import ImageExplanation, explain_image
 from csba.data import IMAGE_EXTENSIONS, DataError, ImageLoadError, load_dataset, load_image
-from csba.typicality import TypicalityError, TypicalityResult, score_image
+from csba.typicality import JSON_FILE, TypicalityError, TypicalityResult, score_image
 from pages.common import download_df, get_run, run_labels, select_runs
 
 MAX_RUNS = 5  # columns side by side (the paper's five variants)
@@ -54,10 +55,13 @@ def _explain(
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _typicality(
-    run_path: str, weights: str, image_hash: str, _run, _image_bytes: bytes
+    run_path: str, weights: str, reference: str, image_hash: str, _run, _image_bytes: bytes
 ) -> TypicalityResult | str:
-    """The image's typicality for one run, or a one-line reason it has none."""
-    del run_path, weights, image_hash  # cache key only
+    """The image's typicality for one run, or a one-line reason it has none.
+
+    Keyed by run, weights, the reference file's modification time (a backfilled or recomputed
+    reference is picked up) and the image hash."""
+    del run_path, weights, reference, image_hash  # cache key only
     try:
         return score_image(_run, load_image(_image_bytes))
     except TypicalityError as e:
@@ -336,8 +340,14 @@ def main() -> None:
                 verdict = " (correct)" if pred == true_class else f" (true: {true_class})"
             st.markdown(f"Predicted **{pred}**, p = {r['probs'][r['pred']]:.2f}{verdict}")
             run = get_run(info.path)
+            ref = Path(info.path) / JSON_FILE
             typ = _typicality(
-                str(info.path), str(run.meta.get("weights_sha256", "")), digest, run, data
+                str(info.path),
+                str(run.meta.get("weights_sha256", "")),
+                str(ref.stat().st_mtime_ns) if ref.is_file() else "",
+                digest,
+                run,
+                data,
             )
             if isinstance(typ, str):
                 st.caption(typ)
