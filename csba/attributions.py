@@ -3,7 +3,9 @@
 * :func:`explain`: Integrated Gradients, Saliency and Grad-CAM on the last backbone layer
   (``model.backbone.fire8``), plus a Grad-CAM per branch for models with attention (csba: branch
   k's logit for the target; class_heads: the target class's own head). Every map is (S, S),
-  finite and scaled to [0, 1].
+  finite and scaled to [0, 1]: Integrated Gradients and Saliency as Captum's visualiser does
+  (:func:`clip_map`: |attribution| divided by the value below which 98% of its total lies, then
+  clipped at 1), Grad-CAM by its maximum (:func:`normalise_map`).
 * :func:`image_report`: class probabilities, per-branch logits, this image's per-branch attention
   and the overlap between branches (reusing :func:`csba.diagnostics.attention_for_image`).
 * :func:`prepare_image` / :func:`explain_image`: a PIL image -> the exact input a run's model sees
@@ -17,6 +19,7 @@ submodule's train/eval flag and leaves no ``.grad`` behind.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -34,6 +37,7 @@ __all__ = [
     "ImageExplanation",
     "PreparedImage",
     "branch_labels",
+    "clip_map",
     "explain",
     "explain_image",
     "image_report",
@@ -46,6 +50,7 @@ __all__ = [
 
 METHODS = ("integrated_gradients", "saliency", "gradcam")
 DEFAULT_IG_STEPS = 32  # Gauss-Legendre steps; completeness error is reported by Captum
+OUTLIER_PERC = 2  # Captum visualize_image_attr's default: the top 2% of |attribution| saturate
 _LABELS = {
     "integrated_gradients": "Integrated Gradients",
     "saliency": "Saliency |d logit / d x|",
@@ -85,13 +90,49 @@ def _as_batch(x: Tensor, device: torch.device) -> Tensor:
     return x.detach().to(device=device, dtype=torch.float32).clone().requires_grad_(True)
 
 
-def normalise_map(heat: Tensor | np.ndarray) -> np.ndarray:
-    """Non-negative map -> float32 numpy in [0, 1] (divided by its max; all-zero stays zero)."""
+def _clean(heat: Tensor | np.ndarray) -> np.ndarray:
     h = heat.detach().double().cpu().numpy() if torch.is_tensor(heat) else np.asarray(heat)
-    h = np.nan_to_num(h.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    h = np.clip(h, 0.0, None)
+    return np.nan_to_num(h.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def normalise_map(heat: Tensor | np.ndarray) -> np.ndarray:
+    """Non-negative map -> float32 numpy in [0, 1] (divided by its max; all-zero stays zero).
+
+    Used for Grad-CAM: a coarse (here 8 x 8 upsampled) ReLU'd map whose maximum is a region,
+    not a single pixel, so max scaling already spreads it (Captum's LayerGradCam examples show
+    it the same way). Pixel-level maps (IG, Saliency) use :func:`clip_map`.
+    """
+    h = np.clip(_clean(heat), 0.0, None)
     top = float(h.max()) if h.size else 0.0
     return (h / top if top > 0 else np.zeros_like(h)).astype(np.float32)
+
+
+def clip_map(heat: Tensor | np.ndarray, outlier_perc: float = OUTLIER_PERC) -> np.ndarray:
+    """Pixel attribution (H, W) -> float32 in [0, 1], scaled as Captum's visualiser does.
+
+    Captum ``captum.attr._utils.visualization._normalize_attr(attr, "absolute_value",
+    outlier_perc)``: |attr| divided by the threshold where the cumulative sum of the sorted
+    values reaches (100 - outlier_perc)% of the total, clipped to 1. On photographs a few
+    pixels carry gradients orders of magnitude above the rest; dividing by the single largest
+    value (:func:`normalise_map`) then leaves the map almost black. All-zero stays zero.
+    """
+    h = np.abs(_clean(heat))
+    if h.size == 0 or not (h > 0).any():
+        return np.zeros_like(h, dtype=np.float32)
+    try:
+        from captum.attr._utils.visualization import _normalize_attr
+    except ImportError:  # Captum's private helper moved: the same computation
+        _normalize_attr = None
+    if _normalize_attr is not None:
+        with warnings.catch_warnings():  # "values approximately 0" on tiny (but valid) maps
+            warnings.simplefilter("ignore")
+            out = _normalize_attr(h, "absolute_value", outlier_perc)
+    else:
+        v = np.sort(h.ravel())
+        c = np.cumsum(v)
+        threshold = v[np.flatnonzero(c >= c[-1] * 0.01 * (100.0 - outlier_perc))[0]]
+        out = np.clip(h / threshold, -1.0, 1.0)
+    return np.clip(np.asarray(out, dtype=np.float64), 0.0, 1.0).astype(np.float32)
 
 
 # ---- model views -----------------------------------------------------------------------------
@@ -193,10 +234,12 @@ def explain(
 
     Returns method -> (S, S) float32 map in [0, 1]:
 
-    * ``integrated_gradients``: |sum over channels| of Captum IG (baseline: the mean image).
-    * ``saliency``: max over channels of |d logit_target / d x| (Captum ``Saliency``).
+    * ``integrated_gradients``: |sum over channels| of Captum IG (baseline: the mean image),
+      scaled by :func:`clip_map` (Captum's visualiser: the top 2% saturate).
+    * ``saliency``: max over channels of |d logit_target / d x| (Captum ``Saliency``), scaled
+      by :func:`clip_map`.
     * ``gradcam``: Captum ``LayerGradCam`` on the output of ``model.backbone.fire8`` (the last
-      backbone layer, Z), ReLU'd and upsampled (bilinear) to S x S.
+      backbone layer, Z), ReLU'd, upsampled (bilinear) to S x S and divided by its maximum.
     * with ``branches`` and a model with attention, also ``gradcam_branch<k>`` (csba: branch k's
       logit for the target) or ``gradcam_head<target>`` (class_heads: the target class's head).
     """
@@ -212,13 +255,13 @@ def explain(
     out: dict[str, np.ndarray] = {}
     if "integrated_gradients" in methods:
         attr, _ = integrated_gradients(model, x, target, steps=ig_steps)
-        out["integrated_gradients"] = normalise_map(attr[0].sum(0).abs())
+        out["integrated_gradients"] = clip_map(attr[0].sum(0))
     with _analysis_mode(model) as device:
         xb = _as_batch(x, device)
         size = (xb.shape[2], xb.shape[3])
         if "saliency" in methods:
             sal = Saliency(model).attribute(xb, target=target, abs=True)
-            out["saliency"] = normalise_map(sal[0].amax(0))
+            out["saliency"] = clip_map(sal[0].amax(0))
         if "gradcam" in methods:
             with torch.no_grad():
                 z = model.forward_features(xb)
@@ -359,8 +402,10 @@ def overlay(
     """Blend a [0, 1] heat map over an image (H x W x 3, H x W x 1 or H x W uint8).
 
     Each pixel takes ``alpha * heat`` of the colour map, so where the map is 0 the image shows
-    unchanged and the strongest evidence is the most coloured. The map is resized (bilinear) to
-    the image when their sizes differ. Returns uint8 H x W x 3.
+    unchanged and the strongest evidence is the most coloured. (Captum's ``blended_heat_map``
+    lays the colour map at a constant alpha 0.5 over a grey copy, tinting zero-evidence pixels
+    too; weighting by the map keeps the image readable where there is no evidence.) The map is
+    resized (bilinear) to the image when their sizes differ. Returns uint8 H x W x 3.
     """
     img = np.asarray(image)
     if img.ndim == 2:

@@ -2,13 +2,15 @@
 
 Image (an upload, or a test image of the runs' dataset) -> :func:`csba.attributions.explain_image`
 per run (cached per run, image hash and target) -> prediction, per-branch logits and attention,
-Captum Integrated Gradients / Saliency / Grad-CAM overlays.
+Captum Integrated Gradients / Saliency / Grad-CAM overlays, and per run the image's typicality
+(:func:`csba.typicality.score_image`: a warning when the image lies outside the run's data).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,7 @@ from PIL import Image
 
 from csba.attributions import ImageExplanation, explain_image
 from csba.data import IMAGE_EXTENSIONS, DataError, ImageLoadError, load_dataset, load_image
+from csba.typicality import JSON_FILE, TypicalityError, TypicalityResult, score_image
 from pages.common import download_df, get_run, run_labels, select_runs
 
 MAX_RUNS = 5  # columns side by side (the paper's five variants)
@@ -48,6 +51,21 @@ def _explain(
     """Attributions of one run for one image; keyed by (run, weights, image hash, target)."""
     del run_path, weights, image_hash  # cache key only
     return explain_image(_model, _meta, load_image(_image_bytes), target)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _typicality(
+    run_path: str, weights: str, reference: str, image_hash: str, _run, _image_bytes: bytes
+) -> TypicalityResult | str:
+    """The image's typicality for one run, or a one-line reason it has none.
+
+    Keyed by run, weights, the reference file's modification time (a backfilled or recomputed
+    reference is picked up) and the image hash."""
+    del run_path, weights, reference, image_hash  # cache key only
+    try:
+        return score_image(_run, load_image(_image_bytes))
+    except TypicalityError as e:
+        return f"typicality: not available ({e})"
 
 
 # ---- small renderers -------------------------------------------------------------------------
@@ -225,7 +243,9 @@ def main() -> None:
     st.caption(
         "One image through each chosen run: prediction, per-branch logits and attention, and "
         "where the evidence lies (Captum Integrated Gradients, Saliency, Grad-CAM on the last "
-        "backbone layer and per branch). Maps are scaled to their own maximum."
+        "backbone layer and per branch). Integrated Gradients and Saliency are scaled as Captum's "
+        "visualiser does (the strongest 2% of the evidence saturates); Grad-CAM to its maximum. "
+        "Each run also says how typical the image is of its own validation images."
     )
     infos = select_runs("attributions", label="Runs")
     if not infos:
@@ -319,6 +339,22 @@ def main() -> None:
             if true_class is not None:
                 verdict = " (correct)" if pred == true_class else f" (true: {true_class})"
             st.markdown(f"Predicted **{pred}**, p = {r['probs'][r['pred']]:.2f}{verdict}")
+            run = get_run(info.path)
+            ref = Path(info.path) / JSON_FILE
+            typ = _typicality(
+                str(info.path),
+                str(run.meta.get("weights_sha256", "")),
+                str(ref.stat().st_mtime_ns) if ref.is_file() else "",
+                digest,
+                run,
+                data,
+            )
+            if isinstance(typ, str):
+                st.caption(typ)
+            elif typ.outside:
+                st.warning(typ.message)
+            else:
+                st.caption(typ.message)
             st.plotly_chart(_prob_fig(e), key=f"prob_{info.path}", config={"displaylogo": False})
             st.plotly_chart(
                 _branch_fig(e), key=f"branch_{info.path}", config={"displaylogo": False}

@@ -61,9 +61,10 @@ def test_shipped_runs_are_complete_and_diagnosed():
         assert {"gcm", "branches", "attention"} <= set(meta["diagnostics"]), info.path
         assert meta["conflict_history"], info.path
         assert meta["dataset"]["name"] == "elpv" and meta["dataset"]["skipped"] == 0
-    # no stray files: a run folder is run.json + model.safetensors, nothing else
+    # no stray files: run.json + model.safetensors + the typicality reference, nothing else
+    want = ["model.safetensors", "run.json", "typicality.json", "typicality.safetensors"]
     for info in RUNS:
-        assert sorted(p.name for p in info.path.iterdir()) == ["model.safetensors", "run.json"]
+        assert sorted(p.name for p in info.path.iterdir()) == want
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def diagnose_run(
     The result is :func:`csba.diagnostics.diagnose`'s dict plus "split", "generalisation_gap"
     (val minus train loss at the kept epoch, from the run's history) and "conflict_change"
     (mean conflict minus that of the diagnosed ``baseline-s<seed>`` run beside it; None without
-    one). ``per_class``: None or 0 for the whole split. Stored under "diagnostics" in run.json.
+    one). ``per_class``: None or 0 for the whole split. Stored under "diagnostics" in run.json,
+    and the run's typicality reference (:mod:`csba.typicality`) is written beside it.
     """
     from ..data import normalize
     from ..store import update_run_json
@@ -87,6 +89,12 @@ def diagnose_run(
     out["conflict_change"] = None if math.isnan(change) else change
     if store:
         update_run_json(run.path, diagnostics=out)
+        from ..typicality import TypicalityError, ensure_typicality  # the run's OOD reference
+
+        try:
+            ensure_typicality(run.path, run=run, bundle=bundle, force=True)
+        except TypicalityError as e:  # e.g. an empty validation split: diagnostics still stand
+            warnings.warn(f"no typicality reference: {e}", stacklevel=2)
     return out
 
 
