@@ -219,7 +219,7 @@ def test_protocols_page_pairs_two_folders(prepared_root, tmp_path, monkeypatch):
     assert not at.error, [e.value for e in at.error]
     assert at.info[0].value.startswith("Validation")  # the verdict sentence
     texts = _texts(at)
-    assert "lr_schedule cosine, keep last" in texts and "3 of 3 runs" not in texts
+    assert "lr_schedule cosine, keep last" in texts and "3 of 3 runs reach" not in texts
     summary = at.dataframe[0].value
     f1 = summary[summary["metric"] == "val macro-F1"].iloc[0]
     assert f1["pairs"] == 3 and f1["B higher"] == "3/3"
