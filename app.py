@@ -1,4 +1,4 @@
-"""CSBA Explorer dashboard: ``streamlit run app.py`` (DESIGN.md section 7).
+"""CSBA Explorer dashboard: ``streamlit run app.py`` (docs/design.md §7).
 
 The pages live in ``pages/`` and are wired here with ``st.navigation``; each page reads run
 folders through ``pages.common`` (``$CSBA_RUNS_ROOT``, default ``checkpoints/``).

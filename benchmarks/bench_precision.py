@@ -16,7 +16,7 @@ F1 (mean ± sample std over seeds), and the bf16 - fp32 difference of the seed m
 
 ``--ema-decay D`` adds a third arm, bf16 + channels_last with a moving average of the weights
 (``python -m csba train --ema-decay D``), and prints the same differences for it against plain
-bf16: the validation evidence for that protocol change (DESIGN.md §2).
+bf16: the validation evidence for that protocol change (docs/design.md §2).
 
 Epoch times of runs trained side by side share the CPU; compare them only within one call.
 """

@@ -19,14 +19,14 @@ import tarfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, uninstalled
-from csba.cli import protocol_complete
+from csba.runs import protocol_complete
 from csba.store import RunError, read_run_json
 
 PART = 15 * 2**20  # bytes per returned file (the limit is 16 MiB)
 
 
 def complete(run_dir: Path) -> bool:
-    """What ``protocol`` skips (:func:`csba.cli.protocol_complete`), with its weights present."""
+    """What ``protocol`` skips (:func:`csba.runs.protocol_complete`), with its weights present."""
     try:
         meta = read_run_json(run_dir)
     except RunError:

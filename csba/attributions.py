@@ -1,4 +1,4 @@
-"""Attributions for one image (DESIGN.md section 7, Attributions page), with Captum.
+"""Attributions for one image (docs/design.md §7, Attributions page), with Captum.
 
 * :func:`explain`: Integrated Gradients, Saliency and Grad-CAM on the last backbone layer
   (``model.backbone.fire8``), plus a Grad-CAM per branch for models with attention (csba: branch

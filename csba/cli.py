@@ -1,8 +1,14 @@
-"""Command line (DESIGN.md section 6): ``python -m csba train|evaluate|diagnose|compare|list``.
+"""Command line (docs/design.md §6): ``python -m csba train|evaluate|diagnose|compare|report|
+protocol|pair|list``.
+
+Only argument parsing and printing live here; the work is done by the library (csba.train,
+csba.runs, csba.protocol, csba.diagnostics, csba.report, csba.paired), and nothing in the package
+imports this module. The training options come from :mod:`csba.options` (TrainConfig's fields).
 
 Errors a user can cause (wrong dataset, missing data root, a folder that is not a run, a damaged
 checkpoint) print one line on stderr and exit with status 2, without a traceback. ``--json``
-prints exactly one JSON document on stdout; progress goes to stderr.
+prints exactly one JSON document on stdout; progress bars (tqdm) and log lines go to stderr
+(``TQDM_DISABLE=1`` silences the bars).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from .data import DATASETS, DataError, ImageLoadError
@@ -34,36 +41,12 @@ def _err(msg: str) -> None:
 # ---- train -----------------------------------------------------------------------------------
 
 
-def _progress_printer(cfg):
-    """Per-epoch progress lines on stderr for a training run."""
-
-    def progress(ev: dict) -> None:
-        if ev["type"] == "start":
-            _err(
-                f"training {cfg.variant} on {cfg.dataset} at {cfg.image_size}px, seed {cfg.seed}: "
-                f"{ev['num_batches']} batches/epoch on {ev['device']} ({ev['precision']})"
-            )
-        elif ev["type"] == "epoch":
-            mark = " *" if ev["improved"] else ""
-            _err(
-                f"epoch {ev['epoch']:3d}  train loss {ev['train_loss']:.4f}  "
-                f"val loss {ev['val_loss']:.4f}  val acc {ev['val_accuracy']:.3f}  "
-                f"val macro-F1 {ev['val_macro_f1']:.3f}{mark}  {ev['seconds']:.1f}s"
-            )
-
-    return progress
-
-
-def _check_ema_decay(decay: float) -> None:
-    # Checked before any run folder or data is touched, so a bad value costs nothing.
-    if not 0.0 <= decay < 1.0:
-        raise CLIError(f"--ema-decay must be in [0, 1), got {decay}")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .models import list_models
+    from .options import check_values, config_from_args, train_options
+    from .protocol import epoch_logger
     from .store import run_dir_for
-    from .train import TrainConfig, train
+    from .train import train
 
     if args.dataset not in DATASETS:
         raise CLIError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DATASETS)}")
@@ -71,29 +54,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(
             f"unknown variant {args.variant!r}; choose one of: {', '.join(list_models())}"
         )
-    _check_ema_decay(args.ema_decay)
-    cfg = TrainConfig(
-        dataset=args.dataset,
-        variant=args.variant,
-        seed=args.seed,
-        image_size=args.image_size,
-        data_root=args.data_root,
-        split_seed=args.split_seed,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        patience=args.patience,
-        ema_decay=args.ema_decay,
-        weights_dtype=args.weights_dtype,
-        lr_schedule=args.lr_schedule,
-        keep=args.keep,
-        cuda_graph=args.cuda_graph,
-        device=args.device,
-        precision=args.precision,
-        conflict_every=args.conflict_every,
-        out=args.out,
-        run_dir=args.run_dir,
-    )
+    check_values(vars(args))
+    cfg = config_from_args(args, [o.name for o in train_options()])
     run_dir = (
         Path(args.run_dir)
         if args.run_dir
@@ -103,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f"'{run_dir}' already holds a run; pass --overwrite or choose --out")
     cfg.run_dir = str(run_dir)
 
-    meta = train(cfg, callback=_progress_printer(cfg))
+    meta = train(cfg, callback=epoch_logger(cfg))
     t = meta["metrics"]["test"]
     _err(
         f"{meta['status']}: kept epoch {meta['best_epoch']} of {meta['epochs_run']} "
@@ -116,121 +78,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ---- evaluate --------------------------------------------------------------------------------
 
 
-def load_run_and_data(run_dir: str, data_root: str | None = None):
-    """A run plus its dataset rebuilt from run.json (same size, split seed, source)."""
-    from .data import load_dataset
-    from .store import load_run
-
-    run = load_run(run_dir)
-    ds = run.meta["dataset"]
-    cfg = run.meta["config"]
-    bundle = load_dataset(
-        ds["name"],
-        int(ds["image_size"]),
-        data_root=data_root or ds.get("data_root") or cfg.get("data_root"),
-        split_seed=int(ds["split_seed"]),
-    )
-    if bundle.classes != run.classes:
-        raise CLIError(
-            f"'{run.path}': the run's classes {run.classes} differ from the dataset's "
-            f"{bundle.classes}"
-        )
-    if bundle.fingerprint != ds.get("fingerprint"):
-        _err(f"warning: the {ds['name']} source differs from the one this run was trained on")
-    return run, bundle
-
-
-def recorded_views(meta: dict) -> int:
-    """Test-time views behind a run's stored metrics (1 when run.json does not say)."""
-    return int((meta.get("evaluation") or {}).get("views") or 1)
-
-
-def wanted_views(meta: dict | None, views: str | int) -> int:
-    """``--views`` as a number: "auto" is :func:`csba.evaluate.tta_views` of the run's dataset
-    (8 for EL cells, whose training augmentation includes 90-degree rotations, else 4)."""
-    from .evaluate import tta_views
-
-    if str(views) != "auto":
-        return int(views)
-    return tta_views(bool(((meta or {}).get("dataset") or {}).get("rot90")))
-
-
-def protocol_complete(meta: dict, views: str | int = "auto") -> bool:
-    """Whether ``protocol`` has nothing left to do for a run (its parsed run.json): trained to
-    the end, evaluated with the wanted test-time views (keeping the single-view predictions)
-    and diagnosed. ``protocol`` skips such runs and the device script returns only these."""
-    n = recorded_views(meta)
-    return (
-        meta.get("status") == "completed"
-        and "diagnostics" in meta
-        and n == wanted_views(meta, views)
-        and (n == 1 or "predictions_single_view" in meta)
-    )
-
-
-def store_evaluation(
-    run_dir: str, views: int, data_root: str | None = None, device: str = "cpu"
-) -> dict:
-    """Recompute a run's stored val/test metrics and test predictions with ``views`` test-time
-    views (float32; see :func:`csba.evaluate.predict`) and record ``evaluation.views``.
-
-    The single-view metrics that training stored are kept under ``metrics_single_view``, so
-    both stay in run.json. ``device``: where to compute (the protocol passes its training
-    device: on an H100 the 8 views of a 224 px run take seconds, on 3 CPU threads over 100 s).
-    Returns the new test metrics.
-    """
-    from .evaluate import evaluate_split, prediction_record
-    from .store import update_run_json
-    from .train import resolve_device
-
-    run, bundle = load_run_and_data(run_dir, data_root)
-    args = (bundle.classes, bundle.mean, bundle.std)
-    dev = resolve_device(device)
-    run.model.to(dev)
-    test, probs = evaluate_split(run.model, bundle.test, *args, views=views, device=dev)
-    val, _ = evaluate_split(run.model, bundle.val, *args, views=views, device=dev)
-    fields = {
-        "metrics": {"test": test, "val": val},
-        "predictions": {"test": prediction_record(bundle.test.labels, probs)},
-        "evaluation": {"views": views},
-    }
-    if recorded_views(run.meta) == 1 and "metrics_single_view" not in run.meta:
-        fields["metrics_single_view"] = run.meta["metrics"]
-        fields["predictions_single_view"] = run.meta["predictions"]
-    update_run_json(run.path, **fields)
-    return test
-
-
-def ensure_single_view_predictions(run_dir: str, data_root: str | None = None) -> bool:
-    """Store ``predictions_single_view`` for a run evaluated with test-time views before they
-    were kept; the recomputed single-view metrics must equal ``metrics_single_view`` exactly.
-    Returns True when something was stored."""
-    from .evaluate import evaluate_split, prediction_record
-    from .store import read_run_json, update_run_json
-
-    meta = read_run_json(run_dir)
-    if recorded_views(meta) == 1 or "predictions_single_view" in meta:
-        return False
-    run, bundle = load_run_and_data(run_dir, data_root)
-    test, probs = evaluate_split(run.model, bundle.test, bundle.classes, bundle.mean, bundle.std)
-    stored = (meta.get("metrics_single_view") or {}).get("test")
-    if stored is not None and stored != test:
-        raise CLIError(f"'{run_dir}': single-view test metrics do not reproduce the stored ones")
-    fields = {"predictions_single_view": {"test": prediction_record(bundle.test.labels, probs)}}
-    if stored is None:
-        val, _ = evaluate_split(run.model, bundle.val, bundle.classes, bundle.mean, bundle.std)
-        fields["metrics_single_view"] = {"test": test, "val": val}
-    update_run_json(run.path, **fields)
-    return True
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_split
+    from .runs import load_run_and_data, recorded_views
 
     run, bundle = load_run_and_data(args.run_dir, args.data_root)
     views = recorded_views(run.meta) if args.views is None else args.views
     metrics, _ = evaluate_split(
-        run.model, bundle.split(args.split), bundle.classes, bundle.mean, bundle.std, views=views
+        run.model,
+        bundle.split(args.split),
+        bundle.classes,
+        bundle.mean,
+        bundle.std,
+        views=views,
+        progress=f"evaluate {args.split} ({views} view{'s' if views > 1 else ''})",
     )
     metrics = {"run": str(run.path), "split": args.split, "views": views, **metrics}
     if args.json:
@@ -305,24 +166,79 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- diagnose / compare (implemented in their modules) ---------------------------------------
+# ---- diagnose / compare / pair --------------------------------------------------------------
+
+
+def _print_diagnosis(out: dict, run_dir: str) -> None:
+    gcm = out["gcm"]
+    names = gcm["classes"]
+    width = max(8, *(len(n) for n in names))
+
+    def fmt(v: float | None) -> str:
+        return "   nan" if v is None else f"{v:+.3f}"
+
+    print(f"{run_dir}: gradient conflict on the {out['split']} split, counts {gcm['counts']}")
+    print(" " * width + " " + " ".join(f"{n[:6]:>6}" for n in names))
+    for name, row in zip(names, gcm["matrix"], strict=True):
+        print(f"{name:>{width}} " + " ".join(fmt(v) for v in row))
+    print(f"mean {fmt(gcm['mean'])}  std {fmt(gcm['std'])}")
+    for p in gcm["most_adversarial"][:3]:
+        print(f"  {p['classes'][0]} vs {p['classes'][1]}: {fmt(p['cos'])}")
+    if out["layers"]:
+        print(
+            "per layer group mean: "
+            + ", ".join(f"{g} {fmt(v['mean'])}" for g, v in out["layers"].items())
+        )
+    if out["branches"]:
+        print("branch gradient shares (rows: classes):")
+        for name, row in zip(names, out["branches"]["shares"], strict=True):
+            print(
+                f"  {name:>{width}} " + " ".join("  nan" if v is None else f"{v:.2f}" for v in row)
+            )
+    if out["attention"]:
+        jac = out["attention"]["jaccard"]
+        k = len(jac)
+        pairs = [jac[a][b] for a in range(k) for b in range(a + 1, k) if jac[a][b] is not None]
+        if pairs:
+            print(f"attention top-10% Jaccard between branches: mean {sum(pairs) / len(pairs):.3f}")
+    angles = out["class_angles"]
+    if angles["mean"] is not None:
+        print(f"class-mean angle of GAP(Z): mean {angles['mean']:.1f} degrees")
+    if out["generalisation_gap"] is not None:
+        gap = out["generalisation_gap"]
+        print(f"generalisation gap (val - train loss at the kept epoch): {gap:.4f}")
+    if out["conflict_change"] is not None:
+        print(f"mean conflict change against the baseline: {out['conflict_change']:+.3f}")
+    print(f"stored under 'diagnostics' in {Path(run_dir) / 'run.json'}")
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from .diagnostics.run import diagnose_run_cli
+    from .diagnostics.run import diagnose_run
 
-    return diagnose_run_cli(args, load_run_and_data, _print_json)
+    if args.per_class < 0:
+        raise CLIError(f"--per-class must be 0 or more, got {args.per_class}")
+    out = diagnose_run(
+        args.run_dir,
+        data_root=args.data_root,
+        split=args.split,
+        per_class=args.per_class or None,
+        progress=True,
+    )
+    if args.json:
+        _print_json(out)
+    else:
+        _print_diagnosis(out, args.run_dir)
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare run folders (csba.report.compare_runs): readable tables, or one JSON document
     on stdout with ``--json``; files written with --csv/--latex/--figures are listed (on
     stderr with --json). A tqdm bar on stderr follows the bootstraps."""
-    from tqdm import tqdm
-
+    from .progress import progress_bar
     from .report import compare_runs, format_comparison, write_figures, write_tables
 
-    with tqdm(desc="compare: bootstrap", unit="run", file=sys.stderr, leave=False) as bar:
+    with progress_bar(desc="compare: bootstrap", unit="run") as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -348,172 +264,47 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_pair(args: argparse.Namespace) -> int:
-    from .paired import pair_cli
+    """``python -m csba pair ROOT_A ROOT_B``: see :func:`csba.paired.compare_protocols`."""
+    from .paired import compare_protocols, format_protocols
 
-    return pair_cli(args, _print_json)
-
-
-# The training options `protocol` passes to every run: (flag, attribute of both the parsed
-# arguments and TrainConfig). The serial path builds its TrainConfig from this table and the
-# parallel path its workers' command lines, so an option added here reaches both.
-PROTOCOL_TRAIN_OPTIONS = (
-    ("--image-size", "image_size"),
-    ("--epochs", "epochs"),
-    ("--device", "device"),
-    ("--data-root", "data_root"),
-    ("--conflict-every", "conflict_every"),
-    ("--ema-decay", "ema_decay"),
-    ("--weights-dtype", "weights_dtype"),
-    ("--lr", "lr"),
-    ("--lr-schedule", "lr_schedule"),
-    ("--keep", "keep"),
-    ("--cuda-graph", "cuda_graph"),
-)
-
-
-def protocol_train_config(args: argparse.Namespace, variant: str, seed: int, run_dir: Path):
-    """The TrainConfig of one protocol run: the pinned defaults plus the passed-through options."""
-    from .train import TrainConfig
-
-    opts = {attr: getattr(args, attr) for _, attr in PROTOCOL_TRAIN_OPTIONS}
-    return TrainConfig(
-        dataset=args.dataset, variant=variant, seed=seed, run_dir=str(run_dir), **opts
+    result = compare_protocols(
+        args.root_a,
+        args.root_b,
+        dataset=args.dataset,
+        image_size_a=args.image_size_a,
+        image_size_b=args.image_size_b,
+        bar=(args.bar_accuracy, args.bar_macro_f1),
+        n_resamples=args.resamples,
+        seed=args.seed,
     )
-
-
-def protocol_train_flags(args: argparse.Namespace) -> list[str]:
-    """The same options as command-line flags, for a `protocol --jobs 1` worker."""
-    flags = []
-    for flag, attr in PROTOCOL_TRAIN_OPTIONS:
-        value = getattr(args, attr)
-        if isinstance(value, bool):  # BooleanOptionalAction: --x / --no-x
-            flags.append(flag if value else "--no-" + flag[2:])
-        elif value is not None:  # None: the option's default (e.g. no --data-root)
-            flags += [flag, repr(value) if isinstance(value, float) else str(value)]
-    return flags
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_protocols(result))
+    return 0
 
 
 def cmd_protocol(args: argparse.Namespace) -> int:
     """Train + diagnose every variant x seed, skipping runs already complete (resumable)."""
-    import time
+    from .options import PROTOCOL_OPTIONS
+    from .protocol import ProtocolError, run_protocol
 
-    from .diagnostics.run import diagnose_run
-    from .models import list_models
-    from .store import RunError, read_run_json, run_dir_for
-    from .train import train
-
-    variants = list_models() if args.variants == ["all"] else args.variants
-    unknown = [v for v in variants if v not in list_models()]
-    if unknown:
-        raise CLIError(f"unknown variant(s) {unknown}; choose from: {', '.join(list_models())}")
-    if args.jobs < 1:
-        raise CLIError(f"--jobs must be 1 or more, got {args.jobs}")
-    _check_ema_decay(args.ema_decay)
-    t0 = time.perf_counter()
-    if args.jobs > 1:
-        return _protocol_parallel(args, variants, t0)
-    done = []
-    for seed in args.seeds:
-        for variant in variants:
-            run_dir = run_dir_for(args.out, args.dataset, variant, seed, args.image_size)
-            try:
-                meta = read_run_json(run_dir)
-                complete = meta.get("status") == "completed"
-            except RunError:
-                meta, complete = None, False
-            if not complete:
-                _err(f"== {variant} seed {seed} -> {run_dir}")
-                cfg = protocol_train_config(args, variant, seed, run_dir)
-                meta = train(cfg, callback=_progress_printer(cfg))
-                if meta["status"] != "completed":
-                    raise CLIError(f"{variant} seed {seed} {meta['status']}; rerun to resume")
-            views = wanted_views(meta, args.views)
-            if recorded_views(meta) != views:
-                store_evaluation(str(run_dir), views, args.data_root, args.device)
-            ensure_single_view_predictions(str(run_dir), args.data_root)
-            if meta is None or "diagnostics" not in meta or not complete:
-                diagnose_run(str(run_dir), per_class=args.diagnose_per_class or None)
-            m = read_run_json(run_dir)["metrics"]["test"]
-            done.append(run_dir)
-            _err(
-                f"   {variant} s{seed}: accuracy {m['accuracy']:.3f}, macro-F1 "
-                f"{m['macro_f1']:.3f}  ({time.perf_counter() - t0:.0f} s so far)"
-            )
-    _refresh_changes(args.out)
-    _err(f"protocol: {len(done)} runs in {time.perf_counter() - t0:.0f} s")
+    try:
+        done = run_protocol(
+            {n: getattr(args, n) for n in PROTOCOL_OPTIONS},
+            args.variants,
+            args.seeds,
+            views=args.views,
+            diagnose_per_class=args.diagnose_per_class,
+            jobs=args.jobs,
+            progress=args.progress,
+        )
+    except ProtocolError as e:
+        for d in e.done:
+            print(d)
+        raise CLIError(str(e)) from None
     for d in done:
         print(d)
-    return 0
-
-
-def _refresh_changes(root: str) -> None:
-    """Runs diagnosed before their baseline get their conflict change against it now."""
-    from .diagnostics.run import refresh_conflict_changes
-
-    for path in refresh_conflict_changes(root):
-        _err(f"   updated the conflict change against the baseline of {path}")
-
-
-def _protocol_parallel(args: argparse.Namespace, variants: list[str], t0: float) -> int:
-    """Run ``--jobs`` single-run protocol workers at once, each with cores // jobs threads.
-
-    On a 2-core CPU two 1-thread runs finish about 1.2x more runs per hour than one 2-thread run
-    (small convolutions scale poorly across threads). Results depend on the thread count
-    (float reductions), so a run reproduces exactly only with the same ``--jobs`` on the same
-    number of cores; the count is stored in run.json (runtime.threads). Each worker's progress
-    goes to ``<out>/logs/<dataset-key>-<variant>-s<seed>.log``.
-    """
-    import os
-    import subprocess
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .store import RunError, read_run_json, run_dir_for
-
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    log_dir = Path(args.out) / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    tasks = [(v, s) for s in args.seeds for v in variants]
-
-    def worker(task: tuple[str, int]) -> tuple[str, int, int, Path]:
-        variant, seed = task
-        run_dir = run_dir_for(args.out, args.dataset, variant, seed, args.image_size)
-        cmd = [sys.executable, "-m", "csba", "protocol", "--jobs", "1"]
-        cmd += ["--dataset", args.dataset, "--variants", variant, "--seeds", str(seed)]
-        cmd += ["--out", args.out, "--diagnose-per-class", str(args.diagnose_per_class)]
-        cmd += ["--views", str(args.views), *protocol_train_flags(args)]
-        log = log_dir / f"{run_dir.parent.name}-{run_dir.name}.log"
-        try:
-            meta = read_run_json(run_dir)
-        except RunError:
-            meta = {}
-        trained = meta.get("status") == "completed"
-        if protocol_complete(meta, args.views):
-            return variant, seed, 0, run_dir  # complete: its log stays as it is
-        _err(f"== {variant} seed {seed} -> {run_dir} ({threads} thread(s), log {log})")
-        # A run that was not completed restarts from scratch, so its log does too.
-        with open(log, "a" if trained else "w") as fh:
-            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
-        return variant, seed, rc, run_dir
-
-    failed = []
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for variant, seed, rc, run_dir in pool.map(worker, tasks):
-            if rc != 0:
-                failed.append(f"{variant} s{seed}")
-                _err(f"   {variant} s{seed}: failed (exit {rc}); see {log_dir}")
-                continue
-            m = read_run_json(run_dir)["metrics"]["test"]
-            _err(
-                f"   {variant} s{seed}: accuracy {m['accuracy']:.3f}, macro-F1 "
-                f"{m['macro_f1']:.3f}  ({time.perf_counter() - t0:.0f} s so far)"
-            )
-            print(run_dir)
-    _refresh_changes(args.out)
-    if failed:
-        raise CLIError(f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun to resume")
-    _err(f"protocol: {len(tasks)} runs in {time.perf_counter() - t0:.0f} s with {args.jobs} jobs")
     return 0
 
 
@@ -559,43 +350,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 # ---- parser ----------------------------------------------------------------------------------
 
 
-EMA_HELP = (
-    "moving average of the weights for validation and the kept weights, per step "
-    "(0: off, the pinned protocol; 0.998: about 10 ELPV epochs)"
-)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from .models import list_models
-    from .train import KEEP_RULES, LR_SCHEDULES, WEIGHT_DTYPES, TrainConfig
+    from .options import PROTOCOL_OPTIONS, add_train_options
 
-    d = TrainConfig()
-    graph_arg = dict(
-        action=argparse.BooleanOptionalAction,
-        default=d.cuda_graph,
-        help="on CUDA, capture the training step as a CUDA graph and replay it (falls back to "
-        "eager steps if capture fails; default: on)",
-    )
-    schedule_args = {
-        "--lr-schedule": dict(
-            choices=LR_SCHEDULES,
-            default=d.lr_schedule,
-            help="step: StepLR 30 epochs x0.5 (pinned); cosine: anneal to 0 over --epochs "
-            "(default %(default)s)",
-        ),
-        "--keep": dict(
-            choices=KEEP_RULES,
-            default=d.keep,
-            help="best: the best validation macro-F1 with early stopping (pinned); last: the "
-            "final epoch's weights, no early stopping (default %(default)s)",
-        ),
-    }
-    weights_dtype_arg = dict(
-        choices=tuple(WEIGHT_DTYPES),
-        default=d.weights_dtype,
-        help="storage of the kept weights (default %(default)s: half the size; the stored "
-        "metrics are those of the rounded weights)",
-    )
     p = argparse.ArgumentParser(
         prog="python -m csba",
         description="CSBA Explorer: train, evaluate and diagnose multi-branch CNNs under class "
@@ -606,98 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train",
         help="train one variant and store a run folder",
-        description="Train one variant with the pinned protocol (DESIGN.md §2) "
+        description="Train one variant with the pinned protocol (docs/design.md §2) "
         "and store model.safetensors + run.json.",
     )
-    t.add_argument(
-        "--dataset",
-        default=d.dataset,
-        metavar="NAME",
-        help=f"one of {', '.join(DATASETS)} (default %(default)s: the ELPV solar "
-        "cells shipped by the elpv-dataset package)",
-    )
-    t.add_argument(
-        "--variant",
-        default=d.variant,
-        metavar="NAME",
-        help=f"one of {', '.join(list_models())} (default %(default)s)",
-    )
-    t.add_argument(
-        "--seed",
-        type=int,
-        default=d.seed,
-        help="seed for initialisation, batch order and augmentation (default 0)",
-    )
-    t.add_argument(
-        "--epochs",
-        type=int,
-        default=d.epochs,
-        help="maximum epochs; early stopping may end sooner (default %(default)s)",
-    )
-    t.add_argument(
-        "--image-size",
-        type=int,
-        default=d.image_size,
-        help="square input size in pixels (default %(default)s)",
-    )
-    t.add_argument(
-        "--device",
-        default=d.device,
-        choices=("auto", "cpu", "cuda"),
-        help="auto picks CUDA when present (default %(default)s)",
-    )
-    t.add_argument(
-        "--precision",
-        default=d.precision,
-        choices=("auto", "bf16", "fp32"),
-        help="auto: bfloat16 autocast + channels_last where the hardware supports it "
-        "(default %(default)s)",
-    )
-    t.add_argument(
-        "--data-root",
-        default=None,
-        help="source folder for imagefolder (class folders) or cifar10-lt (CIFAR-10 "
-        "batches); not needed for elpv/elpv8",
-    )
-    t.add_argument(
-        "--out",
-        default=d.out,
-        help="root of run folders: OUT/<dataset>/<variant>-s<seed> (default %(default)s)",
-    )
-    t.add_argument("--run-dir", default=None, help="exact run folder (overrides --out)")
+    add_train_options(t)  # every TrainConfig option, help from its field
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    t.add_argument(
-        "--split-seed",
-        type=int,
-        default=d.split_seed,
-        help="seed of the stratified train/val/test split (default %(default)s)",
-    )
-    t.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help="default %(default)s (pinned)"
-    )
-    t.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default 1e-4)")
-    t.add_argument(
-        "--patience",
-        type=int,
-        default=d.patience,
-        help="early-stopping patience in epochs (default %(default)s)",
-    )
-    t.add_argument(
-        "--conflict-every",
-        type=int,
-        default=d.conflict_every,
-        help="record the gradient conflict matrix every N epochs (0: off)",
-    )
-    t.add_argument(
-        "--ema-decay",
-        type=float,
-        default=d.ema_decay,
-        help=EMA_HELP,
-    )
-    t.add_argument("--weights-dtype", **weights_dtype_arg)
-    for flag, kw in schedule_args.items():
-        t.add_argument(flag, **kw)
-    t.add_argument("--cuda-graph", **graph_arg)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(
@@ -814,37 +484,17 @@ def build_parser() -> argparse.ArgumentParser:
         "for each seed with the pinned protocol; complete runs are skipped, so "
         "an interrupted protocol resumes where it stopped.",
     )
-    pr.add_argument("--dataset", default="elpv", help="default %(default)s")
     pr.add_argument("--variants", nargs="+", default=["all"], help="default: all five")
     pr.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default 0 1 2")
-    pr.add_argument("--image-size", type=int, default=d.image_size, help="default %(default)s")
-    pr.add_argument("--epochs", type=int, default=d.epochs, help="default %(default)s")
-    pr.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    pr.add_argument("--data-root", default=None, help="for imagefolder / cifar10-lt")
-    pr.add_argument("--out", default="checkpoints", help="default %(default)s")
-    pr.add_argument(
-        "--conflict-every",
-        type=int,
-        default=5,
-        help="record the conflict matrix every N epochs (default %(default)s)",
-    )
+    # The same training options as `train` (but variant, seed and run folder, set per run);
+    # the conflict matrix is recorded every 5 epochs for the Gradient conflict page.
+    add_train_options(pr, PROTOCOL_OPTIONS, defaults={"conflict_every": 5})
     pr.add_argument(
         "--diagnose-per-class",
         type=int,
         default=0,
         help="images per class for diagnose (0: whole training split)",
     )
-    pr.add_argument(
-        "--ema-decay",
-        type=float,
-        default=d.ema_decay,
-        help=EMA_HELP,
-    )
-    pr.add_argument("--weights-dtype", **weights_dtype_arg)
-    pr.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default 1e-4)")
-    for flag, kw in schedule_args.items():
-        pr.add_argument(flag, **kw)
-    pr.add_argument("--cuda-graph", **graph_arg)
     pr.add_argument(
         "--views",
         choices=("auto", "1", "2", "4", "8"),
@@ -859,6 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs trained at once, each with cores/jobs threads (default %(default)s; "
         "2 is about 1.2x faster on a 2-core CPU)",
     )
+    pr.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a progress bar over the runs on stderr (default: on)",
+    )
     pr.set_defaults(func=cmd_protocol)
 
     pa = sub.add_parser(
@@ -868,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ROOT_B (a candidate) by variant and seed and report B minus A: validation and test "
         "accuracy and macro-F1 per pair, their mean with a t interval over pairs, a paired "
         "bootstrap on the test set, how many runs reach a per-run bar, and whether validation "
-        "supports the change (DESIGN.md §2 asks for that before a pinned value moves).",
+        "supports the change (docs/design.md §2 asks for that before a pinned value moves).",
     )
     pa.add_argument("root_a", metavar="ROOT_A", help="reference runs, e.g. checkpoints")
     pa.add_argument("root_b", metavar="ROOT_B", help="candidate runs, e.g. runs/cosine")
@@ -897,12 +553,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    _err(f"warning: {message}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the chosen command; user errors become one line on stderr and exit status 2."""
     from .store import RunError
     from .train import TrainingStopped
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (CLIError, RunError, DataError, ImageLoadError, FileNotFoundError) as e:
@@ -914,3 +573,12 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, TrainingStopped) as e:
         _err(f"csba {args.command}: interrupted{f' ({e})' if str(e) else ''}; nothing saved")
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m csba`` and the ``csba`` console script; returns the exit
+    status."""
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # one line, no source location
+        return _run(args)

@@ -1,4 +1,4 @@
-"""Datasets (DESIGN.md section 3), the uint8 tensor cache, splits, augmentation and image loading.
+"""Datasets (docs/design.md §3), the uint8 tensor cache, splits, augmentation and image loading.
 
 Images are decoded and resized once, then cached as uint8 tensors (N, c, S, S) in a safetensors
 file keyed by dataset, size and a fingerprint of the source, so a second run decodes nothing.

@@ -14,6 +14,7 @@ from sklearn.metrics import (
 from torch import nn
 
 from .data import ImageSet, normalize
+from .progress import progress_bar
 
 __all__ = ["classification_metrics", "predict", "prediction_record", "tta_views"]
 
@@ -46,6 +47,7 @@ def predict(
     device: str | torch.device = "cpu",
     bf16: bool = False,
     views: int = 1,
+    progress: str | None = None,
 ) -> np.ndarray:
     """Class probabilities (N, C) float64 for uint8 images (N, c, S, S), in eval mode.
 
@@ -54,7 +56,8 @@ def predict(
     only for the per-epoch validation that drives early stopping. ``views`` > 1 is test-time
     augmentation: the softmax averaged over the first ``views`` of the 8 square symmetries
     (identity, h-flip, v-flip, both, then the same after a transpose; 4 = flips only, 8 = all,
-    for square images). The model's train/eval mode is restored afterwards.
+    for square images). The model's train/eval mode is restored afterwards. ``progress``: a
+    label for a tqdm bar on stderr over the images (None: silent).
     """
     if views not in (1, 2, 4, 8):
         raise ValueError(f"views must be 1, 2, 4 or 8, got {views}")
@@ -69,6 +72,7 @@ def predict(
     tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     if device.type == "cuda" and not bf16:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    bar = progress_bar(total=len(images), desc=progress, unit="img", enabled=progress is not None)
     try:
         for chunk in images.split(batch_size):
             x = normalize(chunk.to(device), mean, std)
@@ -85,7 +89,9 @@ def predict(
                 p = torch.softmax(logits.float(), dim=1).double()
                 probs = p if probs is None else probs + p
             out.append((probs / views).cpu())
+            bar.update(len(chunk))
     finally:
+        bar.close()
         model.train(was_training)
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     if not out:
@@ -142,9 +148,12 @@ def evaluate_split(
     device: str | torch.device = "cpu",
     bf16: bool = False,
     views: int = 1,
+    progress: str | None = None,
 ) -> tuple[dict, np.ndarray]:
     """Metrics and probabilities (N, C) of ``model`` on one split (see :func:`predict`)."""
-    probs = predict(model, split.images, mean, std, device=device, bf16=bf16, views=views)
+    probs = predict(
+        model, split.images, mean, std, device=device, bf16=bf16, views=views, progress=progress
+    )
     y_true = split.labels.numpy()
     y_pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
     return classification_metrics(y_true, y_pred, classes), probs

@@ -81,8 +81,8 @@ def evaluate_and_diagnose(run_dir: str) -> None:
     dataset's test-time views (8 for EL cells, else 4; the single-view ones are kept under
     ``metrics_single_view``), so dashboard runs compare like with like against the shipped
     ones, then ``diagnose_run``."""
-    from .cli import recorded_views, store_evaluation, wanted_views
     from .diagnostics.run import diagnose_run
+    from .runs import recorded_views, store_evaluation, wanted_views
     from .store import read_run_json
 
     meta = read_run_json(run_dir)

@@ -1,4 +1,4 @@
-"""Training losses: class-weighted cross-entropy and focal loss (DESIGN.md section 2)."""
+"""Training losses: class-weighted cross-entropy and focal loss (docs/design.md §2)."""
 
 from __future__ import annotations
 

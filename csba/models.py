@@ -1,4 +1,4 @@
-"""The five CSBA variants (DESIGN.md section 1) behind one registry.
+"""The five CSBA variants (docs/design.md §1) behind one registry.
 
 Every model maps images (B, 3, H, W) to logits (B, C) and exposes the same analysis hooks:
 

@@ -1,6 +1,6 @@
 """Paired comparison of two training protocols: the same variants and seeds trained two ways.
 
-DESIGN.md §2 allows a change to a pinned training value "when a measurement on the validation
+docs/design.md §2 allows a change to a pinned training value "when a measurement on the validation
 split supports it". This module is that measurement. Runs under two roots (A: the reference,
 usually the pinned protocol; B: the candidate) are paired by (variant, seed), so seed-to-seed
 noise, which on ELPV is as large as most effects, cancels within each pair. Reported per pair and
@@ -32,6 +32,7 @@ import numpy as np
 from scipy import stats as sps
 
 from . import stats
+from .bar import shipping_bar
 from .report import (
     LEVEL,
     RunRecord,
@@ -165,7 +166,7 @@ def compare_protocols(
 
     def bar_count(records: Sequence[RunRecord]) -> dict[str, Any]:
         # Pass or fail on the stored test metrics; whether a failing run is within test-set
-        # noise of the bar from its stored predictions (csba.stats.bar_check: every upper bound
+        # noise of the bar from its stored predictions (csba.bar.bar_check: every upper bound
         # of its bootstrap intervals reaches the bar).
         ok = [
             r.name
@@ -173,7 +174,7 @@ def compare_protocols(
             if _metric(r.meta, ("metrics", "test", "accuracy")) >= bar[0]
             and _metric(r.meta, ("metrics", "test", "macro_f1")) >= bar[1]
         ]
-        checked = stats.shipping_bar(
+        checked = shipping_bar(
             records[0].y_true, [r.y_pred for r in records], [r.variant for r in records],
             num_classes, *bar, n_resamples, seed, level,
         )  # fmt: skip
@@ -343,22 +344,3 @@ def format_protocols(result: Mapping[str, Any]) -> str:
             lines.append(f"unpaired in {side.upper()}: {', '.join(result['unpaired'][side])}")
     lines += ["", result["verdict"]]
     return "\n".join(lines)
-
-
-def pair_cli(args: Any, print_json) -> int:
-    """``python -m csba pair ROOT_A ROOT_B``: see :func:`compare_protocols`."""
-    result = compare_protocols(
-        args.root_a,
-        args.root_b,
-        dataset=args.dataset,
-        image_size_a=args.image_size_a,
-        image_size_b=args.image_size_b,
-        bar=(args.bar_accuracy, args.bar_macro_f1),
-        n_resamples=args.resamples,
-        seed=args.seed,
-    )
-    if args.json:
-        print_json(result)
-    else:
-        print(format_protocols(result))
-    return 0

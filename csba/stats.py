@@ -755,16 +755,3 @@ def bootstrap_seed_mean(
     if ref:
         config["difference"] = "mean(preds) - mean(reference)"
     return _package(point, samples, support, level, config)
-
-
-# The per-run bar lives in csba.bar (it builds on the bootstrap above); its names stay
-# importable from here. Resolved lazily, so either module may be imported first.
-_BAR_NAMES = ("BAR_STATUSES", "SHIPPING_BAR", "bar_check", "bar_check_runs", "shipping_bar")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _BAR_NAMES:
-        from . import bar
-
-        return getattr(bar, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

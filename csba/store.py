@@ -1,4 +1,4 @@
-"""Run folders on disk (DESIGN.md section 5): ``model.safetensors`` + ``run.json``.
+"""Run folders on disk (docs/design.md §5): ``model.safetensors`` + ``run.json``.
 
 Never a pickle. Writes are atomic (temporary file in the same folder, then ``os.replace``); the
 weights are written first and ``run.json`` last, and run.json records the SHA-256 of the weights, so

@@ -331,7 +331,7 @@ def ensure_typicality(
             pass
     if run is None or bundle is None:
         if load_run_and_data is None:
-            from .cli import load_run_and_data
+            from .runs import load_run_and_data
         run, bundle = load_run_and_data(str(root), data_root)
     model = run.model
     if device is not None:
@@ -387,7 +387,7 @@ def measure(run_dir: str | os.PathLike, data_root: str | None = None) -> dict:
     from PIL import Image
     from sklearn.datasets import load_sample_image
 
-    from .cli import load_run_and_data
+    from .runs import load_run_and_data
 
     run, bundle = load_run_and_data(str(run_dir), data_root)
     t = load_typicality(run.path)

@@ -95,7 +95,7 @@ def runs_section(good, bad) -> None:
                 ),
                 "protocol": st.column_config.TextColumn(
                     help="Training settings that differ from the pinned protocol "
-                    "(DESIGN.md §2); 'pinned' when none do"
+                    "(docs/design.md §2); 'pinned' when none do"
                 ),
                 "diagnosed": st.column_config.CheckboxColumn(
                     help="python -m csba diagnose RUN_DIR has been run"

@@ -1,5 +1,5 @@
 """Two training protocols compared run by run: the same variants and seeds under two folders,
-paired, with intervals and a validation verdict (csba.paired; DESIGN.md §2)."""
+paired, with intervals and a validation verdict (csba.paired; docs/design.md §2)."""
 
 from pathlib import Path
 
@@ -39,7 +39,7 @@ def main() -> None:
     st.caption(
         "Is one way of training better than another? Runs of the same variant and seed under "
         "two folders are paired, so seed-to-seed noise cancels within each pair. A is the "
-        "reference (usually the pinned protocol), B the candidate. DESIGN.md §2 lets a pinned "
+        "reference (usually the pinned protocol), B the candidate. docs/design.md §2 lets a pinned "
         "value change only when the validation split supports it; the test set is for "
         "reporting. Same as `python -m csba pair A B`."
     )

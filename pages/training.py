@@ -17,7 +17,8 @@ from plotly.subplots import make_subplots
 from csba import list_models, model_info
 from csba.data import DATASETS
 from csba.jobs import FINISHED, Job, JobManager, RunProgress, check_data_root, default_device
-from csba.train import KEEP_RULES, LR_SCHEDULES, TrainConfig
+from csba.options import train_option
+from csba.train import TrainConfig
 from pages.common import clear_run_caches, runs_root
 from pages.common import data_root as allowed_data_root
 
@@ -51,6 +52,12 @@ def device_name() -> str:
 
 
 # ---- the form --------------------------------------------------------------------------------
+
+
+def _help(name: str) -> str:
+    """A widget's help: the command line's help of the same TrainConfig field (csba.options)."""
+    text = train_option(name).help_text()
+    return text[0].upper() + text[1:]
 
 
 def _settings() -> tuple[list[TrainConfig] | None, str | None]:
@@ -87,11 +94,11 @@ def _settings() -> tuple[list[TrainConfig] | None, str | None]:
         key="train_variants",
     )
     c4, c5, c6, c7 = st.columns(4)
-    epochs = c4.number_input("Epochs", 1, 300, 3, key="train_epochs")
+    epochs = c4.number_input("Epochs", 1, 300, 3, key="train_epochs", help=_help("epochs"))
     size = c5.number_input(
-        "Image size (px)", 16, 512, 64, step=16, key="train_size", help="Square; 128 is the paper's"
+        "Image size (px)", 16, 512, 64, step=16, key="train_size", help=_help("image_size")
     )
-    seed = c6.number_input("Seed", 0, 10_000, 0, key="train_seed")
+    seed = c6.number_input("Seed", 0, 10_000, 0, key="train_seed", help=_help("seed"))
     if has_gpu:
         dev_label = c7.radio(
             "Device", [f"GPU: {device}", "CPU"], key="train_device", horizontal=False
@@ -103,16 +110,27 @@ def _settings() -> tuple[list[TrainConfig] | None, str | None]:
         dev = "cpu"
     with st.expander("More settings (the paper's protocol by default)"):
         d1, d2, d3, d4, d5 = st.columns(5)
-        batch = d1.number_input("Batch size", 1, 1024, 32, key="train_batch")
-        lr = d2.number_input(
-            "Learning rate", 1e-6, 1.0, 1e-4, step=1e-5, format="%.0e", key="train_lr"
+        batch = d1.number_input(
+            "Batch size", 1, 1024, 32, key="train_batch", help=_help("batch_size")
         )
-        patience = d3.number_input("Early-stop patience", 1, 300, 20, key="train_patience")
+        lr = d2.number_input(
+            "Learning rate",
+            1e-6,
+            1.0,
+            1e-4,
+            step=1e-5,
+            format="%.0e",
+            key="train_lr",
+            help=_help("lr"),
+        )
+        patience = d3.number_input(
+            "Early-stop patience", 1, 300, 20, key="train_patience", help=_help("patience")
+        )
         precision = d4.selectbox(
             "Precision",
-            ["auto", "fp32", "bf16"],
+            train_option("precision").choices,
             key="train_precision",
-            help="auto: bfloat16 on GPUs and CPUs with AVX-512/AMX, else float32",
+            help=_help("precision"),
         )
         conflict_every = d5.number_input(
             "Conflict matrix every N epochs",
@@ -120,23 +138,20 @@ def _settings() -> tuple[list[TrainConfig] | None, str | None]:
             300,
             0,
             key="train_conflict",
-            help="Records the gradient conflict matrix during training (0 = off), for the "
-            "Gradient conflict page's evolution plot.",
+            help=_help("conflict_every") + "; for the Gradient conflict page's evolution plot",
         )
         e1, e2, _ = st.columns([1, 1, 3])
         schedule = e1.selectbox(
             "Learning-rate schedule",
-            LR_SCHEDULES,
+            train_option("lr_schedule").choices,
             key="train_schedule",
-            help="step: halve every 30 epochs (the pinned protocol); cosine: anneal to 0 over "
-            "the epochs",
+            help=_help("lr_schedule"),
         )
         keep = e2.selectbox(
             "Weights kept",
-            KEEP_RULES,
+            train_option("keep").choices,
             key="train_keep",
-            help="best: the epoch with the best validation macro-F1, with early stopping (the "
-            "pinned protocol); last: the final epoch's, no early stopping",
+            help=_help("keep"),
         )
     if not variants:
         return None, "choose at least one variant"

@@ -212,32 +212,104 @@ def test_protocol_workers_get_exactly_the_serial_config():
     """A worker's flags parse back to the TrainConfig the serial path builds, option by option."""
     import dataclasses
 
-    from csba.cli import (
-        PROTOCOL_TRAIN_OPTIONS,
-        build_parser,
-        protocol_train_config,
-        protocol_train_flags,
-    )
+    from csba.cli import build_parser
+    from csba.options import PROTOCOL_OPTIONS
+    from csba.protocol import protocol_train_config, protocol_train_flags
     from csba.train import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert {attr for _, attr in PROTOCOL_TRAIN_OPTIONS} <= fields
+    assert set(PROTOCOL_OPTIONS) <= fields and not {"variant", "seed", "run_dir"} & set(
+        PROTOCOL_OPTIONS
+    )
     parser = build_parser()
     argv = ["protocol", "--image-size", "48", "--epochs", "7", "--device", "cpu"]
     argv += ["--data-root", "/x", "--conflict-every", "3", "--ema-decay", "0.99"]
     argv += ["--weights-dtype", "float32", "--lr", "0.000123456789", "--lr-schedule", "cosine"]
-    argv += ["--keep", "last", "--no-cuda-graph"]
+    argv += ["--keep", "last", "--no-cuda-graph", "--dataset", "elpv8", "--out", "o"]
+    argv += ["--precision", "fp32", "--split-seed", "4", "--batch-size", "8", "--patience", "5"]
+
+    def options(a):
+        return {n: getattr(a, n) for n in PROTOCOL_OPTIONS}
+
     args = parser.parse_args(argv)
-    cfg = protocol_train_config(args, "csba", 2, Path("r"))
+    cfg = protocol_train_config(options(args), "csba", 2, Path("r"))
     pinned = TrainConfig()
-    changed = {
-        attr for _, attr in PROTOCOL_TRAIN_OPTIONS if getattr(cfg, attr) != getattr(pinned, attr)
-    }
-    assert changed == {attr for _, attr in PROTOCOL_TRAIN_OPTIONS}  # every option is exercised
+    changed = {n for n in PROTOCOL_OPTIONS if getattr(cfg, n) != getattr(pinned, n)}
+    assert changed == set(PROTOCOL_OPTIONS)  # every option is exercised
     for a in (args, parser.parse_args(["protocol"])):  # non-default and default values
-        flags = protocol_train_flags(a)
+        flags = protocol_train_flags(options(a))
         back = parser.parse_args(["protocol", *flags])
-        assert protocol_train_config(back, "csba", 2, Path("r")) == protocol_train_config(
-            a, "csba", 2, Path("r")
+        assert protocol_train_config(options(back), "csba", 2, Path("r")) == (
+            protocol_train_config(options(a), "csba", 2, Path("r"))
         )
     assert cfg.lr == 0.000123456789 and cfg.variant == "csba" and cfg.seed == 2
+    assert parser.parse_args(["protocol"]).conflict_every == 5  # the protocol's own default
+
+
+def test_train_flags_are_the_train_config_fields():
+    """`train` has one flag per TrainConfig option field, with its default and help, and the
+    parsed defaults build exactly TrainConfig()."""
+    from csba.cli import build_parser
+    from csba.options import config_from_args, train_option, train_options
+    from csba.train import TrainConfig
+
+    names = [o.name for o in train_options()]
+    assert {"dataset", "variant", "seed", "epochs", "lr", "keep", "cuda_graph"} <= set(names)
+    assert not {"lr_step", "lr_gamma", "focal_gamma"} & set(names)  # pinned: not options
+    args = build_parser().parse_args(["train"])
+    assert config_from_args(args, names) == TrainConfig()
+    args = build_parser().parse_args(["train", "--lr", "3e-4", "--no-cuda-graph", "--keep", "last"])
+    cfg = config_from_args(args, names)
+    assert (cfg.lr, cfg.cuda_graph, cfg.keep) == (3e-4, False, "last")
+    opt = train_option("keep")
+    assert opt.flag == "--keep" and opt.choices == ("best", "last")
+    assert opt.help_text().endswith("(default best)")
+    assert "csba" in train_option("variant").help and "elpv8" in train_option("dataset").help
+    with pytest.raises(KeyError):
+        train_option("lr_step")
+
+
+@pytest.mark.parametrize(
+    "cmd,bar",
+    [
+        (["evaluate", "{run}", "--views", "2"], "evaluate test (2 views)"),
+        (["diagnose", "{run}", "--per-class", "4"], "diagnose train, pass 1"),
+        (["compare", "{run}", "{run}", "--resamples", "50"], "compare: bootstrap"),
+    ],
+)
+def test_long_commands_show_a_bar_on_stderr_and_keep_json_on_stdout(cmd, bar, tiny_runs, tmp_path):
+    """tqdm bars go to stderr; with --json stdout stays exactly one JSON document."""
+    import shutil
+
+    run = tmp_path / "csba-s0"
+    shutil.copytree(tiny_runs["csba"], run)
+    argv = [c.replace("{run}", str(run)) for c in cmd] + ["--json"]
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    r = subprocess.run(
+        [sys.executable, "-m", "csba", *argv], capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 0, r.stderr
+    json.loads(r.stdout)  # one document, nothing else
+    assert r.stdout.count("\n") == 1 and bar in r.stderr
+    assert "Traceback" not in r.stderr
+    quiet = subprocess.run(
+        [sys.executable, "-m", "csba", *argv],
+        capture_output=True,
+        text=True,
+        env={**env, "TQDM_DISABLE": "1"},
+    )
+    assert quiet.returncode == 0 and bar not in quiet.stderr
+
+
+def test_protocol_shows_a_bar_over_the_runs(tiny_folder, tmp_path, capsys):
+    from csba.cli import main
+
+    args = ["protocol", "--dataset", "imagefolder", "--data-root", str(tiny_folder)]
+    args += ["--variants", "baseline", "--seeds", "0", "--epochs", "1", "--image-size", "32"]
+    args += ["--out", str(tmp_path), "--diagnose-per-class", "4"]
+    assert main(args) == 0
+    cap = capsys.readouterr()
+    assert "protocol: 100%" in cap.err and "1/1" in cap.err
+    assert cap.out.split() == [str(tmp_path / "imagefolder-32px" / "baseline-s0")]
+    assert main([*args, "--no-progress"]) == 0  # complete: skipped, and no bar
+    assert "protocol:" not in capsys.readouterr().err.replace("protocol: 1 runs", "")

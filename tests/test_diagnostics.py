@@ -1,4 +1,4 @@
-"""Known-answer tests for csba.diagnostics (DESIGN.md section 4)."""
+"""Known-answer tests for csba.diagnostics (docs/design.md §4)."""
 
 from __future__ import annotations
 

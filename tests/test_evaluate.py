@@ -1,4 +1,4 @@
-"""Test-time views (csba.evaluate.predict ``views``) and stored evaluations (csba.cli)."""
+"""Test-time views (csba.evaluate.predict ``views``) and stored evaluations (csba.runs)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def test_views_leave_an_invariant_model_unchanged_and_check_their_input():
 
 
 def test_store_evaluation_and_evaluate_use_the_recorded_views(tiny_runs, tmp_path, capsys):
-    from csba.cli import main, store_evaluation
+    from csba.cli import main
+    from csba.runs import store_evaluation
     from csba.store import read_run_json
 
     run_dir = tmp_path / "csba-s0"
@@ -88,8 +89,8 @@ def test_store_evaluation_and_evaluate_use_the_recorded_views(tiny_runs, tmp_pat
     assert out["macro_f1"] == before["metrics"]["test"]["macro_f1"]
     assert after["predictions_single_view"] == before["predictions"]
     # a run converted before single-view predictions were kept gets them back, checked
-    from csba.cli import CLIError, ensure_single_view_predictions
-    from csba.store import atomic_write_json
+    from csba.runs import ensure_single_view_predictions
+    from csba.store import RunError, atomic_write_json
 
     meta = read_run_json(run_dir)
     del meta["predictions_single_view"]
@@ -102,7 +103,7 @@ def test_store_evaluation_and_evaluate_use_the_recorded_views(tiny_runs, tmp_pat
     del meta["predictions_single_view"]
     meta["metrics_single_view"]["test"]["accuracy"] += 0.01  # tampered: must not pass
     atomic_write_json(run_dir / "run.json", meta)
-    with pytest.raises(CLIError, match="do not reproduce"):
+    with pytest.raises(RunError, match="do not reproduce"):
         ensure_single_view_predictions(str(run_dir))
     meta["metrics_single_view"] = before["metrics"]
     atomic_write_json(run_dir / "run.json", meta)

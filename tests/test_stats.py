@@ -19,6 +19,7 @@ from sklearn.metrics import (
 )
 
 from csba import stats
+from csba.bar import bar_check, bar_check_runs
 from csba.stats import (
     _confusion_batch,
     _resample_indices,
@@ -526,15 +527,15 @@ def test_bar_check_known_answers_for_constant_metrics():
     # every resample and both intervals collapse to their point values.
     y = np.array([0] * 60 + [1] * 40)
     pred = np.zeros_like(y)
-    r = stats.bar_check(y, pred, 2, 0.6, 0.3, n_resamples=200)
+    r = bar_check(y, pred, 2, 0.6, 0.3, n_resamples=200)
     assert r["accuracy"] == {"value": 0.6, "ci": [0.6, 0.6]}
     assert r["macro_f1"]["value"] == pytest.approx(0.375)
     assert r["macro_f1"]["ci"] == pytest.approx([0.375, 0.375])
     assert (r["meets"], r["status"], r["share"]) == (True, "clearly meets", 1.0)
     assert r["bar"] == {"accuracy": 0.6, "macro_f1": 0.3}
-    r = stats.bar_check(y, pred, 2, 0.61, 0.3, n_resamples=200)
+    r = bar_check(y, pred, 2, 0.61, 0.3, n_resamples=200)
     assert (r["meets"], r["status"], r["share"]) == (False, "clearly misses", 0.0)
-    r = stats.bar_check(y, pred, 2, 0.6, 0.4, n_resamples=200)  # macro-F1 alone misses
+    r = bar_check(y, pred, 2, 0.6, 0.4, n_resamples=200)  # macro-F1 alone misses
     assert (r["meets"], r["status"], r["share"]) == (False, "clearly misses", 0.0)
 
 
@@ -563,7 +564,7 @@ def test_bar_check_status_and_shares_against_sklearn_loop():
     p2 = y.copy()
     p2[45:50] = 1  # accuracy 0.95
     bar = (0.59, 0.5)
-    res = stats.bar_check_runs(y, [p1, p2], 2, *bar, n_resamples=300, seed=3)
+    res = bar_check_runs(y, [p1, p2], 2, *bar, n_resamples=300, seed=3)
     shares, expected, all_share = _slow_bar_shares(y, [p1, p2], bar, 300, 3)
     assert [r["share"] for r in res["runs"]] == pytest.approx(list(shares))
     assert res["expected"] == pytest.approx(expected)
@@ -581,10 +582,10 @@ def test_bar_check_status_and_shares_against_sklearn_loop():
     }
     assert res["meet"] == 2
     # The same run against a bar just above its point value: missed, but within noise.
-    within = stats.bar_check(y, p1, 2, 0.61, 0.5, n_resamples=300, seed=3)
+    within = bar_check(y, p1, 2, 0.61, 0.5, n_resamples=300, seed=3)
     assert (within["meets"], within["status"]) == (False, "misses within noise")
     # bar_check is bar_check_runs of one run: same intervals as bootstrap_metrics.
-    single = stats.bar_check(y, p1, 2, *bar, n_resamples=300, seed=3)
+    single = bar_check(y, p1, 2, *bar, n_resamples=300, seed=3)
     boot = stats.bootstrap_metrics(y, p1, 2, n_resamples=300, seed=3)
     assert single["accuracy"] == boot["accuracy"]
     assert single["macro_f1"] == boot["macro_f1"]
@@ -595,9 +596,9 @@ def test_bar_check_status_and_shares_against_sklearn_loop():
 def test_bar_check_rejects_bad_thresholds(bad):
     y = np.array([0, 1, 0, 1])
     with pytest.raises(ValueError, match="bar_accuracy"):
-        stats.bar_check(y, y, 2, bad, 0.5)
+        bar_check(y, y, 2, bad, 0.5)
     with pytest.raises(ValueError, match="at least one"):
-        stats.bar_check_runs(y, [], 2, 0.5, 0.5)
+        bar_check_runs(y, [], 2, 0.5, 0.5)
 
 
 def test_shipping_bar_known_answers_for_both_parts():

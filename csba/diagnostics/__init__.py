@@ -1,4 +1,4 @@
-"""Diagnostics of DESIGN.md section 4: gradient conflict, branch specialisation, attention
+"""Diagnostics of docs/design.md §4: gradient conflict, branch specialisation, attention
 overlap, class-mean geometry, generalisation gap and conflict over training.
 
 Pure torch/numpy. Every function that runs the model puts it in eval mode (BatchNorm running

@@ -1,4 +1,4 @@
-"""Gradient Conflict Matrix (DESIGN.md section 4) and branch gradient shares.
+"""Gradient Conflict Matrix (docs/design.md §4) and branch gradient shares.
 
 g_c is the gradient, over every trainable parameter, of the mean cross-entropy over the examples
 of class c, with the model in eval mode (BatchNorm uses its running statistics, dropout is off),

@@ -1,4 +1,4 @@
-"""``diagnose``: every diagnostic of DESIGN.md section 4 in one JSON-ready dict."""
+"""``diagnose``: every diagnostic of docs/design.md §4 in one JSON-ready dict."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Attention overlap between branches and class-mean geometry of GAP(Z) (DESIGN.md section 4).
+"""Attention overlap between branches and class-mean geometry of GAP(Z) (docs/design.md §4).
 
 Both come from eval-mode forward passes without gradients. Attention is grouped by the TRUE
 label of each example. Models need ``forward_features(x) -> Z`` (B, D, h, w) and
@@ -29,7 +29,7 @@ __all__ = [
     "top_channel_jaccard",
 ]
 
-DEFAULT_TOP_FRACTION = 0.1  # top-10% channels per attention vector (DESIGN.md section 4)
+DEFAULT_TOP_FRACTION = 0.1  # top-10% channels per attention vector (docs/design.md §4)
 
 
 # ---- pure array helpers ----------------------------------------------------------------------

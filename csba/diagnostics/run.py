@@ -1,12 +1,11 @@
-"""``python -m csba diagnose RUN_DIR``: diagnose a stored run and record it in its run.json.
+"""Diagnose a stored run and record it in its run.json (``python -m csba diagnose RUN_DIR``).
 
-The CLI (csba/cli.py) passes its ``load_run_and_data`` (run folder -> (Run, DatasetBundle)) and
-JSON printer, so this module does not import the command line.
+The run and its dataset come from :func:`csba.runs.load_run_and_data` unless a caller passes
+its own loader (run folder, data root -> (Run, DatasetBundle)).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import warnings
@@ -15,10 +14,11 @@ from pathlib import Path
 
 import torch
 
+from ..progress import progress_bar
 from .report import diagnose
 from .training import conflict_change, generalisation_gap
 
-__all__ = ["diagnose_run", "diagnose_run_cli"]
+__all__ = ["diagnose_run", "refresh_conflict_changes"]
 
 BATCH_SIZE = 64  # images per forward pass; the matrix does not depend on it
 
@@ -44,6 +44,7 @@ def diagnose_run(
     per_class: int | None = None,
     device: str | torch.device | None = None,
     store: bool = True,
+    progress: bool = False,
 ) -> dict:
     """Diagnose a run on one split of its dataset; returns (and by default stores) the dict.
 
@@ -52,12 +53,13 @@ def diagnose_run(
     (mean conflict minus that of the diagnosed ``baseline-s<seed>`` run beside it; None without
     one). ``per_class``: None or 0 for the whole split. Stored under "diagnostics" in run.json,
     and the run's typicality reference (:mod:`csba.typicality`) is written beside it.
+    ``progress``: a tqdm bar on stderr for each pass over the split.
     """
     from ..data import normalize
     from ..store import update_run_json
 
-    if load_run_and_data is None:  # the CLI's loader: run + its dataset rebuilt from run.json
-        from ..cli import load_run_and_data
+    if load_run_and_data is None:  # run + its dataset rebuilt from run.json
+        from ..runs import load_run_and_data
 
     run, bundle = load_run_and_data(run_dir, data_root)
     images = bundle.split(split)
@@ -65,9 +67,15 @@ def diagnose_run(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = run.model.to(device)
 
+    passes = [0]
+
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # No augmentation; the same order every call (diagnose makes two passes).
-        for s in range(0, len(images), BATCH_SIZE):
+        passes[0] += 1
+        starts = range(0, len(images), BATCH_SIZE)
+        desc = f"diagnose {split}, pass {passes[0]}"
+        bar = progress_bar(starts, desc=desc, unit="batch", enabled=progress)
+        for s in bar:
             x = normalize(images.images[s : s + BATCH_SIZE], bundle.mean, bundle.std)
             yield x, images.labels[s : s + BATCH_SIZE]
 
@@ -120,68 +128,3 @@ def refresh_conflict_changes(root: str | os.PathLike) -> list[Path]:
             update_run_json(info.path, diagnostics={**diag, "conflict_change": value})
             changed.append(Path(info.path))
     return changed
-
-
-def _print_text(out: dict, run_dir: str) -> None:
-    gcm = out["gcm"]
-    names = gcm["classes"]
-    width = max(8, *(len(n) for n in names))
-
-    def fmt(v: float | None) -> str:
-        return "   nan" if v is None else f"{v:+.3f}"
-
-    print(f"{run_dir}: gradient conflict on the {out['split']} split, counts {gcm['counts']}")
-    print(" " * width + " " + " ".join(f"{n[:6]:>6}" for n in names))
-    for name, row in zip(names, gcm["matrix"], strict=True):
-        print(f"{name:>{width}} " + " ".join(fmt(v) for v in row))
-    print(f"mean {fmt(gcm['mean'])}  std {fmt(gcm['std'])}")
-    for p in gcm["most_adversarial"][:3]:
-        print(f"  {p['classes'][0]} vs {p['classes'][1]}: {fmt(p['cos'])}")
-    if out["layers"]:
-        print(
-            "per layer group mean: "
-            + ", ".join(f"{g} {fmt(v['mean'])}" for g, v in out["layers"].items())
-        )
-    if out["branches"]:
-        print("branch gradient shares (rows: classes):")
-        for name, row in zip(names, out["branches"]["shares"], strict=True):
-            print(
-                f"  {name:>{width}} " + " ".join("  nan" if v is None else f"{v:.2f}" for v in row)
-            )
-    if out["attention"]:
-        jac = out["attention"]["jaccard"]
-        k = len(jac)
-        pairs = [jac[a][b] for a in range(k) for b in range(a + 1, k) if jac[a][b] is not None]
-        if pairs:
-            print(f"attention top-10% Jaccard between branches: mean {sum(pairs) / len(pairs):.3f}")
-    angles = out["class_angles"]
-    if angles["mean"] is not None:
-        print(f"class-mean angle of GAP(Z): mean {angles['mean']:.1f} degrees")
-    if out["generalisation_gap"] is not None:
-        gap = out["generalisation_gap"]
-        print(f"generalisation gap (val - train loss at the kept epoch): {gap:.4f}")
-    if out["conflict_change"] is not None:
-        print(f"mean conflict change against the baseline: {out['conflict_change']:+.3f}")
-    print(f"stored under 'diagnostics' in {Path(run_dir) / 'run.json'}")
-
-
-def diagnose_run_cli(
-    args: argparse.Namespace, load_run_and_data: Callable, print_json: Callable
-) -> int:
-    """Entry point of ``python -m csba diagnose`` (args: run_dir, data_root, split, per_class,
-    json)."""
-    per_class = getattr(args, "per_class", 0) or None
-    if per_class is not None and per_class < 0:
-        raise ValueError(f"--per-class must be 0 or more, got {per_class}")
-    out = diagnose_run(
-        args.run_dir,
-        load_run_and_data,
-        data_root=getattr(args, "data_root", None),
-        split=getattr(args, "split", "train"),
-        per_class=per_class,
-    )
-    if getattr(args, "json", False):
-        print_json(out)
-    else:
-        _print_text(out, args.run_dir)
-    return 0

@@ -1,6 +1,6 @@
 """Comparing stored runs, and the results section (docs/results.md plus a README summary).
 
-Two entry points, both driven by run folders on disk (DESIGN.md section 5):
+Two entry points, both driven by run folders on disk (docs/design.md §5):
 
 * :func:`compare_runs` (``python -m csba compare RUN_DIR ...``): the paper's per-class tables
   (Tables 7, 12, 13) with bootstrap 95% intervals, paired deltas against the first run, a

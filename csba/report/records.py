@@ -355,7 +355,7 @@ def _select_runs(
     return same, notes
 
 
-# TrainConfig fields that make up the training protocol (DESIGN.md §2); the rest name the run
+# TrainConfig fields that make up the training protocol (docs/design.md §2); the rest name the run
 # (variant, seed, paths) or only change speed (device, precision, threads).
 PROTOCOL_KEYS = (
     "epochs",

@@ -137,7 +137,7 @@ def _per_run_lines(
 
     ``points[v]`` are the runs' test metrics, in the order of ``groups[v]``. Each run's
     accuracy and macro-F1 carry their own bootstrap interval (test-set noise of that run alone).
-    With ``bar`` = (accuracy, macro-F1) every run also gets its :func:`stats.bar_check` status
+    With ``bar`` = (accuracy, macro-F1) every run also gets its :func:`csba.bar.bar_check` status
     and the lines end with a count; the second return value then holds the per-run results
     (None without a bar).
     """
