@@ -1,9 +1,9 @@
 """The record of the 224 px protocol run on a GPU (``benchmarks/results/elpv-224px-h200.tgz``).
 
 The archive holds the run.json files and logs (no weights) of ``python -m csba protocol
---image-size 224 --seeds 0 1 2 --device cuda --jobs 8`` on one H200. The README's GPU section
-quotes figures from it; these tests recompute them from the archive (and, for the paired
-comparison, from the shipped 128 px runs), so the README cannot drift from the record.
+--image-size 224 --seeds 0 1 2 --device cuda --jobs 8`` on one H200. docs/performance.md (GPU
+section) quotes figures from it; these tests recompute them from the archive (and, for the
+paired comparison, from the shipped 128 px runs), so the docs cannot drift from the record.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO / "benchmarks" / "results" / "elpv-224px-h200.tgz"
 # whitespace collapsed, so that rewrapping the README does not matter
-README = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+README = " ".join((REPO / "docs" / "performance.md").read_text(encoding="utf-8").split())
 
 
 @pytest.fixture(scope="module")
