@@ -1,4 +1,5 @@
-"""The five CSBA variants (docs/design.md §1) behind one registry.
+"""The variants (docs/design.md §1) behind one registry: the paper's five and the long-tail
+methods (logit adjustment, LDAM-DRW, cRT, PCGrad and its control).
 
 Every model maps images (B, 3, H, W) to logits (B, C) and exposes the same analysis hooks:
 
@@ -24,10 +25,16 @@ from torch import Tensor, nn
 __all__ = [
     "Backbone",
     "BaselineNet",
+    "CRTNet",
     "CSBANet",
     "ClassHeadsNet",
+    "ClassSumNet",
     "GradNormNet",
     "HeadOutput",
+    "LDAMNet",
+    "LogitAdjustNet",
+    "NormedLinear",
+    "PCGradNet",
     "SEGate",
     "TriFire",
     "count_parameters",
@@ -134,7 +141,11 @@ class _Net(nn.Module):
     """Common plumbing: backbone + a head that implements ``head_parts``."""
 
     variant: str = ""
-    loss: str = "ce"  # training loss this variant is defined with: "ce" or "focal"
+    loss: str = "ce"  # training loss this variant is defined with (csba.losses.make_loss kind)
+    # How it trains (docs/design.md §2): "weighted" = its loss with the pinned class weights;
+    # "logit_adjust" = its loss unweighted; "ldam_drw", "crt", "pcgrad", "class_sum": the
+    # procedures of csba.train / csba.methods.
+    method: str = "weighted"
 
     def __init__(self, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
@@ -278,6 +289,97 @@ class FocalNet(BaselineNet):
     loss = "focal"
 
 
+class LogitAdjustNet(BaselineNet):
+    """Baseline topology trained with the logit-adjusted loss (Menon et al., ICLR 2021).
+
+    Unweighted cross-entropy on ``logits + tau * log(prior)``; at tau = 1 this is the balanced
+    softmax loss (Ren et al., NeurIPS 2020). Prediction uses the raw logits.
+    """
+
+    variant = "logit_adjust"
+    loss = "logit_adjust"
+    method = "logit_adjust"
+
+
+class NormedLinear(nn.Module):
+    """Cosine classifier of LDAM (Cao et al., NeurIPS 2019): cos(x, w_c), (B, F) -> (B, C)."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        nn.init.kaiming_uniform_(self.weight, a=NEG_SLOPE, nonlinearity="leaky_relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).t()
+
+
+class LDAMNet(BaselineNet):
+    """LDAM-DRW (Cao et al., NeurIPS 2019): K branches Dropout -> GAP -> cosine classifier.
+
+    Branch k gives ``scale * cos_k / K``, so the fused logits are ``scale`` times the branches'
+    mean cosine (in [-scale, scale]); the class margins live in the loss (csba.losses.ldam_loss)
+    and the deferred re-weighting in training (docs/design.md §2).
+    """
+
+    variant = "ldam_drw"
+    loss = "ldam"
+    method = "ldam_drw"
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        branches: int = 3,
+        dropout: float = 0.5,
+        scale: float = 30.0,  # s of LDAM (their code's default)
+    ) -> None:
+        super().__init__(num_classes, in_channels, branches, dropout)
+        self.scale = scale
+        self.branches = nn.ModuleList(
+            NormedLinear(FEATURE_CHANNELS, num_classes) for _ in range(branches)
+        )
+
+    def head_parts(self, z: Tensor) -> HeadOutput:
+        k = len(self.branches)
+        branch_logits = [
+            self.scale * head(drop(z).mean(dim=(2, 3))) / k
+            for drop, head in zip(self.drop, self.branches, strict=True)
+        ]
+        return HeadOutput(self._fuse(branch_logits), branch_logits, None)
+
+
+class CRTNet(BaselineNet):
+    """Classifier re-training (Kang et al., ICLR 2020) on the baseline topology.
+
+    Stage 1: the whole model, unweighted instance-balanced cross-entropy. Stage 2: the branches'
+    1x1 heads re-initialised and re-trained on the frozen backbone (BatchNorm in eval mode) with
+    a class-balanced sampler (csba.train).
+    """
+
+    variant = "crt"
+    method = "crt"
+
+
+class PCGradNet(BaselineNet):
+    """Baseline topology trained by PCGrad (Yu et al., NeurIPS 2020) over per-class losses.
+
+    Each step takes the mean cross-entropy of every class present in the batch as one task,
+    projects each task's gradient off the others it conflicts with, and steps on their sum.
+    """
+
+    variant = "pcgrad"
+    loss = "class_mean"
+    method = "pcgrad"
+
+
+class ClassSumNet(BaselineNet):
+    """PCGrad's control: the same sum of per-class mean losses, without projection."""
+
+    variant = "pcgrad_control"
+    loss = "class_mean"
+    method = "class_sum"
+
+
 class ClassHead(nn.Module):
     """One class's head: SE gate -> Conv3x3(768->128) -> BN -> LReLU -> Dropout -> Conv1x1 -> GAP.
 
@@ -337,6 +439,11 @@ _REGISTRY: dict[str, Callable[..., _Net]] = {
     "focal": FocalNet,
     "gradnorm": GradNormNet,
     "class_heads": ClassHeadsNet,
+    "logit_adjust": LogitAdjustNet,
+    "ldam_drw": LDAMNet,
+    "crt": CRTNet,
+    "pcgrad": PCGradNet,
+    "pcgrad_control": ClassSumNet,
 }
 
 _DESCRIPTIONS = {
@@ -345,11 +452,16 @@ _DESCRIPTIONS = {
     "focal": "baseline topology trained with focal loss (gamma 2, alpha = class weights)",
     "gradnorm": "baseline with learnable softmax branch weights",
     "class_heads": "one SE-gated Conv3x3 head per class, logits concatenated",
+    "logit_adjust": "baseline topology, unweighted CE on logits + log(prior) (Menon et al. 2021)",
+    "ldam_drw": "cosine-classifier branches, LDAM margins, deferred re-weighting (Cao et al. 2019)",
+    "crt": "baseline trained unweighted, then its heads re-trained class-balanced (Kang 2020)",
+    "pcgrad": "baseline topology, PCGrad over per-class mean losses (Yu et al. 2020)",
+    "pcgrad_control": "PCGrad's control: the same per-class loss sum without projection",
 }
 
 
 def list_models() -> list[str]:
-    """Names of the registered variants, in the paper's order."""
+    """Names of the registered variants: the paper's five, then the long-tail methods."""
     return list(_REGISTRY)
 
 
@@ -373,4 +485,10 @@ def model_info(name: str) -> dict[str, str]:
     """Short description and training loss of a variant, for tables and pickers."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown variant {name!r}; choose one of: {', '.join(list_models())}")
-    return {"name": name, "description": _DESCRIPTIONS[name], "loss": _REGISTRY[name].loss}
+    cls = _REGISTRY[name]
+    return {
+        "name": name,
+        "description": _DESCRIPTIONS[name],
+        "loss": cls.loss,
+        "method": cls.method,
+    }

@@ -96,7 +96,7 @@ def train_option(name: str) -> TrainOption:
 
 # The options ``protocol`` passes to every run: all but what it sets per run itself.
 PROTOCOL_OPTIONS = tuple(
-    o.name for o in train_options() if o.name not in ("variant", "seed", "run_dir")
+    o.name for o in train_options() if o.name not in ("variant", "seed", "run_dir", "resume")
 )
 
 

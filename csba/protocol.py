@@ -1,6 +1,7 @@
 """The shipped-runs protocol (docs/design.md §2, §6): train, evaluate with test-time views and
-diagnose every variant x seed, skipping what is already complete, so an interrupted protocol
-resumes where it stopped. ``python -m csba protocol`` is a thin wrapper of :func:`run_protocol`.
+diagnose every variant x seed, skipping what is already complete; an interrupted run resumes
+from its last finished epoch (``train --resume``). ``python -m csba protocol`` is a thin wrapper
+of :func:`run_protocol`.
 
 With ``jobs > 1`` the runs go to ``jobs`` worker processes (``python -m csba protocol --jobs 1``
 for one variant and seed each) with cores // jobs threads each; they get exactly the serial
@@ -83,7 +84,10 @@ def protocol_train_config(options: dict[str, Any], variant: str, seed: int, run_
     variant, seed and folder."""
     ns = argparse.Namespace(**options)
     names = [n for n in PROTOCOL_OPTIONS if n in options]
-    return config_from_args(ns, names, variant=variant, seed=seed, run_dir=str(run_dir))
+    # an interrupted run continues from its last finished epoch (train --resume)
+    return config_from_args(
+        ns, names, variant=variant, seed=seed, run_dir=str(run_dir), resume=True
+    )
 
 
 def protocol_train_flags(options: dict[str, Any]) -> list[str]:
@@ -235,9 +239,13 @@ def _parallel(options, tasks, views, per_class, jobs, log, bar, t0) -> list[Path
         cmd += ["--diagnose-per-class", str(per_class), "--views", str(views), *flags]
         log_file = log_dir / f"{run_dir.parent.name}-{run_dir.name}.log"
         log(f"== {variant} seed {seed} -> {run_dir} ({threads} thread(s), log {log_file})")
-        # A run that was not completed restarts from scratch, so its log does too.
-        trained = meta.get("status") == "completed"
-        with open(log_file, "a" if trained else "w") as fh:
+        # A trained run or one that resumes keeps its log; one that starts afresh starts it anew.
+        from .resume import resume_dir
+
+        keep_log = (
+            meta.get("status") == "completed" or (resume_dir(run_dir) / "state.json").is_file()
+        )
+        with open(log_file, "a" if keep_log else "w") as fh:
             rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
         return variant, seed, rc, run_dir
 

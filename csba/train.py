@@ -25,7 +25,17 @@ from torch import nn
 from .data import DatasetBundle, augment_batch, load_dataset, normalize
 from .evaluate import evaluate_split, prediction_record
 from .losses import class_weights, make_loss
+from .methods import CRT_EPOCHS, CRT_LR, DRW_PATIENCE, Phases, method_record
 from .models import count_parameters, create_model
+from .resume import (
+    ResumeError,
+    load_resume_state,
+    resume_dir,
+    save_resume_state,
+    state_tensors,
+    tensors_with_prefix,
+)
+from .step import TrainStep
 from .store import run_dir_for, save_run
 
 __all__ = [
@@ -122,6 +132,14 @@ class TrainConfig:
         "[0, 1) (0: off, the pinned protocol; 0.998: about 10 ELPV epochs)",
     )
     focal_gamma: float = 2.0  # focal variant only
+    la_tau: float = _opt(
+        1.0,  # logit_adjust only; 1 = balanced softmax
+        "logit_adjust only: tau of the log-prior added to the logits in training (default "
+        "%(default)s: balanced softmax)",
+    )
+    drw_patience: int = DRW_PATIENCE  # ldam_drw: re-weighting starts after this plateau, epochs
+    crt_epochs: int = CRT_EPOCHS  # crt: classifier re-training epochs (stage 2, pinned)
+    crt_lr: float = CRT_LR  # crt: stage-2 Adam learning rate, constant (pinned)
     augment: bool = True  # flips, plus 90-degree rotations for EL cells
     device: str = _opt(
         "auto", "auto picks CUDA when present (default %(default)s)", choices=DEVICES
@@ -162,6 +180,12 @@ class TrainConfig:
         "root of run folders: OUT/<dataset>/<variant>-s<seed> (default %(default)s)",
     )
     run_dir: str | None = _opt(None, "exact run folder (overrides --out/dataset/variant/seed)")
+    resume: bool = _opt(
+        False,
+        "continue an interrupted run from its last finished epoch (the state saved in "
+        "<run folder>/resume at every epoch); the result equals an uninterrupted run's at the "
+        "same thread count (default: off, train from scratch)",
+    )
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -240,72 +264,25 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-class TrainStep:
-    """One optimisation step on a batch: forward (autocast), loss, backward, Adam.
+def _config_key(cfg: TrainConfig) -> dict:
+    """The config fields a resumed run must share with the one that wrote its state."""
+    skip = {"resume", "out", "run_dir"}
+    return {k: v for k, v in asdict(cfg).items() if k not in skip}
 
-    With ``graph=True`` on CUDA the step is captured once as a CUDA graph and then replayed:
-    the first ``warmup`` steps run eagerly on a side stream (cuDNN set-up, Adam's state), the
-    next is captured with static input tensors, and every later step copies its batch in and
-    replays (PyTorch CUDA-graph docs, "whole network capture"). The optimizer must then be
-    ``capturable`` with a tensor learning rate, so that schedulers still reach the graph. If the
-    capture fails the step stays eager and ``graph_error`` says why.
-    """
 
-    def __init__(self, model, loss_fn, opt, device, bf16: bool, graph: bool, warmup: int = 3):
-        self.model, self.loss_fn, self.opt, self.device = model, loss_fn, opt, device
-        self.bf16 = bf16
-        self.graphed = graph and device.type == "cuda"
-        self.warmup = warmup
-        self.graph_error: str | None = None
-        self._graph = None
-        self._steps = 0
-        self._side = torch.cuda.Stream() if self.graphed else None
+def _method_loss(method: str, loss: str, phase: str, counts, weight, cfg, model):
+    """The training loss of a method in a phase (csba.losses.make_loss)."""
+    from .losses import effective_number_weights
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # cache_enabled=False under graphs: autocast's cast cache must not outlive a capture
-        with torch.autocast(
-            self.device.type,
-            dtype=torch.bfloat16,
-            enabled=self.bf16,
-            cache_enabled=not self.graphed,
-        ):
-            logits = self.model(x)
-        loss = self.loss_fn(logits, y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return loss.detach()
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Train on one batch (x normalised, y labels); returns the batch's mean loss."""
-        if not self.graphed:
-            return self._step(x, y)
-        if self._graph is not None:
-            self._x.copy_(x)
-            self._y.copy_(y)
-            self._graph.replay()
-            return self._loss
-        current = torch.cuda.current_stream()
-        if self._steps < self.warmup:
-            self._steps += 1
-            self._side.wait_stream(current)
-            with torch.cuda.stream(self._side):
-                loss = self._step(x, y)
-            current.wait_stream(self._side)
-            return loss
-        self._x, self._y = x.clone(), y.clone()
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):
-                self._loss = self._step(self._x, self._y)
-        except RuntimeError as e:
-            self.graphed = False
-            self.graph_error = f"{type(e).__name__}: {e}"[:300]
-            torch.cuda.synchronize()
-            return self._step(x, y)
-        self._graph = graph
-        graph.replay()  # capture records the work without running it
-        return self._loss
+    if method == "weighted":
+        return make_loss(loss, weight, cfg.focal_gamma)
+    if method == "ldam_drw":
+        w = effective_number_weights(counts).to(weight.device) if phase == "drw" else None
+        return make_loss("ldam", w, counts=counts, scale=model.scale)
+    if method == "crt":
+        return make_loss("ce", None)
+    # logit_adjust, pcgrad, class_sum: the variant's own loss, unweighted
+    return make_loss(loss, None, cfg.focal_gamma, counts=counts, tau=cfg.la_tau)
 
 
 def train(
@@ -322,7 +299,12 @@ def train(
     ``callback(event)`` receives dicts with ``type`` "start", "batch", "epoch" or "end" so a
     dashboard can follow progress; ``should_stop()`` is polled every batch (cancel). A
     KeyboardInterrupt or cancel ends training early and the best weights so far are kept.
+    With ``config.resume`` a run whose folder holds a resume state (written at the end of
+    every epoch) continues from its last finished epoch, with the same result as an
+    uninterrupted run at the same thread count.
     """
+    from .methods import class_balanced_indices, classifier_parameters, drw_starts, reset_classifier
+
     cfg = copy.deepcopy(config)
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise TrainingError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
@@ -336,11 +318,29 @@ def train(
         raise TrainingError(
             f"weights_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {cfg.weights_dtype!r}"
         )
+    if cfg.resume and not save:
+        raise TrainingError("resume needs a run folder (save=True)")
     emit = callback or (lambda event: None)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     channels_last = precision == "bf16" if cfg.channels_last is None else cfg.channels_last
     seed_everything(cfg.seed, cfg.deterministic)
+    run_dir = (
+        Path(cfg.run_dir)
+        if cfg.run_dir
+        else run_dir_for(cfg.out, cfg.dataset, cfg.variant, cfg.seed, cfg.image_size)
+    )
+    try:
+        resumed = load_resume_state(run_dir) if cfg.resume else None
+    except ResumeError as e:
+        raise TrainingError(str(e)) from None
+    if resumed is not None and resumed[1].get("config") != _config_key(cfg):
+        theirs, ours = resumed[1].get("config") or {}, _config_key(cfg)
+        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise TrainingError(
+            f"the resume state in '{resume_dir(run_dir)}' was written with other options "
+            f"({', '.join(diff)}); use those or delete that folder to start over"
+        )
     if bundle is None:
         bundle = load_dataset(
             cfg.dataset, cfg.image_size, data_root=cfg.data_root, split_seed=cfg.split_seed
@@ -352,19 +352,26 @@ def train(
     model = create_model(cfg.variant, C, **model_kwargs).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = make_loss(model.loss, weight, cfg.focal_gamma)
-    val_loss_fn = make_loss(model.loss, weight, cfg.focal_gamma)
-    # fused: one kernel for the whole Adam step on a GPU, where this small model's step is bound
-    # by kernel launches; the CPU keeps the default (the shipped runs' exact arithmetic).
-    graphed = cfg.cuda_graph and device.type == "cuda"
-    opt = torch.optim.Adam(
-        model.parameters(),
-        # a CUDA graph bakes a float lr in at capture; a tensor lr is updated in place
-        lr=torch.tensor(cfg.lr, device=device) if graphed else cfg.lr,
-        weight_decay=cfg.weight_decay,
-        fused=True if device.type == "cuda" else None,
-        capturable=graphed,
-    )
+    method = model.method
+    phases = Phases(method)
+    loss_fn = _method_loss(method, model.loss, phases.phase, counts, weight, cfg, model)
+    # Steps on per-class losses (pcgrad, its control) depend on which classes a batch holds, and
+    # phase changes swap the loss: both rule out a CUDA graph captured once.
+    graphed = cfg.cuda_graph and device.type == "cuda" and method in ("weighted", "logit_adjust")
+
+    def make_optimizer(params, lr: float):
+        # fused: one kernel for the whole Adam step on a GPU, where this small model's step is
+        # bound by kernel launches; the CPU keeps the default (the shipped runs' arithmetic).
+        return torch.optim.Adam(
+            params,
+            # a CUDA graph bakes a float lr in at capture; a tensor lr is updated in place
+            lr=torch.tensor(lr, device=device) if graphed else lr,
+            weight_decay=cfg.weight_decay,
+            fused=True if device.type == "cuda" else None,
+            capturable=graphed,
+        )
+
+    opt = make_optimizer(model.parameters(), cfg.lr)
     ema = None
     if cfg.ema_decay > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -381,7 +388,19 @@ def train(
     train_x = bundle.train.images.to(device)
     train_y = bundle.train.labels.to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
-    step = TrainStep(model, loss_fn, opt, device, bf16=precision == "bf16", graph=graphed)
+    # PCGrad's task orders: a generator of their own, so the data order is the baseline's.
+    task_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+    step_mode = {"pcgrad": "pcgrad", "class_sum": "class_sum"}.get(method, "loss")
+    step = TrainStep(
+        model,
+        loss_fn,
+        opt,
+        device,
+        bf16=precision == "bf16",
+        graph=graphed,
+        mode=step_mode,
+        task_generator=task_gen,
+    )
 
     tracker = None
     if cfg.conflict_every > 0:
@@ -391,15 +410,114 @@ def train(
             bundle.train, bundle.mean, bundle.std, C, cfg.conflict_per_class, cfg.seed
         )
 
+    def enter_stage2(resuming: bool = False) -> None:
+        """cRT stage 2: the best stage-1 weights, a fresh classifier, the backbone frozen."""
+        nonlocal opt, ema, sched
+        model.load_state_dict(best["state"])
+        if not resuming:
+            phases.stage1_best_epoch = best["epoch"]
+        reset_classifier(model)
+        head = set(classifier_parameters(model))
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in head)
+        opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.crt_lr)
+        sched = None  # constant learning rate (pinned)
+        step.opt = opt
+        if ema is not None:
+            ema = AveragedModel(
+                model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+            )
+
     history: list[dict] = []
     best = {"epoch": 0, "state": None}  # the kept weights (cfg.keep) and their epoch
-    best_f1 = -1.0  # best validation macro-F1 so far
+    best_f1 = -1.0  # best validation macro-F1 in the current phase
     n = len(train_y)
     # drop_last: a ragged final batch costs a new kernel set-up every epoch for 0-31 images; the
     # dropped few change each epoch (reshuffled), so no image is left out systematically.
     num_batches = max(1, n // cfg.batch_size)
     status = "completed"
     stop_reason = ""
+    finished = False  # the loop's end was reached (early stop or the last epoch)
+    start_epoch = 1
+    elapsed = 0.0  # training seconds of earlier sessions of a resumed run
+    resumed_at: list[int] = []
+    if resumed is not None:
+        tensors, info = resumed
+        phases.load(info["phases"])
+        step.loss_fn = _method_loss(method, model.loss, phases.phase, counts, weight, cfg, model)
+        if phases.phase == "stage2":  # freeze and re-optimise as stage 2 did, then load
+            best = {"epoch": info["best_epoch"], "state": tensors_with_prefix("best.", tensors)}
+            enter_stage2(resuming=True)
+        model.load_state_dict(tensors_with_prefix("model.", tensors))
+        opt_state = info["optimizer"]
+        # load_state_dict moves the state to each parameter's device as Adam wants it
+        opt_state["state"] = {
+            int(i): {k: tensors[f"opt.{i}.{k}"] for k in names}
+            for i, names in opt_state.pop("state_keys").items()
+        }
+        opt.load_state_dict(opt_state)
+        if graphed:  # a tensor learning rate, as the CUDA graph needs
+            for g in opt.param_groups:
+                g["lr"] = torch.tensor(float(g["lr"]), device=device)
+        if sched is not None and info.get("scheduler"):
+            sched.load_state_dict(info["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(tensors_with_prefix("ema.", tensors))
+        if info["best_epoch"]:
+            best = {"epoch": info["best_epoch"], "state": tensors_with_prefix("best.", tensors)}
+        best_f1 = info["best_f1"]
+        history = info["history"]
+        if tracker is not None:
+            tracker.history = info.get("conflict_history", [])
+        torch.set_rng_state(tensors["rng.torch"])
+        gen.set_state(tensors["rng.gen"])
+        task_gen.set_state(tensors["rng.task"])
+        if device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        finished, stop_reason = info["finished"], info["stop_reason"]
+        start_epoch = info["epoch"] + 1
+        elapsed = info["train_seconds"]
+        resumed_at = [*info.get("resumed_at", []), info["epoch"]]
+
+    def write_resume_state(epoch: int) -> None:
+        opt_state = opt.state_dict()
+        tensors = state_tensors("model.", model.state_dict())
+        if best["state"] is not None:
+            tensors.update(state_tensors("best.", best["state"]))
+        if ema is not None:
+            tensors.update(state_tensors("ema.", ema.state_dict()))
+        keys = {}
+        for i, st in opt_state["state"].items():
+            keys[str(i)] = list(st)
+            for k, v in st.items():
+                tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.gen"] = gen.get_state()
+        tensors["rng.task"] = task_gen.get_state()
+        if device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        groups = [
+            {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in g.items()}
+            for g in opt_state["param_groups"]
+        ]
+        info = {
+            "epoch": epoch,
+            "config": _config_key(cfg),
+            "phases": phases.state(),
+            "optimizer": {"param_groups": groups, "state_keys": keys},
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "best_epoch": best["epoch"],
+            "best_f1": best_f1,
+            "history": history,
+            "conflict_history": tracker.history if tracker is not None else [],
+            "finished": finished,
+            "stop_reason": stop_reason,
+            "train_seconds": elapsed + time.perf_counter() - t_start,
+            "resumed_at": resumed_at,
+            "threads": torch.get_num_threads(),
+        }
+        save_resume_state(run_dir, tensors, info)
+
     t_start = time.perf_counter()
     emit(
         {
@@ -408,13 +526,20 @@ def train(
             "num_batches": num_batches,
             "device": str(device),
             "precision": precision,
+            "resumed_from": start_epoch - 1,
         }
     )
     try:
-        for epoch in range(1, cfg.epochs + 1):
+        epoch = start_epoch - 1
+        while not finished:
+            epoch += 1
             t0 = time.perf_counter()
             model.train()
-            perm = torch.randperm(n, generator=gen).to(device)
+            if phases.phase == "stage2":
+                model.backbone.eval()  # frozen backbone: BatchNorm statistics stay
+                perm = class_balanced_indices(bundle.train.labels, gen).to(device)
+            else:
+                perm = torch.randperm(n, generator=gen).to(device)
             loss_sum = torch.zeros((), device=device)
             for b in range(num_batches):
                 if should_stop is not None and should_stop():
@@ -456,7 +581,8 @@ def train(
                     "or use --precision fp32"
                 )
             lr = float(opt.param_groups[0]["lr"])
-            sched.step()
+            if sched is not None:
+                sched.step()
             t_train = time.perf_counter() - t0
             kept_model = model if ema is None else ema.module
             # Validation for early stopping runs in the training precision (bf16: about half the
@@ -470,8 +596,9 @@ def train(
                 device=device,
                 bf16=precision == "bf16",
             )
+            # every method's loss is invariant to a per-row shift, so log-probabilities do
             val_loss = float(
-                val_loss_fn(
+                step.loss_fn(
                     torch.log(torch.from_numpy(val_probs).clamp_min(1e-12)).float(),
                     bundle.val.labels,
                 )
@@ -486,20 +613,56 @@ def train(
                 "seconds": time.perf_counter() - t0,
                 "train_seconds": t_train,
             }
+            if phases.phase != "train":
+                record["phase"] = phases.phase
             if tracker is not None and (epoch % cfg.conflict_every == 0 or epoch == 1):
+                frozen = [p for p in model.parameters() if not p.requires_grad]
+                for p in frozen:  # the instrument is the same for every run: all parameters
+                    p.requires_grad_(True)
                 tracker.record(model, epoch)
+                for p in frozen:
+                    p.requires_grad_(False)
             history.append(record)
             improved = val_metrics["macro_f1"] > best_f1
             best_f1 = max(best_f1, val_metrics["macro_f1"])
-            if improved or cfg.keep == "last":
+            keep_last = cfg.keep == "last" or phases.phase == "stage2"
+            if improved or keep_last:
                 best = {
                     "epoch": epoch,
                     "state": {k: v.detach().clone() for k, v in kept_model.state_dict().items()},
                 }
             emit({"type": "epoch", **record, "best_epoch": best["epoch"], "improved": improved})
-            if cfg.keep == "best" and epoch - best["epoch"] >= cfg.patience:
-                stop_reason = f"early stop: no validation macro-F1 gain for {cfg.patience} epochs"
-                break
+            phase_f1 = [h["val_macro_f1"] for h in history[phases.start - 1 :]]
+            if phases.phase == "stage2":
+                if epoch - phases.start + 1 >= cfg.crt_epochs:
+                    finished = True
+                    stop_reason = f"cRT: {cfg.crt_epochs} classifier epochs after stage 1"
+            elif phases.phase == "ldam" and epoch >= cfg.epochs:
+                finished, stop_reason = True, f"reached {cfg.epochs} epochs before re-weighting"
+            elif phases.phase == "ldam" and drw_starts(phase_f1, cfg.drw_patience):
+                # re-weighting from the next epoch on; early stopping counts from there
+                phases.phase, phases.start, phases.drw_epoch = "drw", epoch + 1, epoch + 1
+                step.loss_fn = _method_loss(method, model.loss, "drw", counts, weight, cfg, model)
+                best_f1 = -1.0
+            elif (cfg.keep == "best" and epoch - best["epoch"] >= cfg.patience) or (
+                epoch >= cfg.epochs
+            ):
+                stop_reason = (
+                    f"early stop: no validation macro-F1 gain for {cfg.patience} epochs"
+                    if epoch < cfg.epochs
+                    else f"reached {cfg.epochs} epochs"
+                )
+                if phases.phase == "stage1":
+                    phases.phase, phases.start = "stage2", epoch + 1
+                    enter_stage2()
+                    step.loss_fn = _method_loss(
+                        method, model.loss, "stage2", counts, weight, cfg, model
+                    )
+                    best_f1 = -1.0
+                else:
+                    finished = True
+            if save:
+                write_resume_state(epoch)
     except torch.cuda.OutOfMemoryError:
         raise TrainingError(
             f"CUDA ran out of memory at batch size {cfg.batch_size} and {cfg.image_size} px; "
@@ -511,9 +674,11 @@ def train(
         status, stop_reason = "cancelled", "cancelled"
     if best["state"] is None:
         raise TrainingStopped(f"{stop_reason or 'stopped'} before the first epoch finished")
-    train_seconds = time.perf_counter() - t_start
+    train_seconds = elapsed + time.perf_counter() - t_start
 
     model.load_state_dict(best["state"])
+    for p in model.parameters():
+        p.requires_grad_(True)
     weights_dtype = round_weights(model, WEIGHT_DTYPES[cfg.weights_dtype])
     model = model.to(memory_format=torch.contiguous_format).eval()
     test_metrics, test_probs = evaluate_split(
@@ -530,6 +695,7 @@ def train(
         "classes": bundle.classes,
         "config": asdict(cfg),
         "model": model_kwargs,
+        "method": method_record(method, phases, counts, cfg, model),
         "dataset": {**bundle.describe(), "data_root": bundle.data_root},
         "split_indices": bundle.split_indices,
         "parameters": count_parameters(model),
@@ -550,6 +716,7 @@ def train(
             "cuda_graph": step.graphed,
             **({"cuda_graph_error": step.graph_error} if step.graph_error else {}),
             "train_seconds": train_seconds,
+            **({"resumed_at_epochs": resumed_at} if resumed_at else {}),
             "torch": torch.__version__,
             "python": platform.python_version(),
             "machine": platform.machine(),
@@ -558,13 +725,12 @@ def train(
         "created": _now(),
     }
     if save:
-        run_dir = (
-            Path(cfg.run_dir)
-            if cfg.run_dir
-            else run_dir_for(cfg.out, cfg.dataset, cfg.variant, cfg.seed, cfg.image_size)
-        )
         save_run(run_dir, model, meta, dtype=weights_dtype)
         meta["run_dir"] = str(run_dir)
+        if status == "completed":
+            import shutil
+
+            shutil.rmtree(resume_dir(run_dir), ignore_errors=True)
     emit(
         {
             "type": "end",

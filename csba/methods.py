@@ -1,0 +1,142 @@
+"""Training procedures beyond a loss (docs/design.md §2): PCGrad's projection over per-class
+gradients, the class-balanced sampler and classifier re-training of cRT, and the rule that
+places LDAM's deferred re-weighting. csba.train drives them; each is small and tested alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CRT_EPOCHS",
+    "CRT_LR",
+    "DRW_PATIENCE",
+    "Phases",
+    "class_balanced_indices",
+    "classifier_parameters",
+    "drw_starts",
+    "method_record",
+    "pcgrad",
+    "reset_classifier",
+]
+
+CRT_EPOCHS = 10  # cRT stage 2 length in epochs (Kang et al. re-train for 10; pinned)
+CRT_LR = 1e-3  # cRT stage 2 Adam learning rate, constant (pinned)
+DRW_PATIENCE = 10  # LDAM-DRW: epochs without validation gain that start the re-weighting
+
+
+def pcgrad(grads: list[Tensor], generator: torch.Generator | None = None) -> Tensor:
+    """PCGrad (Yu et al., NeurIPS 2020, their Algorithm 1): each task gradient g_i (flat, (P,))
+    is projected, in a random order of the other tasks, off every original g_j it conflicts
+    with (g_i . g_j < 0): g_i <- g_i - (g_i . g_j / |g_j|^2) g_j. Returns the sum of the
+    projected gradients. Float32 arithmetic; a zero g_j is skipped."""
+    if not grads:
+        raise ValueError("pcgrad needs at least one gradient")
+    g = torch.stack([t.float() for t in grads])  # (T, P)
+    sq = (g * g).sum(1)  # (T,)
+    out = g.clone()
+    n = len(grads)
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        order = torch.randperm(len(others), generator=generator).tolist() if others else []
+        for k in order:
+            j = others[k]
+            dot = out[i] @ g[j]
+            if dot < 0 and sq[j] > 0:
+                out[i] -= (dot / sq[j]) * g[j]
+    return out.sum(0)
+
+
+def class_balanced_indices(labels: Tensor, generator: torch.Generator) -> Tensor:
+    """One epoch of class-balanced sampling (Kang et al.): len(labels) draws with replacement,
+    each picking a class uniformly (among those present) and then one of its images uniformly.
+    labels (N,) int64 on the CPU -> indices (N,) int64."""
+    counts = torch.bincount(labels)
+    per_sample = 1.0 / counts[labels].double()
+    return torch.multinomial(per_sample, len(labels), replacement=True, generator=generator)
+
+
+def classifier_parameters(model: nn.Module) -> list[str]:
+    """Names of the classifier's parameters: everything outside the backbone (the branches'
+    heads, the SE gates of csba-style heads, learnable branch weights)."""
+    return [n for n, _ in model.named_parameters() if not n.startswith("backbone.")]
+
+
+@torch.no_grad()
+def reset_classifier(model: nn.Module) -> None:
+    """Re-initialise the classifier as at construction (cRT stage 2): every module outside the
+    backbone gets its init again, learnable branch weights go back to zero."""
+    from .models import NEG_SLOPE, NormedLinear
+
+    for name, child in model.named_children():
+        if name == "backbone":
+            continue
+        for m in child.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear, NormedLinear)):
+                nn.init.kaiming_uniform_(m.weight, a=NEG_SLOPE, nonlinearity="leaky_relu")
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.reset_parameters()
+    if isinstance(getattr(model, "branch_weights", None), nn.Parameter):
+        model.branch_weights.zero_()
+
+
+def drw_starts(val_f1: list[float], patience: int = DRW_PATIENCE) -> bool:
+    """LDAM-DRW's re-weighting epoch, chosen on validation: re-weighting starts after the
+    first epoch at which validation macro-F1 (per epoch of the unweighted phase, ``val_f1``)
+    has not improved on its best for ``patience`` epochs."""
+    if len(val_f1) <= patience:
+        return False
+    best_at = max(range(len(val_f1)), key=lambda i: (val_f1[i], -i))
+    return len(val_f1) - 1 - best_at >= patience
+
+
+class Phases:
+    """Where a run is in its method's procedure (docs/design.md §2), and the rules that move it.
+
+    ``phase``: "train" for one-phase methods; LDAM-DRW: "ldam" (unweighted) then "drw"
+    (re-weighted); cRT: "stage1" (whole model) then "stage2" (classifier only). Early stopping
+    and the kept weights count only within the current phase.
+    """
+
+    def __init__(self, method: str):
+        self.method = method
+        self.phase = {"ldam_drw": "ldam", "crt": "stage1"}.get(method, "train")
+        self.start = 1  # first epoch of the current phase
+        self.drw_epoch: int | None = None  # LDAM-DRW: first re-weighted epoch
+        self.stage1_best_epoch: int | None = None  # cRT: the stage-1 weights stage 2 starts from
+
+    def state(self) -> dict:
+        return dict(vars(self))
+
+    def load(self, d: dict) -> None:
+        for k, v in d.items():
+            setattr(self, k, v)
+
+
+def method_record(method: str, phases: Phases, counts, cfg, model) -> dict:
+    """What run.json says about how the run trained, beyond its config."""
+    from .losses import effective_number_weights, ldam_margins
+
+    rec: dict = {"name": method}
+    if method == "logit_adjust":
+        rec["tau"] = cfg.la_tau
+    if method == "ldam_drw":
+        rec.update(
+            margins=ldam_margins(counts).tolist(),
+            scale=model.scale,
+            drw_epoch=phases.drw_epoch,
+            drw_patience=cfg.drw_patience,
+            drw_weights=effective_number_weights(counts).tolist(),
+        )
+    if method == "crt":
+        rec.update(
+            stage1_best_epoch=phases.stage1_best_epoch,
+            stage2_start=phases.start if phases.phase == "stage2" else None,
+            stage2_epochs=cfg.crt_epochs,
+            stage2_lr=cfg.crt_lr,
+            stage2_sampler="class-balanced",
+        )
+    return rec
