@@ -45,7 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .models import list_models
     from .options import check_values, config_from_args, train_options
     from .protocol import epoch_logger
-    from .store import run_dir_for
+    from .store import config_run_dir
     from .train import train
 
     if args.dataset not in DATASETS:
@@ -56,12 +56,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     check_values(vars(args))
     cfg = config_from_args(args, [o.name for o in train_options()])
-    run_dir = (
-        Path(args.run_dir)
-        if args.run_dir
-        else run_dir_for(cfg.out, cfg.dataset, cfg.variant, cfg.seed, cfg.image_size)
-    )
-    if (run_dir / "run.json").exists() and not args.overwrite:
+    run_dir = config_run_dir(cfg)
+    if (run_dir / "run.json").exists() and not args.overwrite and not cfg.resume:
         raise CLIError(f"'{run_dir}' already holds a run; pass --overwrite or choose --out")
     cfg.run_dir = str(run_dir)
 

@@ -27,6 +27,8 @@ from torch import Tensor
 
 __all__ = [
     "DATASETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "DataError",
     "DatasetBundle",
     "ImageLoadError",
@@ -37,6 +39,7 @@ __all__ = [
     "load_image",
     "normalize",
     "preprocess_image",
+    "with_normalisation",
 ]
 
 DATASETS = ("elpv", "elpv8", "imagefolder", "cifar10-lt")
@@ -170,10 +173,24 @@ def preprocess_image(im: Image.Image, image_size: int, channels: int) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
+# torchvision's ImageNet statistics, for pretrained backbones (RGB, [0, 1] units)
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def with_normalisation(bundle: DatasetBundle, mean: list[float], std: list[float]):
+    """The bundle with other normalisation statistics (pretrained runs: ImageNet's; a stored
+    run: those it was trained with). Grey images get 3 channels from 3 statistics."""
+    import dataclasses
+
+    return dataclasses.replace(bundle, mean=list(mean), std=list(std))
+
+
 def normalize(images: Tensor, mean: list[float], std: list[float]) -> Tensor:
     """uint8 (B, c, S, S) -> float32 (B, 3, S, S), scaled to [0, 1] then standardised.
 
-    Grey inputs (c = 1) are repeated to 3 channels; mean/std are per cached channel.
+    Grey inputs (c = 1) are repeated to 3 channels; mean/std are per cached channel, or three
+    values (ImageNet's) that a grey image is broadcast against.
     """
     x = images.float().div_(255.0)
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .store import RunError, read_run_json, run_dir_for
+from .store import RunError, config_run_dir, read_run_json
 
 __all__ = [
     "FINISHED",
@@ -216,7 +216,7 @@ class JobManager:
             return cfg, ""
         seed = int(cfg.seed)
         for _ in range(10_000):
-            path = run_dir_for(cfg.out, cfg.dataset, cfg.variant, seed, cfg.image_size)
+            path = config_run_dir(cfg, seed)
             if not (path / "run.json").exists() and str(path) not in reserved:
                 note = (
                     ""
@@ -230,7 +230,7 @@ class JobManager:
     def submit(self, configs: Sequence) -> str:
         """Queue one job training ``configs`` in order; returns its id.
 
-        A config without ``run_dir`` gets ``run_dir_for(out, dataset, variant, seed, size)``;
+        A config without ``run_dir`` gets ``config_run_dir(cfg)`` (csba.store.run_dir_for);
         when that folder already holds a run (or a queued job will write it) the next free seed is
         used and the run's ``note`` says so. Nothing existing is ever overwritten.
         """

@@ -3,10 +3,11 @@ methods (logit adjustment, LDAM-DRW, cRT, PCGrad and its control).
 
 Every model maps images (B, 3, H, W) to logits (B, C) and exposes the same analysis hooks:
 
-* ``forward_features(x) -> Z``: the shared backbone output, (B, 768, h, w).
+* ``forward_features(x) -> Z``: the shared backbone output, (B, F, h, w); F = 768 on the
+  paper's trifire backbone, the last feature map's channels on a torchvision one.
 * ``head_parts(z) -> HeadOutput``: fused logits, per-branch outputs before fusion and, where the
   variant has them, the attention gates a_k.
-* ``layer_groups()``: parameter names per layer group (stem, fire1..fire8, attention, heads).
+* ``layer_groups()``: parameter names per layer group (the backbone's stages, attention, heads).
 * ``branch_parameter_names()``: parameter names per branch (its attention included).
 
 Use :func:`create_model` and :func:`list_models`; never instantiate the classes by hand in callers
@@ -102,6 +103,14 @@ class Backbone(nn.Module):
         self.out_channels = cin
         self.pool = nn.MaxPool2d(3, stride=2, ceil_mode=True)
 
+    def stage_names(self) -> list[str]:
+        """Layer groups of the per-layer conflict, in forward order: stem, fire1..fire8."""
+        return ["stem", *(name for name, _, _ in FIRE_SPEC)]
+
+    def stage_of(self, name: str) -> str:
+        """The group of a parameter named relative to the backbone (``fire3.squeeze.0.weight``)."""
+        return name.split(".")[0]
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
         for name, _, _ in FIRE_SPEC:
@@ -114,7 +123,8 @@ class Backbone(nn.Module):
 class SEGate(nn.Module):
     """Bias-free squeeze-and-excitation gate: Z (B, C, h, w) -> a (B, C) in (0, 1)."""
 
-    def __init__(self, channels: int = FEATURE_CHANNELS, hidden: int = 96) -> None:
+    def __init__(self, channels: int = FEATURE_CHANNELS, hidden: int | None = None) -> None:
+        hidden = hidden or max(1, channels // 8)  # 768 / 8 = 96 on trifire (pinned)
         super().__init__()
         self.fc1 = nn.Linear(channels, hidden, bias=False)  # W1: hidden x channels
         self.fc2 = nn.Linear(hidden, channels, bias=False)  # W2: channels x hidden
@@ -128,8 +138,8 @@ class HeadOutput:
     """Everything a head computes, for analysis.
 
     logits: (B, C) fused logits. branch_logits: one tensor per branch before fusion, (B, C) for the
-    summed-branch variants and (B, 1) per class head for class_heads. attention: (B, K, 768) gates
-    or None for variants without attention.
+    summed-branch variants and (B, 1) per class head for class_heads. attention: (B, K, F) gates
+    (F: the backbone's channels, 768 on trifire) or None for variants without attention.
     """
 
     logits: Tensor
@@ -138,7 +148,7 @@ class HeadOutput:
 
 
 class _Net(nn.Module):
-    """Common plumbing: backbone + a head that implements ``head_parts``."""
+    """Common plumbing: a backbone (csba.backbones) + a head that implements ``head_parts``."""
 
     variant: str = ""
     loss: str = "ce"  # training loss this variant is defined with (csba.losses.make_loss kind)
@@ -147,15 +157,27 @@ class _Net(nn.Module):
     # procedures of csba.train / csba.methods.
     method: str = "weighted"
 
-    def __init__(self, num_classes: int, in_channels: int = 3) -> None:
+    def __init__(self, num_classes: int, in_channels: int = 3, backbone: str = "trifire") -> None:
         super().__init__()
+        from .backbones import build_backbone
+
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         self.num_classes = num_classes
-        self.backbone = Backbone(in_channels)
+        self.backbone_name = backbone
+        self.backbone = build_backbone(backbone, in_channels)
+        self.feature_channels = int(self.backbone.out_channels)  # F: channels of Z
+
+    def _init_own(self) -> None:
+        """Our init on every part but a torchvision backbone (its builder's init stays). Same
+        module order as one pass over the whole model, so trifire models draw the same
+        numbers as before backbones were pluggable."""
+        for name, child in self.named_children():
+            if name != "backbone" or self.backbone_name == "trifire":
+                _init_weights(child)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Backbone output Z, (B, 768, h, w)."""
+        """Backbone output Z, (B, F, h, w)."""
         return self.backbone(x)
 
     def head_parts(self, z: Tensor) -> HeadOutput:  # pragma: no cover - abstract
@@ -176,9 +198,9 @@ class _Net(nn.Module):
         raise NotImplementedError
 
     def layer_groups(self) -> dict[str, list[str]]:
-        """Parameter names per layer group: stem, fire1..fire8, attention, heads (DESIGN §4)."""
-        groups: dict[str, list[str]] = {"stem": []}
-        groups.update({name: [] for name, _, _ in FIRE_SPEC})
+        """Parameter names per layer group: the backbone's stages (trifire: stem, fire1..fire8),
+        then attention and heads (docs/design.md §4)."""
+        groups: dict[str, list[str]] = {name: [] for name in self.backbone.stage_names()}
         groups["attention"] = []
         groups["heads"] = []
         for name, p in self.named_parameters():
@@ -186,7 +208,7 @@ class _Net(nn.Module):
                 continue
             parts = name.split(".")
             if parts[0] == "backbone":
-                groups[parts[1]].append(name)
+                groups[self.backbone.stage_of(name.split(".", 1)[1])].append(name)
             elif any(part in ("gate", "gates") for part in parts):
                 groups["attention"].append(name)
             else:
@@ -203,7 +225,7 @@ def _init_weights(module: nn.Module) -> None:
 
 
 class BaselineNet(_Net):
-    """K branches Dropout -> Conv1x1(768 -> C), summed, global average pooled."""
+    """K branches Dropout -> Conv1x1(F -> C), summed, global average pooled."""
 
     variant = "baseline"
 
@@ -213,13 +235,14 @@ class BaselineNet(_Net):
         in_channels: int = 3,
         branches: int = 3,  # K (pinned)
         dropout: float = 0.5,  # per-branch dropout before the 1x1 conv (pinned)
+        backbone: str = "trifire",  # csba.backbones.list_backbones()
     ) -> None:
-        super().__init__(num_classes, in_channels)
+        super().__init__(num_classes, in_channels, backbone)
         self.drop = nn.ModuleList(nn.Dropout(dropout) for _ in range(branches))
         self.branches = nn.ModuleList(
-            nn.Conv2d(FEATURE_CHANNELS, num_classes, 1) for _ in range(branches)
+            nn.Conv2d(self.feature_channels, num_classes, 1) for _ in range(branches)
         )
-        _init_weights(self)
+        self._init_own()
 
     def _branch_inputs(self, z: Tensor) -> tuple[list[Tensor], Tensor | None]:
         return [z] * len(self.branches), None
@@ -255,14 +278,17 @@ class CSBANet(BaselineNet):
         in_channels: int = 3,
         branches: int = 3,
         dropout: float = 0.5,
-        se_hidden: int = 96,  # SE bottleneck width, 768 / 8 (pinned)
+        se_hidden: int | None = None,  # SE bottleneck width; None: F / 8 (96 on trifire, pinned)
+        backbone: str = "trifire",
     ) -> None:
-        super().__init__(num_classes, in_channels, branches, dropout)
-        self.gates = nn.ModuleList(SEGate(FEATURE_CHANNELS, se_hidden) for _ in range(branches))
+        super().__init__(num_classes, in_channels, branches, dropout, backbone)
+        self.gates = nn.ModuleList(
+            SEGate(self.feature_channels, se_hidden) for _ in range(branches)
+        )
         _init_weights(self.gates)
 
     def _branch_inputs(self, z: Tensor) -> tuple[list[Tensor], Tensor | None]:
-        a = torch.stack([gate(z) for gate in self.gates], dim=1)  # (B, K, 768)
+        a = torch.stack([gate(z) for gate in self.gates], dim=1)  # (B, K, F)
         return [z * a[:, k, :, None, None] for k in range(a.shape[1])], a
 
 
@@ -272,9 +298,14 @@ class GradNormNet(BaselineNet):
     variant = "gradnorm"
 
     def __init__(
-        self, num_classes: int, in_channels: int = 3, branches: int = 3, dropout: float = 0.5
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        branches: int = 3,
+        dropout: float = 0.5,
+        backbone: str = "trifire",
     ) -> None:
-        super().__init__(num_classes, in_channels, branches, dropout)
+        super().__init__(num_classes, in_channels, branches, dropout, backbone)
         self.branch_weights = nn.Parameter(torch.zeros(branches))
 
     def _fuse(self, branch_logits: list[Tensor]) -> Tensor:
@@ -332,11 +363,12 @@ class LDAMNet(BaselineNet):
         branches: int = 3,
         dropout: float = 0.5,
         scale: float = 30.0,  # s of LDAM (their code's default)
+        backbone: str = "trifire",
     ) -> None:
-        super().__init__(num_classes, in_channels, branches, dropout)
+        super().__init__(num_classes, in_channels, branches, dropout, backbone)
         self.scale = scale
         self.branches = nn.ModuleList(
-            NormedLinear(FEATURE_CHANNELS, num_classes) for _ in range(branches)
+            NormedLinear(self.feature_channels, num_classes) for _ in range(branches)
         )
 
     def head_parts(self, z: Tensor) -> HeadOutput:
@@ -381,23 +413,29 @@ class ClassSumNet(BaselineNet):
 
 
 class ClassHead(nn.Module):
-    """One class's head: SE gate -> Conv3x3(768->128) -> BN -> LReLU -> Dropout -> Conv1x1 -> GAP.
+    """One class's head: SE gate -> Conv3x3(F->128) -> BN -> LReLU -> Dropout -> Conv1x1 -> GAP.
 
-    Returns the class logit (B, 1) and the gate (B, 768).
+    Returns the class logit (B, 1) and the gate (B, F).
     """
 
-    def __init__(self, hidden: int = 128, se_hidden: int = 96, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        hidden: int = 128,
+        se_hidden: int | None = None,
+        dropout: float = 0.5,
+        channels: int = FEATURE_CHANNELS,
+    ) -> None:
         super().__init__()
-        self.gate = SEGate(FEATURE_CHANNELS, se_hidden)
+        self.gate = SEGate(channels, se_hidden)
         self.body = nn.Sequential(
-            _conv_bn_act(FEATURE_CHANNELS, hidden, 3),
+            _conv_bn_act(channels, hidden, 3),
             nn.Dropout(dropout),
             nn.Conv2d(hidden, 1, 1),
         )
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        a = self.gate(z)  # (B, 768)
-        return self.body(z * a[:, :, None, None]).mean(dim=(2, 3)), a  # (B, 1), (B, 768)
+        a = self.gate(z)  # (B, F)
+        return self.body(z * a[:, :, None, None]).mean(dim=(2, 3)), a  # (B, 1), (B, F)
 
 
 class ClassHeadsNet(_Net):
@@ -410,14 +448,15 @@ class ClassHeadsNet(_Net):
         num_classes: int,
         in_channels: int = 3,
         hidden: int = 128,  # Conv3x3 width per head (pinned)
-        se_hidden: int = 96,
+        se_hidden: int | None = None,
         dropout: float = 0.5,
+        backbone: str = "trifire",
     ) -> None:
-        super().__init__(num_classes, in_channels)
+        super().__init__(num_classes, in_channels, backbone)
         self.heads = nn.ModuleList(
-            ClassHead(hidden, se_hidden, dropout) for _ in range(num_classes)
+            ClassHead(hidden, se_hidden, dropout, self.feature_channels) for _ in range(num_classes)
         )
-        _init_weights(self)
+        self._init_own()
 
     def head_parts(self, z: Tensor) -> HeadOutput:
         outs = [head(z) for head in self.heads]

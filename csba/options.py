@@ -56,6 +56,10 @@ def _names(name: str) -> list[str]:
         from .models import list_models
 
         return list_models()
+    if name == "backbone":
+        from .backbones import list_backbones
+
+        return list_backbones()
     return []
 
 

@@ -97,17 +97,13 @@ def protocol_train_flags(options: dict[str, Any]) -> list[str]:
 
 
 def _run_dir(options: dict[str, Any], variant: str, seed: int) -> Path:
-    from .store import run_dir_for
+    from .store import config_run_dir
     from .train import TrainConfig
 
     d = TrainConfig()
-    return run_dir_for(
-        options.get("out", d.out),
-        options.get("dataset", d.dataset),
-        variant,
-        seed,
-        options.get("image_size", d.image_size),
-    )
+    names = ("out", "dataset", "image_size", "backbone", "pretrained")
+    values = {n: options.get(n, getattr(d, n)) for n in names}
+    return config_run_dir(TrainConfig(**values, variant=variant, seed=seed))
 
 
 def _read(run_dir: Path) -> dict:

@@ -28,7 +28,7 @@ def load_run_and_data(run_dir: str, data_root: str | None = None):
     Raises RunError when the dataset's classes differ from the run's; warns (UserWarning) when
     the source's fingerprint differs from the one recorded at training time.
     """
-    from .data import load_dataset
+    from .data import load_dataset, with_normalisation
     from .store import load_run
 
     run = load_run(run_dir)
@@ -40,6 +40,8 @@ def load_run_and_data(run_dir: str, data_root: str | None = None):
         data_root=data_root or ds.get("data_root") or cfg.get("data_root"),
         split_seed=int(ds["split_seed"]),
     )
+    if cfg.get("pretrained"):  # normalised as in training: ImageNet statistics
+        bundle = with_normalisation(bundle, ds["mean"], ds["std"])
     if bundle.classes != run.classes:
         raise RunError(
             f"'{run.path}': the run's classes {run.classes} differ from the dataset's "

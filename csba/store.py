@@ -30,6 +30,7 @@ __all__ = [
     "RunInfo",
     "atomic_write_json",
     "cleanup_stale_temp",
+    "config_run_dir",
     "list_runs",
     "load_run",
     "read_run_json",
@@ -107,10 +108,40 @@ def cleanup_stale_temp(run_dir: Path, older_than_s: float = 0.0) -> int:
     return n
 
 
-def run_dir_for(root: str | os.PathLike, dataset: str, variant: str, seed: int, image_size: int):
-    """``root/<dataset>/<variant>-s<seed>``; sizes other than 128 px get ``<dataset>-<S>px``."""
+def run_dir_for(
+    root: str | os.PathLike,
+    dataset: str,
+    variant: str,
+    seed: int,
+    image_size: int,
+    backbone: str = "trifire",
+    pretrained: str | None = None,
+) -> Path:
+    """``root/<dataset>/<variant>-s<seed>``; sizes other than 128 px get ``<dataset>-<S>px``,
+    backbones other than trifire ``<variant>-<backbone>-s<seed>``, pretrained ones a
+    ``-imagenet`` (``pretrained="imagenet"``) or ``-pretrained`` (a local file) after the
+    backbone, so that no two kinds of run share a folder."""
     key = dataset if image_size == DEFAULT_IMAGE_SIZE else f"{dataset}-{image_size}px"
-    return Path(root) / key / f"{variant}-s{seed}"
+    name = variant if backbone == "trifire" else f"{variant}-{backbone}"
+    if pretrained:
+        name += "-imagenet" if pretrained == "imagenet" else "-pretrained"
+    return Path(root) / key / f"{name}-s{seed}"
+
+
+def config_run_dir(cfg, seed: int | None = None) -> Path:
+    """The run folder of a :class:`csba.train.TrainConfig`: its ``run_dir`` or
+    :func:`run_dir_for` of its fields (``seed`` overrides the config's)."""
+    if cfg.run_dir and seed is None:
+        return Path(cfg.run_dir)
+    return run_dir_for(
+        cfg.out,
+        cfg.dataset,
+        cfg.variant,
+        cfg.seed if seed is None else seed,
+        cfg.image_size,
+        getattr(cfg, "backbone", "trifire"),
+        getattr(cfg, "pretrained", None),
+    )
 
 
 def save_run(

@@ -22,7 +22,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import DatasetBundle, augment_batch, load_dataset, normalize
+from .backbones import BackboneError, load_pretrained
+from .data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DatasetBundle,
+    augment_batch,
+    load_dataset,
+    normalize,
+    with_normalisation,
+)
 from .evaluate import evaluate_split, prediction_record
 from .losses import class_weights, make_loss
 from .methods import CRT_EPOCHS, CRT_LR, DRW_PATIENCE, Phases, method_record
@@ -36,7 +45,7 @@ from .resume import (
     tensors_with_prefix,
 )
 from .step import TrainStep
-from .store import run_dir_for, save_run
+from .store import config_run_dir, save_run
 
 __all__ = [
     "TrainConfig",
@@ -81,6 +90,19 @@ class TrainConfig:
         "csba",  # a name from csba.list_models()
         "one of {names} (default %(default)s)",
         metavar="NAME",
+    )
+    backbone: str = _opt(
+        "trifire",  # csba.backbones.list_backbones(); part of the run folder's name otherwise
+        "feature extractor under the head: one of {names} (default %(default)s: the paper's "
+        "tri-path Fire network; the others are torchvision's builders)",
+        metavar="NAME",
+    )
+    pretrained: str | None = _opt(
+        None,  # torchvision backbones only
+        "start a torchvision backbone from 'imagenet' (torchvision's download) or from a local "
+        ".safetensors state dict; pretrained runs normalise with ImageNet statistics (default: "
+        "from scratch)",
+        metavar="imagenet|PATH",
     )
     seed: int = _opt(
         0, "seed for initialisation, batch order and augmentation (default %(default)s)"
@@ -325,11 +347,7 @@ def train(
     precision = resolve_precision(cfg.precision, device)
     channels_last = precision == "bf16" if cfg.channels_last is None else cfg.channels_last
     seed_everything(cfg.seed, cfg.deterministic)
-    run_dir = (
-        Path(cfg.run_dir)
-        if cfg.run_dir
-        else run_dir_for(cfg.out, cfg.dataset, cfg.variant, cfg.seed, cfg.image_size)
-    )
+    run_dir = config_run_dir(cfg)
     try:
         resumed = load_resume_state(run_dir) if cfg.resume else None
     except ResumeError as e:
@@ -345,11 +363,20 @@ def train(
         bundle = load_dataset(
             cfg.dataset, cfg.image_size, data_root=cfg.data_root, split_seed=cfg.split_seed
         )
+    if cfg.pretrained:  # ImageNet statistics, per RGB channel (grey images are repeated)
+        bundle = with_normalisation(bundle, IMAGENET_MEAN, IMAGENET_STD)
     C = bundle.num_classes
     counts = bundle.train.counts(C)
     weight = class_weights(counts).to(device)
     model_kwargs = dict(model_kwargs or {})
-    model = create_model(cfg.variant, C, **model_kwargs).to(device)
+    if cfg.backbone != "trifire":
+        model_kwargs["backbone"] = cfg.backbone  # run.json "model": what rebuilds the model
+    try:
+        model = create_model(cfg.variant, C, **model_kwargs)
+        pretrained = load_pretrained(model.backbone, cfg.pretrained) if cfg.pretrained else None
+    except BackboneError as e:
+        raise TrainingError(str(e)) from None
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     method = model.method
@@ -696,6 +723,12 @@ def train(
         "config": asdict(cfg),
         "model": model_kwargs,
         "method": method_record(method, phases, counts, cfg, model),
+        "backbone": {
+            "name": cfg.backbone,
+            "feature_channels": model.feature_channels,
+            "stages": model.backbone.stage_names(),
+            "pretrained": pretrained,
+        },
         "dataset": {**bundle.describe(), "data_root": bundle.data_root},
         "split_indices": bundle.split_indices,
         "parameters": count_parameters(model),
