@@ -42,9 +42,11 @@ __all__ = [
     "aggregate_metric_dicts",
     "aggregate_seeds",
     "bootstrap_metrics",
+    "bootstrap_p_value",
     "bootstrap_seed_mean",
     "confusion_from_predictions",
     "delta_table",
+    "holm",
     "metrics_from_confusion",
     "paired_bootstrap_diff",
     "per_class_table",
@@ -754,4 +756,31 @@ def bootstrap_seed_mean(
     }
     if ref:
         config["difference"] = "mean(preds) - mean(reference)"
-    return _package(point, samples, support, level, config)
+    result = _package(point, samples, support, level, config)
+    if ref:  # two-sided bootstrap p-value of "no difference", per overall metric
+        result["p_value"] = {k: bootstrap_p_value(samples[k]) for k in OVERALL_METRICS}
+    return result
+
+
+def bootstrap_p_value(samples: Any) -> float:
+    """Two-sided bootstrap p-value of a difference being zero: twice the smaller share of
+    resampled differences on either side of zero (ties count on both sides), at most 1."""
+    s = np.asarray(samples, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        return float("nan")
+    return float(min(1.0, 2.0 * min(np.mean(s <= 0), np.mean(s >= 0))))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down; monotone; in the input order). A
+    hypothesis is rejected at level alpha when its adjusted p-value is at most alpha."""
+    p = np.asarray(p_values, dtype=np.float64)
+    m = len(p)
+    order = np.argsort(p, kind="mergesort")
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()

@@ -1,0 +1,184 @@
+"""Every method against the baseline (Holm-corrected) and the conflict-gain analysis, as
+Markdown for ``report`` and as numbers for ``compare --json``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import stats
+from ..conflict_gain import conflict_gain
+from .fmt import _fmt, _md_table
+from .records import RunRecord, _ci
+
+__all__ = ["conflict_gain_lines", "method_table"]
+
+ALPHA = 0.05  # family-wise error rate of the Holm-corrected comparisons
+
+
+def _macro_f1(r: RunRecord, c: int) -> float:
+    cm = stats.confusion_from_predictions(r.y_true, r.y_pred, c)
+    return float(stats.metrics_from_confusion(cm)["macro_f1"])
+
+
+def _seed_se(a: list[float], b: list[float]) -> float | None:
+    """Welch standard error of a difference of seed means; a one-seed side borrows the other
+    side's spread (seed noise belongs to the recipe more than to the head); None if unmeasured."""
+    fa, fb = stats.aggregate_seeds(a), stats.aggregate_seeds(b)
+    measured = [g["std"] for g in (fa, fb) if g["n"] > 1 and math.isfinite(g["std"])]
+    if not measured:
+        return None
+    pooled = math.sqrt(sum(v**2 for v in measured) / len(measured))
+    sa = fa["std"] if fa["n"] > 1 else pooled
+    sb = fb["std"] if fb["n"] > 1 else pooled
+    return math.sqrt(sa**2 / fa["n"] + sb**2 / fb["n"])
+
+
+def method_table(
+    groups: Mapping[str, list[RunRecord]],
+    y_true: np.ndarray,
+    num_classes: int,
+    n_resamples: int,
+    seed: int,
+    level: float,
+    baseline: str = "baseline",
+) -> tuple[list[str], dict[str, Any]]:
+    """Each method (group) against ``baseline`` on seed-mean macro-F1: the paired bootstrap
+    difference and interval, its two-sided bootstrap p-value, Holm's adjustment across the
+    methods, and the seed-spread check (|difference| > 2 seed standard errors). A method
+    beats the baseline only when its Holm-adjusted p <= ALPHA, the difference is positive and
+    the seed check does not fail."""
+    others = [v for v in groups if v != baseline]
+    if baseline not in groups or not others:
+        return [], {"baseline": baseline, "methods": {}, "beats": []}
+    base = groups[baseline]
+    base_f1 = [_macro_f1(r, num_classes) for r in base]
+    rows, info = [], {}
+    for v in others:
+        res = stats.bootstrap_seed_mean(
+            y_true,
+            [r.y_pred for r in groups[v]],
+            num_classes,
+            n_resamples,
+            seed,
+            level,
+            reference=[r.y_pred for r in base],
+        )
+        d, lo, hi = _ci(res["macro_f1"])
+        f1 = [_macro_f1(r, num_classes) for r in groups[v]]
+        info[v] = {
+            "seeds": len(f1),
+            "macro_f1": float(np.mean(f1)),
+            "difference": d,
+            "ci": [lo, hi],
+            "p": res["p_value"]["macro_f1"],
+            "seed_se": _seed_se(f1, base_f1),
+        }
+    adjusted = stats.holm([info[v]["p"] for v in others])
+    beats = []
+    for v, p_adj in zip(others, adjusted, strict=True):
+        e = info[v]
+        e["p_holm"] = p_adj
+        seed_ok = e["seed_se"] is None or abs(e["difference"]) > 2 * e["seed_se"]
+        if p_adj <= ALPHA and seed_ok:
+            e["verdict"] = "beats the baseline" if e["difference"] > 0 else "worse than baseline"
+        else:
+            e["verdict"] = "not resolved"
+        if e["verdict"] == "beats the baseline":
+            beats.append(v)
+        se = "-" if e["seed_se"] is None else _fmt(e["seed_se"])
+        rows.append(
+            [
+                v,
+                e["seeds"],
+                _fmt(e["macro_f1"]),
+                f"{e['difference']:+.3f} [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}]",
+                f"{e['p']:.3f}",
+                f"{p_adj:.3f}",
+                se,
+                e["verdict"],
+            ]
+        )
+    pct = round(100 * level)
+    if beats:
+        head = f"{', '.join(beats)} beat{'s' if len(beats) == 1 else ''} the baseline"
+    else:
+        head = "No method beats the baseline"
+    lines = [
+        "",
+        "#### Every method against the baseline",
+        "",
+        f"{head} on seed-mean macro-F1 after Holm's correction across the {len(others)} "
+        f"methods (family-wise level {ALPHA:g}) and the seed-spread check. Difference: paired "
+        f"bootstrap of the seed means on one test set ({pct}% interval); p: two-sided bootstrap "
+        "p-value of no difference; seed SE: Welch standard error of the difference over seeds "
+        "(a win must also exceed twice it).",
+        "",
+        _md_table(
+            [
+                "method",
+                "seeds",
+                "macro-F1",
+                "difference vs baseline",
+                "p",
+                "p (Holm)",
+                "seed SE",
+                "verdict",
+            ],
+            rows,
+            [False, True, True, True, True, True, True, False],
+        ),
+    ]
+    return lines, {"baseline": baseline, "methods": info, "beats": beats, "alpha": ALPHA}
+
+
+def conflict_gain_lines(
+    records: Sequence[RunRecord], n_resamples: int, seed: int, level: float
+) -> tuple[list[str], dict[str, Any]]:
+    """The conflict-gain section (csba.conflict_gain): one sentence and one table per backbone."""
+    res = conflict_gain([r.meta for r in records], n_resamples, seed, level)
+    if not res["backbones"]:
+        return [], res
+    lines = [
+        "",
+        "#### Does reducing gradient conflict help the minority class?",
+        "",
+        "Each method's seed mean of its change against the same-seed baseline (same backbone, "
+        "image size and device kind): the minority class's mean gradient cosine with the other "
+        "classes (higher = less conflict) and the global mean cosine, against the change in the "
+        "minority class's F1 and in macro-F1. Spearman's rank correlation over methods, with a "
+        "bootstrap interval that resamples methods (docs/diagnostics.md#conflict-gain).",
+    ]
+    for backbone, e in res["backbones"].items():
+        rows = [
+            [
+                m["method"],
+                m["seeds"],
+                f"{m['d_cos_minority']:+.3f}",
+                f"{m['d_conflict']:+.3f}",
+                f"{m['d_f1_minority']:+.3f}",
+                f"{m['d_macro_f1']:+.3f}",
+            ]
+            for m in e["methods"]
+        ]
+        g = e.get("global")
+        glob = (
+            f" Global: rho(d conflict, d macro-F1) {g['rho']:+.2f} [{g['ci'][0]:+.2f}, "
+            f"{g['ci'][1]:+.2f}]."
+            if g
+            else ""
+        )
+        lines += [
+            "",
+            f"**{backbone}.** {e['sentence']}{glob}",
+            "",
+            _md_table(
+                ["method", "seeds", "d cos minority", "d mean cos", "d F1 minority", "d macro-F1"],
+                rows,
+                [False] + [True] * 5,
+            ),
+        ]
+    return lines, res
