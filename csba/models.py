@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "PAPER_VARIANTS",
     "Backbone",
     "BaselineNet",
     "CRTNet",
@@ -42,6 +43,7 @@ __all__ = [
     "create_model",
     "list_models",
     "model_info",
+    "parameter_counts",
 ]
 
 NEG_SLOPE = 0.1  # LeakyReLU slope everywhere (pinned)
@@ -499,6 +501,9 @@ _DESCRIPTIONS = {
 }
 
 
+PAPER_VARIANTS = ("baseline", "csba", "focal", "gradnorm", "class_heads")  # the paper's five
+
+
 def list_models() -> list[str]:
     """Names of the registered variants: the paper's five, then the long-tail methods."""
     return list(_REGISTRY)
@@ -518,6 +523,21 @@ def create_model(name: str, num_classes: int, **kwargs) -> _Net:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def parameter_counts(num_classes: int, backbones: list[str] | None = None) -> dict:
+    """Trainable parameters of every variant on every backbone at ``num_classes``:
+    ``{backbone: {variant: count}}`` (default: every listed backbone). Built on PyTorch's meta
+    device, so no memory is used and nothing is initialised."""
+    from .backbones import list_backbones
+
+    out: dict[str, dict[str, int]] = {}
+    with torch.device("meta"):
+        for b in backbones or list_backbones():
+            out[b] = {
+                v: count_parameters(create_model(v, num_classes, backbone=b)) for v in _REGISTRY
+            }
+    return out
 
 
 def model_info(name: str) -> dict[str, str]:

@@ -456,22 +456,26 @@ def seed_mean_bootstrap(
 
 
 @st.cache_resource(show_spinner="Counting parameters...")
-def parameter_table(num_classes: int) -> pd.DataFrame:
-    """Paper Table 2: every registered variant's trainable parameters at ``num_classes``."""
-    from csba.models import count_parameters, create_model, list_models, model_info
+def parameter_table(num_classes: int, backbones: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Paper Table 2: every registered variant's trainable parameters at ``num_classes`` on
+    trifire ("parameters", "vs baseline"), plus one column per other backbone asked for."""
+    from csba.models import list_models, model_info, parameter_counts
 
+    counts = parameter_counts(
+        int(num_classes), ["trifire", *[b for b in backbones if b != "trifire"]]
+    )
     rows = []
     for name in list_models():
-        n = count_parameters(create_model(name, int(num_classes)))
         info = model_info(name)
-        rows.append(
-            {
-                "variant": name,
-                "parameters": n,
-                "loss": info["loss"],
-                "description": info["description"],
-            }
-        )
+        row = {
+            "variant": name,
+            "parameters": counts["trifire"][name],
+            "loss": info["loss"],
+            "method": info["method"],
+            "description": info["description"],
+        }
+        row.update({f"on {b}": counts[b][name] for b in counts if b != "trifire"})
+        rows.append(row)
     df = pd.DataFrame(rows)
     base = df.loc[df["variant"] == "baseline", "parameters"]
     if len(base):

@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import streamlit as st
 
+from csba.conflict_gain import conflict_gain
 from csba.diagnostics.training import conflict_change
 from pages import figures as F
 from pages.common import (
@@ -279,6 +280,39 @@ def opt_gen_section(runs, labels) -> None:
     download_df(df, "optimisation_generalisation")
 
 
+@st.cache_data(show_spinner="Ranking methods by their conflict change...", max_entries=16)
+def _gain(stamps: tuple, _metas: list[dict]) -> dict:
+    """csba.conflict_gain over the runs; keyed by the runs' (path, mtime) stamps."""
+    del stamps
+    return conflict_gain(_metas, n_resamples=1000)
+
+
+def conflict_gain_section(runs) -> None:
+    """Does reducing conflict help the minority class? Every run of the selection's dataset
+    and image size, each method against its same-seed baseline (docs/diagnostics.md)."""
+    st.subheader("Does reducing conflict help the minority class?")
+    ref = runs[0].meta
+    pool = [
+        i
+        for i in all_runs()
+        if i.meta
+        and dataset_name(i.meta) == dataset_name(ref)
+        and image_size(i.meta) == image_size(ref)
+    ]
+    stamps = tuple(sorted((str(i.path), (i.path / "run.json").stat().st_mtime) for i in pool))
+    res = _gain(stamps, [i.meta for i in pool])
+    if not res["backbones"]:
+        st.info(
+            "No method has a diagnosed same-seed baseline here yet (python -m csba diagnose RUN)."
+        )
+        return
+    for backbone, e in res["backbones"].items():
+        st.markdown(e["sentence"])
+        fig = F.conflict_gain_scatter(e["methods"], f"{backbone}: change against the baseline")
+        st.plotly_chart(fig, width="stretch", key=f"gain_{backbone}")
+    download_df(pd.DataFrame(res["runs"]), "conflict-gain-runs.csv")
+
+
 def main() -> None:
     st.title("Gradient conflict")
     st.caption(
@@ -312,6 +346,7 @@ def main() -> None:
     if diagnosed:
         shares_section(diagnosed, labels)
     opt_gen_section(runs, labels)
+    conflict_gain_section(runs)
 
 
 main()

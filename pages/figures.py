@@ -700,3 +700,25 @@ def angle_heatmap(m: np.ndarray, classes: Sequence[str], *, title: str, zmax: fl
 def matrix_frame(m: np.ndarray, rows: Sequence[str], cols: Sequence[str]) -> pd.DataFrame:
     """A matrix as a labelled DataFrame (for CSV download)."""
     return pd.DataFrame(np.asarray(m, float), index=list(rows), columns=list(cols))
+
+
+def conflict_gain_scatter(methods: Sequence[Mapping[str, Any]], title: str) -> go.Figure:
+    """Each method's seed-mean change against the baseline: minority-class gradient cosine
+    (x, higher = less conflict) against minority-class F1 (y); zero lines dashed."""
+    df = pd.DataFrame(methods)
+    fig = px.scatter(
+        df,
+        x="d_cos_minority",
+        y="d_f1_minority",
+        text="method",
+        hover_data={"seeds": True, "d_conflict": ":+.3f", "d_macro_f1": ":+.3f"},
+        labels={
+            "d_cos_minority": "change in minority-class mean cosine (higher: less conflict)",
+            "d_f1_minority": "change in minority-class F1",
+        },
+        title=title,
+    )
+    fig.update_traces(textposition="top center")
+    fig.add_hline(y=0, line_dash="dash", line_color="grey")
+    fig.add_vline(x=0, line_dash="dash", line_color="grey")
+    return fig

@@ -163,14 +163,25 @@ def parameter_section(num_classes: int | None) -> None:
     c = num_classes or st.columns(4)[0].number_input(
         "Number of classes", 2, 1000, 4, key="home_classes"
     )
-    df = parameter_table(int(c))
+    from csba.backbones import list_backbones
+
+    others = st.multiselect(
+        "Also on backbones",
+        [b for b in list_backbones() if b != "trifire"],
+        default=[],
+        key="home_backbones",
+        help="torchvision backbones (python -m csba train --backbone NAME); counts at the "
+        "number of classes above",
+    )
+    df = parameter_table(int(c), tuple(others))
     st.dataframe(
         df,
         hide_index=True,
         width="stretch",
         column_config={
-            "parameters": st.column_config.NumberColumn(format="localized"),
-            "vs baseline": st.column_config.NumberColumn(format="localized"),
+            col: st.column_config.NumberColumn(format="localized")
+            for col in df.columns
+            if col in ("parameters", "vs baseline") or col.startswith("on ")
         },
     )
     st.caption(f"Trainable parameters of each registered variant, built for C = {c} classes.")

@@ -47,13 +47,14 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory, tiny_folder) -> dict[str, Path]:
-    """One-epoch runs of every variant on the tiny dataset (32 px), keyed by variant."""
-    from csba.models import list_models
+    """One-epoch runs of the paper's five variants on the tiny dataset (32 px), keyed by
+    variant (the long-tail methods and other backbones: tiny_extra_runs)."""
+    from csba.models import PAPER_VARIANTS
     from csba.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("runs")
     runs = {}
-    for variant in list_models():
+    for variant in PAPER_VARIANTS:
         meta = train(
             TrainConfig(
                 dataset="imagefolder",
@@ -66,4 +67,35 @@ def tiny_runs(tmp_path_factory, tiny_folder) -> dict[str, Path]:
             )
         )
         runs[variant] = Path(meta["run_dir"])
+    return runs
+
+
+@pytest.fixture(scope="session")
+def tiny_extra_runs(tmp_path_factory, tiny_folder) -> dict[str, Path]:
+    """One-epoch runs of the long-tail methods (trifire) and of baseline and csba on resnet18,
+    seed 0, on the tiny dataset (32 px), keyed by folder name; each diagnosed."""
+    from csba.diagnostics.run import diagnose_run
+    from csba.models import PAPER_VARIANTS, list_models
+    from csba.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("extra")
+    todo = [(v, "trifire") for v in list_models() if v not in PAPER_VARIANTS]
+    todo += [("baseline", "trifire"), ("baseline", "resnet18"), ("csba", "resnet18")]
+    runs = {}
+    for variant, backbone in todo:
+        meta = train(
+            TrainConfig(
+                dataset="imagefolder",
+                data_root=str(tiny_folder),
+                variant=variant,
+                backbone=backbone,
+                image_size=32,
+                epochs=1,
+                batch_size=16,
+                crt_epochs=1,
+                out=str(out),
+            )
+        )
+        diagnose_run(meta["run_dir"], per_class=4, device="cpu")
+        runs[Path(meta["run_dir"]).name] = Path(meta["run_dir"])
     return runs

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from csba.models import list_models, parameter_counts
 from csba.store import atomic_write_json, read_run_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +120,13 @@ def test_home_lists_every_run_and_the_broken_one(runs_root):
     dist = at.dataframe[1].value
     assert list(dist.columns[:4]) == ["class", "train", "val", "test"]
     params = at.dataframe[2].value
-    assert len(params) == 5 and (params["parameters"] > 0).all()
+    assert len(params) == len(list_models()) and (params["parameters"] > 0).all()
+    at.multiselect(key="home_backbones").set_value(["resnet18"]).run()
+    params = at.dataframe[2].value
+    want = parameter_counts(3, ["resnet18"])
+    got = params.loc[params["variant"] == "csba", "on resnet18"].iloc[0]
+    assert got == want["resnet18"]["csba"] == 11_377_737  # 3 classes: 11,176,512 + 201,225
+    assert params.loc[params["variant"] == "baseline", "parameters"].iloc[0] > 0
     assert len(at.get("plotly_chart")) == 1
 
 

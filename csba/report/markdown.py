@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 
 from .. import stats
+from ..conflict_gain import method_label
 from ..diagnostics import sorted_pairs
 from .fmt import _fmt_ci, _md_table, _params_cell, _spread_cell
+from .methods import conflict_gain_lines, method_table
 from .records import (
     LEVEL,
     TOP_PAIRS,
@@ -73,8 +75,8 @@ def _render(
     size = ref.image_size
     pct = round(100 * level)
     groups: dict[str, list[RunRecord]] = {}
-    for r in records:
-        groups.setdefault(r.variant, []).append(r)
+    for r in records:  # a method: its variant, with the backbone when not trifire
+        groups.setdefault(method_label(r.meta), []).append(r)
     variants = sorted(groups, key=_variant_sort_key)
 
     train_counts = ref.train_counts
@@ -242,6 +244,10 @@ def _render(
         )
     lines += _single_view_lines(groups, variants, classes[minority])
     lines += per_run
+    method_lines, methods_info = method_table(groups, y_true, c, n_resamples, seed, level)
+    lines += method_lines
+    gain_lines, gain_info = conflict_gain_lines(records, n_resamples, seed, level)
+    lines += gain_lines
     lines += _branch_share_lines(groups, variants, classes)
     lines += _tradeoff_lines(groups, variants, gcms)
     if notes:
@@ -258,6 +264,8 @@ def _render(
         ),
         "notes": notes,
         "bar": bar_info,
+        "methods": methods_info,
+        "conflict_gain": gain_info,
     }
     summary = {
         "title": title,

@@ -29,15 +29,18 @@ TABLE_NAMES = ("summary", "per_class_f1", "per_class", "deltas", "seeds", "confl
 
 
 def _group_keys(records: Sequence[RunRecord]) -> list[str]:
-    """Seed-aggregation key of each run: its variant, plus the image size when sizes differ.
+    """Seed-aggregation key of each run: its method (variant, plus the backbone when not
+    trifire), plus the image size when sizes differ.
 
     Runs at different resolutions are different experiments even with the same variant, so they
     are not averaged together.
     """
+    from ..conflict_gain import method_label
+
     sizes = {r.image_size for r in records}
     if len(sizes) <= 1:
-        return [r.variant for r in records]
-    return [f"{r.variant}@{r.image_size}px" for r in records]
+        return [method_label(r.meta) for r in records]
+    return [f"{method_label(r.meta)}@{r.image_size}px" for r in records]
 
 
 def _optional_number(x: Any) -> float | None:
@@ -230,6 +233,9 @@ def compare_runs(
         "conflict": conflict,
     }
     doc = _comparison_json(records, boots, gcms, tables, n_resamples, seed, level)
+    from ..conflict_gain import conflict_gain
+
+    doc["conflict_gain"] = conflict_gain([r.meta for r in records], n_resamples, seed, level)
     return {"tables": tables, "json": doc, "records": records, "reference": ref.name}
 
 
