@@ -26,6 +26,7 @@ __all__ = [
     "build_backbone",
     "list_backbones",
     "load_pretrained",
+    "register_backbone",
 ]
 
 DEFAULT_BACKBONE = "trifire"
@@ -33,6 +34,14 @@ DEFAULT_BACKBONE = "trifire"
 # module or ResNet layout works through build_backbone(name) as well.
 TORCHVISION = ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny")
 BACKBONES = (DEFAULT_BACKBONE, *TORCHVISION)
+
+
+_BUILDERS: dict = {}  # name -> builder(in_channels) of our own backbones (csba.models: trifire)
+
+
+def register_backbone(name: str, builder) -> None:
+    """Make ``build_backbone(name)`` call ``builder(in_channels)``."""
+    _BUILDERS[name] = builder
 
 
 class BackboneError(ValueError):
@@ -129,10 +138,8 @@ class TorchvisionBackbone(nn.Module):
 def build_backbone(name: str = DEFAULT_BACKBONE, in_channels: int = 3) -> nn.Module:
     """A backbone by name, randomly initialised (trifire: csba.models' init; torchvision: its
     builder's). Weights come later, from a run or from :func:`load_pretrained`."""
-    if name == DEFAULT_BACKBONE:
-        from .models import Backbone
-
-        return Backbone(in_channels)
+    if name in _BUILDERS:  # trifire: registered by csba.models (no import cycle)
+        return _BUILDERS[name](in_channels)
     if in_channels != 3:
         raise BackboneError(f"backbone {name!r} takes 3-channel images, got {in_channels}")
     return TorchvisionBackbone(name)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backbones import build_backbone, register_backbone
+
 __all__ = [
     "PAPER_VARIANTS",
     "Backbone",
@@ -122,6 +124,9 @@ class Backbone(nn.Module):
         return x
 
 
+register_backbone("trifire", Backbone)
+
+
 class SEGate(nn.Module):
     """Bias-free squeeze-and-excitation gate: Z (B, C, h, w) -> a (B, C) in (0, 1)."""
 
@@ -161,8 +166,6 @@ class _Net(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int = 3, backbone: str = "trifire") -> None:
         super().__init__()
-        from .backbones import build_backbone
-
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         self.num_classes = num_classes
