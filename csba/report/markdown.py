@@ -244,12 +244,12 @@ def _render(
         )
     lines += _single_view_lines(groups, variants, classes[minority])
     lines += per_run
+    lines += _branch_share_lines(groups, variants, classes)
+    lines += _tradeoff_lines(groups, variants, gcms)
     method_lines, methods_info = method_table(groups, y_true, c, n_resamples, seed, level)
     lines += method_lines
     gain_lines, gain_info = conflict_gain_lines(records, n_resamples, seed, level)
     lines += gain_lines
-    lines += _branch_share_lines(groups, variants, classes)
-    lines += _tradeoff_lines(groups, variants, gcms)
     if notes:
         lines += ["", "Notes: " + "; ".join(notes) + "."]
     info = {
