@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 from .. import stats
 from ..bar import shipping_bar
 from .fmt import _fmt, _fmt_ci, _int_or_dash, _md_table
+from .methods import _seed_se
 from .records import RunRecord, _ci
 
 
@@ -65,15 +65,8 @@ def _verdict(
     # Seed-to-seed standard error of the difference (Welch). A variant with a single seed
     # borrows the spread measured on the other one, since seed noise is a property of the
     # training recipe more than of the head; with one seed each it stays unmeasured.
-    measured = [g["std"] for g in (fa, fb) if g["n"] > 1 and math.isfinite(g["std"])]
-    se = None
-    seed_resolved = None
-    if measured:
-        pooled = math.sqrt(sum(v**2 for v in measured) / len(measured))
-        sa = fa["std"] if fa["n"] > 1 else pooled
-        sb = fb["std"] if fb["n"] > 1 else pooled
-        se = math.sqrt(sa**2 / fa["n"] + sb**2 / fb["n"])
-        seed_resolved = abs(d) > 2 * se
+    se = _seed_se(f1s(a), f1s(b))
+    seed_resolved = None if se is None else abs(d) > 2 * se
     ci_text = f"{pct}% paired bootstrap interval [{lo:+.3f}, {hi:+.3f}]"
     numbers = (
         f"mean macro-F1 {fa['mean']:.3f} vs {fb['mean']:.3f}, difference {d:+.3f}, {ci_text}, "
