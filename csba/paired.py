@@ -2,8 +2,9 @@
 
 docs/design.md §2 allows a change to a pinned training value "when a measurement on the validation
 split supports it". This module is that measurement. Runs under two roots (A: the reference,
-usually the pinned protocol; B: the candidate) are paired by (variant, seed), so seed-to-seed
-noise, which on ELPV is as large as most effects, cancels within each pair. Reported per pair and
+usually the pinned protocol; B: the candidate) are paired by (method, seed), the method being the
+variant plus its backbone when not trifire, so seed-to-seed noise, which on ELPV is as large as
+most effects, cancels within each pair. Reported per pair and
 as the mean difference B - A over pairs:
 
 * validation and test accuracy and macro-F1 (the stored metrics, with the runs' test-time views)
@@ -101,7 +102,7 @@ def compare_protocols(
     seed: int = 0,
     level: float = LEVEL,
 ) -> dict[str, Any]:
-    """Pair the runs of ``dataset`` under two roots by (variant, seed); B minus A.
+    """Pair the runs of ``dataset`` under two roots by (method, seed); B minus A.
 
     Each root contributes the runs :func:`csba.report` would report (one image size: the most
     common unless given). Both must be scored on the same test images (any image size: the
@@ -109,12 +110,12 @@ def compare_protocols(
     """
     runs_a, notes_a = _select_runs(root_a, dataset, image_size_a)
     runs_b, notes_b = _select_runs(root_b, dataset, image_size_b)
-    by_key_a = {(r.variant, r.seed): r for r in runs_a}
-    pairs = [(by_key_a[(r.variant, r.seed)], r) for r in runs_b if (r.variant, r.seed) in by_key_a]
+    by_key_a = {(r.method, r.seed): r for r in runs_a}
+    pairs = [(by_key_a[(r.method, r.seed)], r) for r in runs_b if (r.method, r.seed) in by_key_a]
     if not pairs:
         raise ValueError(
             f"no variant and seed is under both '{root_a}' and '{root_b}' "
-            f"(A: {sorted(by_key_a)}, B: {sorted((r.variant, r.seed) for r in runs_b)})"
+            f"(A: {sorted(by_key_a)}, B: {sorted((r.method, r.seed) for r in runs_b)})"
         )
     try:
         _check_same_test_set([pairs[0][0], pairs[0][1]])
@@ -124,7 +125,7 @@ def compare_protocols(
 
     rows = []
     for a, b in pairs:
-        row: dict[str, Any] = {"variant": a.variant, "seed": a.seed}
+        row: dict[str, Any] = {"variant": a.method, "seed": a.seed}
         for key, path, _ in PAIRED_METRICS:
             row[key] = {"a": _metric(a.meta, path), "b": _metric(b.meta, path)}
             row[key]["diff"] = row[key]["b"] - row[key]["a"]
@@ -175,7 +176,7 @@ def compare_protocols(
             and _metric(r.meta, ("metrics", "test", "macro_f1")) >= bar[1]
         ]
         checked = shipping_bar(
-            records[0].y_true, [r.y_pred for r in records], [r.variant for r in records],
+            records[0].y_true, [r.y_pred for r in records], [r.method for r in records],
             num_classes, *bar, n_resamples, seed, level,
         )  # fmt: skip
         status = {r.name: c["status"] for r, c in zip(records, checked["runs"], strict=True)}
@@ -202,8 +203,8 @@ def compare_protocols(
             f"test-time views differ from A's in {', '.join(mixed)}: compare the single-view "
             "rows for those (python -m csba evaluate RUN --views N re-scores a run)",
         ]
-    keys_a = {(r.variant, r.seed) for r in runs_a}
-    keys_b = {(r.variant, r.seed) for r in runs_b}
+    keys_a = {(r.method, r.seed) for r in runs_a}
+    keys_b = {(r.method, r.seed) for r in runs_b}
     keep_a = {str((r.meta.get("config") or {}).get("keep", "best")) for r, _ in pairs}
     keep_b = {str((r.meta.get("config") or {}).get("keep", "best")) for _, r in pairs}
     selection_bias = keep_a != keep_b

@@ -247,7 +247,7 @@ def main() -> None:
         "visualiser does (the strongest 2% of the evidence saturates); Grad-CAM to its maximum. "
         "Each run also says how typical the image is of its own validation images."
     )
-    infos = select_runs("attributions", label="Runs")
+    infos = select_runs("attributions", label="Runs", needs_weights=True)
     if not infos:
         return
     if len(infos) > MAX_RUNS:

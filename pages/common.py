@@ -28,8 +28,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from csba.conflict_gain import method_label
+from csba.models import list_models
 from csba.paired import DEFAULT_BAR
-from csba.store import Run, RunError, RunInfo, list_runs, load_run, read_run_json
+from csba.store import WEIGHTS, Run, RunError, RunInfo, list_runs, load_run, read_run_json
 
 __all__ = [
     "REPO_ROOT",
@@ -79,7 +81,7 @@ def _route_through_app() -> None:
 _route_through_app()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-VARIANT_ORDER = ("baseline", "csba", "gradnorm", "focal", "class_heads")
+VARIANT_ORDER = tuple(list_models())  # the registry's order: the paper's five first
 EXTRA_KEY = "csba_extra_runs"  # session-state key of the sidebar "add run folders" input
 META = "run.json"
 
@@ -231,11 +233,17 @@ def _seed(meta: dict) -> int:
         return 0
 
 
+def backbone_of(meta: dict) -> str:
+    """The run's backbone (runs from before backbones were an option: trifire)."""
+    return str((meta.get("config") or {}).get("backbone") or "trifire")
+
+
 def run_label(info: RunInfo) -> str:
-    """``"<variant> s<seed> (<size>px)"``."""
+    """``"<variant>[-<backbone>] s<seed> (<size>px)"``; the backbone when it is not trifire."""
     m = info.meta or {}
     size = image_size(m)
-    return f"{m.get('variant', '?')} s{_seed(m)}" + (f" ({size}px)" if size else "")
+    name = method_label(m) if "variant" in m else "?"
+    return f"{name} s{_seed(m)}" + (f" ({size}px)" if size else "")
 
 
 def run_labels(infos: Sequence[RunInfo]) -> dict[str, str]:
@@ -250,11 +258,13 @@ def run_labels(infos: Sequence[RunInfo]) -> dict[str, str]:
 
 
 def sort_key(info: RunInfo):
-    """Variant in the paper's order, then seed, image size and path."""
+    """Variant in the registry's order, trifire before other backbones, then seed, image size
+    and path."""
     m = info.meta or {}
     v = m.get("variant", "")
     order = VARIANT_ORDER.index(v) if v in VARIANT_ORDER else len(VARIANT_ORDER)
-    return (order, v, _seed(m), image_size(m) or 0, str(info.path))
+    bb = method_label(m) if v else ""
+    return (order, v, bb != v, bb, _seed(m), image_size(m) or 0, str(info.path))
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,15 +278,35 @@ NO_RUNS = (
 )
 
 
+def has_weights(info: RunInfo) -> bool:
+    """The run folder holds its model's weights (run records shipped without them do not)."""
+    return (Path(info.path) / WEIGHTS).is_file()
+
+
 def select_runs(
-    key: str, *, multi: bool = True, label: str = "Runs", default_all: bool = False
+    key: str,
+    *,
+    multi: bool = True,
+    label: str = "Runs",
+    default_all: bool = False,
+    needs_weights: bool = False,
 ) -> list[RunInfo]:
     """Sidebar dataset picker, then the runs of that dataset (sorted by variant, seed, size).
 
-    Returns the chosen :class:`RunInfo` objects (all with metadata), or ``[]`` after showing an
-    ``st.info`` when there is no usable run.
+    ``needs_weights``: offer only runs whose folder holds the model (the page rebuilds it); the
+    sidebar says how many run records without weights it left out. Returns the chosen
+    :class:`RunInfo` objects (all with metadata), or ``[]`` after showing an ``st.info`` when
+    there is no usable run.
     """
     good = sorted((i for i in all_runs() if i.meta is not None), key=sort_key)
+    if needs_weights:
+        records = [i for i in good if not has_weights(i)]
+        good = [i for i in good if has_weights(i)]
+        if records:
+            st.sidebar.caption(
+                f"{len(records)} run record(s) without weights not listed: this page needs the "
+                "model (docs/results.md gives the command that retrains a shipped record)."
+            )
     if not good:
         st.info(NO_RUNS.format(root=runs_root()))
         return []

@@ -15,6 +15,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from csba import list_models, model_info
+from csba.backbones import list_backbones
 from csba.data import DATASETS
 from csba.jobs import FINISHED, Job, JobManager, RunProgress, check_data_root, default_device
 from csba.options import train_option
@@ -140,7 +141,7 @@ def _settings() -> tuple[list[TrainConfig] | None, str | None]:
             key="train_conflict",
             help=_help("conflict_every") + "; for the Gradient conflict page's evolution plot",
         )
-        e1, e2, _ = st.columns([1, 1, 3])
+        e1, e2, e3, e4, _ = st.columns([1, 1, 1, 1, 1])
         schedule = e1.selectbox(
             "Learning-rate schedule",
             train_option("lr_schedule").choices,
@@ -152,6 +153,21 @@ def _settings() -> tuple[list[TrainConfig] | None, str | None]:
             train_option("keep").choices,
             key="train_keep",
             help=_help("keep"),
+        )
+        backbone = e3.selectbox(
+            "Backbone",
+            list_backbones(),
+            key="train_backbone",
+            help=_help("backbone") + "; every variant's head sits on its last feature map",
+        )
+        pretrained = e4.selectbox(
+            "Pretrained weights",
+            ["none", "imagenet"],
+            key="train_pretrained",
+            disabled=backbone == "trifire",
+            help="imagenet: torchvision's ImageNet weights (downloaded by torchvision where the "
+            "server has internet). A local safetensors file: python -m csba train --pretrained "
+            "PATH.",
         )
     if not variants:
         return None, "choose at least one variant"
@@ -165,6 +181,8 @@ def _settings() -> tuple[list[TrainConfig] | None, str | None]:
         TrainConfig(
             dataset=dataset,
             variant=v,
+            backbone=backbone,
+            pretrained=None if pretrained == "none" or backbone == "trifire" else pretrained,
             seed=int(seed),
             image_size=int(size),
             data_root=root_str,

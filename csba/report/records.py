@@ -47,6 +47,17 @@ class RunRecord:
         return str(self.meta["variant"])
 
     @property
+    def backbone(self) -> str:
+        return str(self.meta.get("config", {}).get("backbone") or "trifire")
+
+    @property
+    def method(self) -> str:
+        """The variant, plus the backbone when not trifire (csba.conflict_gain.method_label)."""
+        from ..conflict_gain import method_label
+
+        return method_label(self.meta)
+
+    @property
     def seed(self) -> int | None:
         seed = self.meta.get("config", {}).get("seed")
         return int(seed) if isinstance(seed, (int, float)) else None
@@ -341,7 +352,7 @@ def _select_runs(
     if len(chosen) < len(candidates):
         notes.append(f"{len(candidates) - len(chosen)} run(s) with another split seed left out")
     # Keep the runs whose test set equals that of the first run; name the rest in the notes.
-    chosen.sort(key=lambda r: (_variant_sort_key(r.variant), r.seed or 0, str(r.path)))
+    chosen.sort(key=lambda r: (_variant_sort_key(r.variant), r.method, r.seed or 0, str(r.path)))
     same = [chosen[0]]
     for r in chosen[1:]:
         try:
