@@ -72,3 +72,40 @@ def test_pack_runs_with_no_runs_yet_packs_nothing(tmp_path):
     """A device call whose cap ends before the first run finishes must not crash the packing."""
     said = _pack(tmp_path / "never-made", tmp_path, "1", budget_mib=56)
     assert said.startswith("packed 0 run(s)") and not list(tmp_path.glob("runs-1.*"))
+
+
+def test_bench_pcgrad_times_the_three_step_modes(capsys):
+    """The PCGrad benchmark runs csba.step.TrainStep in its three modes on one batch."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_pcgrad
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    out = bench_pcgrad.main(
+        ["--classes", "3", "--image-size", "16", "--batch-size", "6", "--rounds", "1"]
+    )
+    assert set(out) == {3} and set(out[3]) == {"plain", "pcgrad_control", "pcgrad"}
+    assert all(t > 0 for t in out[3].values())
+    printed = capsys.readouterr().out
+    assert "pcgrad/plain" in printed and printed.strip().splitlines()[-1].split()[0] == "3"
+
+
+def test_ship_records_copies_run_json_and_log_of_finished_diagnosed_runs(tiny_runs, tmp_path):
+    src, dest = tmp_path / "runs", tmp_path / "checkpoints"
+    for v in ("baseline", "csba", "focal"):
+        shutil.copytree(tiny_runs[v], src / "k" / f"{v}-s0")
+    _edit(src / "k" / "baseline-s0", diagnostics={"gcm": {}})
+    _edit(src / "k" / "csba-s0", diagnostics={"gcm": {}}, status="interrupted")
+    (src / "logs").mkdir()
+    (src / "logs" / "k-baseline-s0.log").write_text("epoch 1\n")
+    script = SCRIPT.parent / "ship_records.py"
+    out = subprocess.run(
+        [sys.executable, str(script), str(src), str(dest)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert "shipped 1 record(s): k/baseline-s0" in out.stdout
+    assert "k/csba-s0: not completed and diagnosed yet" in out.stdout
+    assert "k/focal-s0: not completed and diagnosed yet" in out.stdout  # never diagnosed
+    assert sorted(p.name for p in (dest / "k" / "baseline-s0").iterdir()) == ["run.json"]
+    assert (dest / "logs" / "k-baseline-s0.log").read_text() == "epoch 1\n"
+    assert json.loads((dest / "k" / "baseline-s0" / "run.json").read_text())["diagnostics"]
