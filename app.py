@@ -4,7 +4,9 @@ The pages live in ``pages/`` and are wired here with ``st.navigation``; each pag
 folders through ``pages.common`` (``$CSBA_RUNS_ROOT``, default ``checkpoints/``).
 """
 
+import json
 import os
+import time
 
 # OpenMP threads that spin while waiting make torch 70-90x slower when another process (a
 # training run) holds the CPUs; passive waiting avoids it. Must be set before torch is imported.
@@ -38,6 +40,20 @@ PAGES = {
     ],
 }
 
+# CSBA_SCRIPT_LOG=FILE: one JSON line per script run (page, seconds, whether it ran to the end),
+# appended; benchmarks/bench_dashboard.py reads it for the server's own script time per view.
+SCRIPT_LOG = os.environ.get("CSBA_SCRIPT_LOG")
+
+t0 = time.perf_counter()
 page = st.navigation(PAGES)
-extra_runs_input()
-page.run()
+finished = False
+try:
+    extra_runs_input()
+    page.run()
+    finished = True
+finally:
+    if SCRIPT_LOG:
+        line = {"page": page.url_path or "home", "seconds": time.perf_counter() - t0}
+        line |= {"finished": finished, "t": time.time()}
+        with open(SCRIPT_LOG, "a") as fh:  # one short write per line: appends do not interleave
+            fh.write(json.dumps(line) + "\n")

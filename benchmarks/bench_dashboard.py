@@ -1,0 +1,342 @@
+"""How fast the dashboard answers: every page, N users at once, in headless Chromium.
+
+    python benchmarks/bench_dashboard.py [--runs checkpoints] [--users 1 4 8] [--repeats 1]
+                                         [--pages home confusion ...] [--timeout 30]
+                                         [--compare REV] [--json FILE]
+
+Starts ``streamlit run app.py`` headless on a free port against --runs (default: the shipped
+runs), with ``CSBA_SCRIPT_LOG`` set so the server logs the time of each script run itself. For
+each user count N it opens N browser sessions at once (one Chromium, one context each); every
+session visits every page through the sidebar (default selections), then makes one interaction
+there: it removes the last run from the page's run picker (Runs: ticks an extra backbone;
+Protocols and Training: none), and on Attributions it uploads an image of its own (a different
+ELPV test cell per session). One warm-up round fills the server's caches first; the measured
+rounds follow (--repeats).
+
+Per page it reports the server's script time per view (median, from the log), the browser's
+time from the click to the app being idle again (median and 95th percentile over sessions and
+rounds; a fixed 150 ms settle wait is subtracted), errors (Streamlit exceptions on the page)
+and timeouts (a view not idle within --timeout s), and the server's peak resident memory.
+
+``--compare REV`` checks out REV (any git revision) into a temporary worktree, starts its server
+too, and runs the same rounds against both, alternating which goes first, then prints the
+ratios REV / this per page. Machines here drift by up to 2x between minutes: read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from anywhere
+CHROMIUM = "/usr/bin/chromium"
+SETTLE_MS = 150  # a rerun queued right after the first (a fragment): waited for, subtracted
+
+# url path -> (sidebar link title, heading the page shows)
+PAGES = {
+    "home": ("Runs", "CSBA Explorer"),
+    "confusion": ("Confusion matrices", "Confusion matrices"),
+    "f1": ("Per-class F1", "Per-class precision, recall and F1"),
+    "protocols": ("Protocols", "Protocols"),
+    "conflict": ("Gradient conflict", "Gradient conflict"),
+    "attention": ("Attention", "Attention"),
+    "attributions": ("Attributions", "Attributions"),
+    "training": ("Training", "Training"),
+}
+
+# Records the app's script-state changes with their time (performance.now(), ms).
+OBSERVE = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  window.__states = [[performance.now(), app.getAttribute('data-test-script-state')]];
+  new MutationObserver(() => window.__states.push(
+      [performance.now(), app.getAttribute('data-test-script-state')]
+  )).observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+}"""
+# True once a run started after t0 and the app is idle again; returns the idle time then.
+IDLE_AFTER = """(t0) => {
+  const s = window.__states.filter(x => x[0] > t0);
+  const ran = s.some(x => x[1] === 'running');
+  const last = window.__states[window.__states.length - 1];
+  return ran && last[1] === 'notRunning' ? last[0] : null;
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``streamlit run app.py`` from ``checkout`` on a free port, logging its script times."""
+
+    def __init__(self, checkout: Path, runs: Path, label: str):
+        self.label, self.port = label, _free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"bench-dash-{label}-"))
+        self.script_log = self.dir / "scripts.jsonl"
+        env = dict(os.environ, CSBA_RUNS_ROOT=str(runs), CSBA_SCRIPT_LOG=str(self.script_log))
+        env["CSBA_CACHE"] = os.environ.get("CSBA_CACHE", str(self.dir / "cache"))
+        cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
+        cmd += ["--server.port", str(self.port), "--browser.gatherUsageStats", "false"]
+        self.log = open(self.dir / "server.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, cwd=checkout, env=env, stdout=self.log, stderr=self.log)
+        self.url = f"http://127.0.0.1:{self.port}"
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 120:
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.5)
+        raise SystemExit(f"{label}: the dashboard did not start; see {self.dir / 'server.log'}")
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def script_times(self, since: float) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        if not self.script_log.is_file():
+            return out  # an older checkout without CSBA_SCRIPT_LOG
+        for line in self.script_log.read_text().splitlines():
+            rec = json.loads(line)
+            if rec["t"] >= since and rec.get("finished"):
+                out.setdefault(rec["page"] or "home", []).append(rec["seconds"])
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def upload_images(n: int, out: Path) -> list[Path]:
+    """n different ELPV test cells as PNG files (one per session)."""
+    import numpy as np
+    from PIL import Image
+
+    from csba.data import load_dataset
+
+    test = load_dataset("elpv", 128).split("test")
+    paths = []
+    for i in range(n):
+        img = np.asarray(test.images[7 * i + 3]).squeeze()
+        img = img if img.dtype == np.uint8 else (255 * (img - img.min()) / np.ptp(img)).astype("u1")
+        paths.append(out / f"cell-{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    return paths
+
+
+async def _wait_idle(page, t0: float, timeout_s: float) -> float | None:
+    """Seconds from t0 (page clock, ms) to the app idle again, or None after timeout_s."""
+    try:
+        handle = await page.wait_for_function(IDLE_AFTER, arg=t0, timeout=timeout_s * 1000)
+        first = await handle.json_value()
+        await page.wait_for_timeout(SETTLE_MS)  # a queued rerun (fragment) must finish too
+        handle = await page.wait_for_function(IDLE_AFTER, arg=t0, timeout=timeout_s * 1000)
+        last = await handle.json_value()
+        return (max(first, last) - t0) / 1000 - (SETTLE_MS / 1000 if last > first else 0)
+    except Exception:  # playwright's TimeoutError
+        return None
+
+
+async def _interact(page, name: str, image: Path) -> bool:
+    """One interaction on the page; False when the page has none."""
+    if name == "attributions":
+        await page.get_by_text("Upload", exact=True).first.click()
+        await page.locator('[data-testid="stFileUploaderDropzoneInput"]').wait_for(
+            state="attached", timeout=60_000
+        )
+        await page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(image)
+        return True
+    if name == "home":
+        box = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Also on backbones")
+        await box.locator("input").click()
+        await box.locator("input").fill("resnet18")
+        await page.keyboard.press("Enter")
+        await page.keyboard.press("Escape")
+        return True
+    if name in ("protocols", "training"):
+        return False
+    chips = page.locator(
+        '[data-testid="stSidebar"] [data-testid="stMultiSelectTagsContainer"] '
+        'button[aria-label^="Remove"]'
+    )
+    if await chips.count() < 2:
+        return False
+    await chips.last.click()
+    return True
+
+
+async def session(browser, server: Server, pages, image: Path, timeout_s: float, rec: list):
+    """One user: every page through the sidebar, then its interaction; appends to rec."""
+    ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = await ctx.new_page()
+    try:
+        await page.goto(server.url, timeout=120_000)
+        await page.get_by_role("heading", name="CSBA Explorer").first.wait_for(timeout=120_000)
+        await page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(
+            timeout=120_000
+        )
+        await page.evaluate(OBSERVE)
+        for name in pages:
+            link, heading = PAGES[name]
+            for kind in ("view", "interaction"):
+                t0 = await page.evaluate("performance.now()")
+                if kind == "view":
+                    nav = page.locator('[data-testid="stSidebarNav"]')
+                    await nav.get_by_role("link", name=link, exact=True).click()
+                elif not await _interact(page, name, image):
+                    continue
+                took = await _wait_idle(page, t0, timeout_s)
+                if kind == "view" and took is not None:
+                    await page.get_by_role("heading", name=heading).first.wait_for(timeout=5_000)
+                errors = await page.locator('[data-testid="stException"]').count()
+                rec.append({"page": name, "kind": kind, "seconds": took, "errors": errors})
+                if took is None:  # let it finish before the next step, however long
+                    await _wait_idle(page, t0, 300)
+    finally:
+        await ctx.close()
+
+
+async def one_round(server: Server, users: int, pages, images, timeout_s: float) -> list[dict]:
+    from playwright.async_api import async_playwright
+
+    rec: list[dict] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            await asyncio.gather(
+                *(session(browser, server, pages, images[u], timeout_s, rec) for u in range(users))
+            )
+        finally:
+            await browser.close()
+    return rec
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))] if xs else float("nan")
+
+
+def summarise(rec: list[dict], scripts: dict[str, list[float]], pages) -> dict[str, dict]:
+    out = {}
+    for name in pages:
+        row = {}
+        for kind in ("view", "interaction"):
+            rs = [r for r in rec if r["page"] == name and r["kind"] == kind]
+            ok = [r["seconds"] for r in rs if r["seconds"] is not None]
+            row[kind] = {
+                "n": len(rs),
+                "median": statistics.median(ok) if ok else float("nan"),
+                "p95": _pct(ok, 0.95),
+                "timeouts": len(rs) - len(ok),
+                "errors": sum(r["errors"] > 0 for r in rs),
+            }
+        s = scripts.get(name, [])
+        row["script"] = {"median": statistics.median(s) if s else float("nan"), "n": len(s)}
+        out[name] = row
+    return out
+
+
+def _print(label: str, users: int, summary: dict, rss: float) -> None:
+    print(f"\n{label}, {users} user(s) at once; server peak RSS {rss:.0f} MiB")
+    print(
+        f"{'page':<13} {'script s':>8} {'view med':>8} {'view p95':>8} {'act med':>8} "
+        f"{'act p95':>8} {'errors':>6} {'timeouts':>8}"
+    )
+    for name, r in summary.items():
+        v, a = r["view"], r["interaction"]
+        print(
+            f"{name:<13} {r['script']['median']:>8.2f} {v['median']:>8.2f} {v['p95']:>8.2f} "
+            f"{a['median']:>8.2f} {a['p95']:>8.2f} {v['errors'] + a['errors']:>6} "
+            f"{v['timeouts'] + a['timeouts']:>8}"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--runs", type=Path, default=REPO / "checkpoints")
+    ap.add_argument("--users", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--repeats", type=int, default=1, help="measured rounds per user count")
+    ap.add_argument("--pages", nargs="+", choices=list(PAGES), default=list(PAGES))
+    ap.add_argument("--timeout", type=float, default=30.0, help="seconds before a view times out")
+    ap.add_argument("--compare", metavar="REV", help="also measure this git revision, interleaved")
+    ap.add_argument("--json", type=Path, help="write every measurement here")
+    args = ap.parse_args(argv)
+    if not Path(CHROMIUM).exists():
+        raise SystemExit(f"needs Debian's chromium at {CHROMIUM}")
+    work = Path(tempfile.mkdtemp(prefix="bench-dash-"))
+    worktree = None
+    servers = [Server(REPO, args.runs.resolve(), "this")]
+    try:
+        if args.compare:
+            worktree = work / "rev"
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree),
+                 args.compare], check=True, capture_output=True,
+            )  # fmt: skip
+            servers.append(Server(worktree, args.runs.resolve(), args.compare))
+        images = upload_images(max(args.users), work)
+        results: dict = {"pages": args.pages, "users": {}}
+        for users in args.users:
+            by_side: dict[str, dict] = {}
+            for s in servers:  # warm-up: fill each server's caches, not measured
+                asyncio.run(one_round(s, users, args.pages, images, 300))
+            recs: dict[str, list] = {s.label: [] for s in servers}
+            since = time.time()
+            for rep in range(args.repeats):
+                order = servers if rep % 2 == 0 else list(reversed(servers))
+                for s in order:
+                    recs[s.label] += asyncio.run(
+                        one_round(s, users, args.pages, images, args.timeout)
+                    )
+            for s in servers:
+                summary = summarise(recs[s.label], s.script_times(since), args.pages)
+                by_side[s.label] = {"summary": summary, "peak_rss_mib": s.peak_rss_mib()}
+                _print(s.label, users, summary, by_side[s.label]["peak_rss_mib"])
+            if len(servers) == 2:
+                a, b = by_side["this"]["summary"], by_side[args.compare]["summary"]
+                print(f"\nratio {args.compare} / this (> 1: this is faster), {users} user(s)")
+                print(f"{'page':<13} {'script':>7} {'view':>7} {'action':>7}")
+                for name in args.pages:
+                    cells = []
+                    for k in ("script", "view", "interaction"):
+                        x, y = a[name][k]["median"], b[name][k]["median"]
+                        cells.append(f"{y / x:>7.2f}" if x == x and y == y and x > 0 else "      -")
+                    print(f"{name:<13} {' '.join(cells)}")
+            results["users"][users] = by_side
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+        return results
+    finally:
+        for s in servers:
+            s.stop()
+        if worktree is not None:
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
+                capture_output=True,
+            )
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
