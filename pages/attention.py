@@ -6,6 +6,7 @@ import streamlit as st
 
 from pages import figures as F
 from pages.common import (
+    FIG,
     diagnostics_of,
     download_df,
     download_fig,
@@ -64,7 +65,7 @@ def attention_section(with_att, labels) -> None:
     channels = np.arange(d) if shown == "all" else np.sort(np.argsort(-spread)[: int(shown)])
     classes = [str(c) for c in info.meta["classes"]]
     bnames = branch_names(info.meta, mean.shape[1])
-    fig = F.attention_heatmaps(
+    fig = FIG.attention_heatmaps(
         mean,
         classes,
         channels,
@@ -116,7 +117,7 @@ def overlap_section(with_att, labels) -> None:
                 if m is None:
                     st.info(f"{name}: no {what} overlap stored.")
                     continue
-                fig = F.overlap_heatmap(
+                fig = FIG.overlap_heatmap(
                     m,
                     title=f"{name}: {what} ({which})",
                     what=what,
@@ -150,7 +151,7 @@ def angles_section(diagnosed, labels) -> None:
             m, classes = mats[name]
             mean, _ = F.off_diagonal_stats(m)
             with col:
-                fig = F.angle_heatmap(m, classes, title=name, zmax=zmax)
+                fig = FIG.angle_heatmap(m, classes, title=name, zmax=zmax)
                 st.plotly_chart(fig, width="stretch", key=f"ang_{name}")
                 st.caption(f"mean off-diagonal angle **{mean:.1f}°**")
                 download_fig(fig, f"class_angles_{name}")

@@ -89,8 +89,7 @@ def _png(pixels: np.ndarray) -> bytes:
 
 def _layout(fig: go.Figure, height: int) -> go.Figure:
     fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10})
-    fig.update_layout(template="plotly_white")
-    return fig
+    return fig  # the default template: pages.figures
 
 
 def _prob_fig(e: ImageExplanation) -> go.Figure:

@@ -32,8 +32,10 @@ from csba.conflict_gain import method_label
 from csba.models import list_models
 from csba.paired import DEFAULT_BAR
 from csba.store import WEIGHTS, Run, RunError, RunInfo, list_runs, load_run, read_run_json
+from pages import figures as _figures
 
 __all__ = [
+    "FIG",
     "REPO_ROOT",
     "VARIANT_ORDER",
     "all_runs",
@@ -159,7 +161,9 @@ def _scan(roots: Sequence[Path]) -> tuple[tuple[str, float], ...]:
     return tuple(sorted(stamps.items()))
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+# cache_resource, not cache_data: the RunInfo list (every run.json, 5 MB for the shipped runs) is
+# handed out as is instead of unpickled on every rerun; pages read it and never change it.
+@st.cache_resource(show_spinner=False, max_entries=8)
 def _read_runs(roots: tuple[str, ...], stamps: tuple[tuple[str, float], ...]) -> list[RunInfo]:
     del stamps  # only part of the cache key
     seen: dict[str, RunInfo] = {}
@@ -379,6 +383,33 @@ def not_diagnosed(info: RunInfo, what: str = "") -> None:
     )
 
 
+# --------------------------------------------------------------------------------------------
+# Figures, built once per inputs
+# --------------------------------------------------------------------------------------------
+
+FIGURE_BUILDS = {"count": 0}  # figures actually built (a cached one is not): tests read it
+
+
+@st.cache_resource(show_spinner=False, max_entries=512)
+def _figure(name: str, args: tuple, kwargs: dict):
+    FIGURE_BUILDS["count"] += 1
+    return getattr(_figures, name)(*args, **kwargs)
+
+
+class _CachedFigures:
+    """``FIG.<builder>(...)``: ``pages.figures.<builder>(...)`` built once per arguments (hashed
+    by Streamlit: arrays, frames, plain values) and shared by every session, so a rerun that
+    changes nothing builds no figure. Figures are read-only once built."""
+
+    def __getattr__(self, name: str):
+        if not callable(getattr(_figures, name, None)):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: _figure(name, args, kwargs)
+
+
+FIG = _CachedFigures()
+
+
 def clear_run_caches() -> None:
     """Forget cached run lists, loaded models and per-run results (after a training job)."""
     _read_runs.clear()
@@ -388,11 +419,13 @@ def clear_run_caches() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Cached computations (keyed on run.json mtimes, so a rewritten run is recomputed)
+# Cached computations (keyed on run.json mtimes, so a rewritten run is recomputed). Results are
+# read-only, so they are shared (cache_resource) rather than unpickled per rerun (cache_data):
+# the copy cost a fifth of the Per-class F1 page's warm script time.
 # --------------------------------------------------------------------------------------------
 
 
-@st.cache_data(show_spinner="Bootstrapping...", max_entries=32)
+@st.cache_resource(show_spinner="Bootstrapping...", max_entries=32)
 def _compare(stamps: tuple[tuple[str, int], ...], n_resamples: int, seed: int) -> dict:
     from csba.report import compare_runs
 
@@ -406,7 +439,7 @@ def compare(paths: Sequence[str | os.PathLike], n_resamples: int = 1000, seed: i
     return _compare(tuple(run_stamp(p) for p in paths), int(n_resamples), int(seed))
 
 
-@st.cache_data(show_spinner="Summarising the runs...", max_entries=16)
+@st.cache_resource(show_spinner="Summarising the runs...", max_entries=16)
 def _results(root: str, dataset: str, stamps, n_resamples: int) -> tuple[str, dict]:
     from csba.report import render_results_markdown
 
@@ -425,7 +458,7 @@ def results_summary(dataset: str, n_resamples: int = 2000) -> tuple[str, dict]:
     return _results(str(root), dataset, _scan([root]), int(n_resamples))
 
 
-@st.cache_data(show_spinner="Pairing the runs...", max_entries=16)
+@st.cache_resource(show_spinner="Pairing the runs...", max_entries=16)
 def _pair(folder_a: str, folder_b: str, dataset: str, stamps, bar, n_resamples: int) -> dict:
     from csba.paired import compare_protocols
 
@@ -444,7 +477,7 @@ def pair_folders(
     return _pair(str(folder_a), str(folder_b), dataset, stamps, tuple(bar), n_resamples)
 
 
-@st.cache_data(show_spinner="Bootstrapping seed means...", max_entries=64)
+@st.cache_resource(show_spinner="Bootstrapping seed means...", max_entries=64)
 def _seed_mean(stamps, ref_stamps, n_resamples: int, seed: int) -> dict:
     from csba.stats import bootstrap_seed_mean
 

@@ -11,6 +11,7 @@ from csba.conflict_gain import conflict_gain
 from csba.diagnostics.training import conflict_change
 from pages import figures as F
 from pages.common import (
+    FIG,
     all_runs,
     dataset_name,
     diagnostics_of,
@@ -68,7 +69,7 @@ def heatmaps_section(diagnosed, labels, group) -> dict:
         for col, name in zip(st.columns(COLS), names[start : start + COLS]):
             with col:
                 b = blocks[name]
-                fig = F.conflict_heatmap(b["matrix"], b["classes"], title=name)
+                fig = FIG.conflict_heatmap(b["matrix"], b["classes"], title=name)
                 st.plotly_chart(fig, width="stretch", key=f"gcm_{group}_{name}")
                 st.caption(f"mean off-diagonal cos **{b['mean']:+.3f}**, std {b['std']:.3f}")
                 download_fig(fig, f"gcm_{group}_{name}")
@@ -116,7 +117,7 @@ def difference_section(blocks, group) -> None:
     if blocks[a]["classes"] != blocks[b]["classes"]:
         st.error(f"{a} and {b} have different classes; no difference shown")
         return
-    fig = F.conflict_difference(
+    fig = FIG.conflict_difference(
         blocks[a]["matrix"],
         blocks[b]["matrix"],
         blocks[a]["classes"],
@@ -150,7 +151,7 @@ def history_section(runs, labels) -> None:
             "`python -m csba train --conflict-every N` (or the option on the Training page)."
         )
         return
-    fig = F.conflict_history_figure(hist)
+    fig = FIG.conflict_history_figure(hist)
     st.plotly_chart(fig, width="stretch", key="gcm_hist")
     download_fig(fig, "gcm_history")
     c1, c2 = st.columns([1, 2])
@@ -172,7 +173,7 @@ def history_section(runs, labels) -> None:
     if len(classes) != m.shape[0]:
         classes = [str(k) for k in range(m.shape[0])]
     mean, std = F.off_diagonal_stats(m)
-    fig = F.conflict_heatmap(m, classes, title=f"{name}, epoch {epoch}")
+    fig = FIG.conflict_heatmap(m, classes, title=f"{name}, epoch {epoch}")
     left, right = st.columns([1, 1])
     with left:
         st.plotly_chart(fig, width="stretch", key="gcm_hist_mat")
@@ -213,7 +214,7 @@ def shares_section(diagnosed, labels) -> None:
         else:
             branches = [f"branch {k + 1}" for k in range(s.shape[1])]
         with cols[shown % COLS]:
-            fig = F.shares_heatmap(s, classes, branches, title=name)
+            fig = FIG.shares_heatmap(s, classes, branches, title=name)
             st.plotly_chart(fig, width="stretch", key=f"shares_{name}")
             download_fig(fig, f"branch_shares_{name}")
         shown += 1
@@ -280,7 +281,7 @@ def opt_gen_section(runs, labels) -> None:
     download_df(df, "optimisation_generalisation")
 
 
-@st.cache_data(show_spinner="Ranking methods by their conflict change...", max_entries=16)
+@st.cache_resource(show_spinner="Ranking methods by their conflict change...", max_entries=16)
 def _gain(stamps: tuple, _metas: list[dict]) -> dict:
     """csba.conflict_gain over the runs; keyed by the runs' (path, mtime) stamps."""
     del stamps
@@ -308,7 +309,7 @@ def conflict_gain_section(runs) -> None:
         return
     for backbone, e in res["backbones"].items():
         st.markdown(e["sentence"])
-        fig = F.conflict_gain_scatter(e["methods"], f"{backbone}: change against the baseline")
+        fig = FIG.conflict_gain_scatter(e["methods"], f"{backbone}: change against the baseline")
         st.plotly_chart(fig, width="stretch", key=f"gain_{backbone}")
     download_df(pd.DataFrame(res["runs"]), "conflict-gain-runs.csv")
 

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from pages import figures as F
-from pages.common import download_df, download_fig, run_labels, select_runs
+from pages.common import FIG, download_df, download_fig, run_labels, select_runs
 
 COLS = 3  # matrices per row
 
@@ -43,7 +43,7 @@ def main() -> None:
         for col, name in zip(cols, names[start : start + COLS]):
             with col:
                 cm = mats[name]
-                fig = F.confusion_heatmap(
+                fig = FIG.confusion_heatmap(
                     cm, classes, normalize=normalize, title=f"{name} (n={int(cm.sum())})", zmax=zmax
                 )
                 st.plotly_chart(fig, width="stretch", key=f"cm_{name}")
@@ -60,7 +60,7 @@ def main() -> None:
     if a == b:
         st.info("Choose two different runs.")
         return
-    fig = F.confusion_difference(mats[a], mats[b], classes, normalize=normalize, names=(a, b))
+    fig = FIG.confusion_difference(mats[a], mats[b], classes, normalize=normalize, names=(a, b))
     left, right = st.columns([2, 1])
     with left:
         st.plotly_chart(fig, width="stretch", key="cm_diff")

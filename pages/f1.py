@@ -8,6 +8,7 @@ from csba.stats import DELTA_COLUMNS
 from csba.store import RunError
 from pages import figures as F
 from pages.common import (
+    FIG,
     compare,
     download_df,
     download_fig,
@@ -195,7 +196,7 @@ def main() -> None:
     download_df(summary, "summary_with_intervals")
 
     st.subheader("Per class")
-    fig = F.per_class_bars(
+    fig = FIG.per_class_bars(
         bars,
         classes,
         metrics,
@@ -262,7 +263,7 @@ def main() -> None:
     forest_metric = st.radio(
         "Metric", METRICS, horizontal=True, format_func=F.METRIC_TITLES.get, key="f1_forest"
     )
-    fig = F.delta_forest(
+    fig = FIG.delta_forest(
         deltas[deltas["class"] != "(overall)"],
         forest_metric,
         title=f"Δ {F.METRIC_TITLES[forest_metric]} with paired 95% intervals",

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from csba.diagnostics import off_diagonal_stats  # noqa: F401 (used by the pages via F.)
@@ -27,6 +28,12 @@ DIFF_SCALE = px.colors.diverging.PRGn
 SEQ_SCALE = "Blues"
 PALETTE = px.colors.qualitative.Safe
 FONT = {"size": 13}
+
+# One template, built once: plotly_white with our font. Set as the default, every new figure
+# takes it unvalidated; naming a template per figure (update_layout(template=...)) validated and
+# deep-copied it each time, about a third of a page's script time (benchmarks/bench_dashboard.py).
+pio.templates["csba"] = go.layout.Template(pio.templates["plotly_white"], layout={"font": FONT})
+pio.templates.default = "csba"
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,12 +86,9 @@ def fmt_ci(v: float, lo: float, hi: float, digits: int = 3, signed: bool = False
 def _layout(fig: go.Figure, title: str | None = None, height: int | None = None) -> go.Figure:
     fig.update_layout(
         title={"text": title, "x": 0, "xanchor": "left"} if title else None,
-        font=FONT,
         margin={"l": 10, "r": 10, "t": 60 if title else 20, "b": 10},
-        template="plotly_white",
+        **({"height": height} if height else {}),
     )
-    if height:
-        fig.update_layout(height=height)
     return fig
 
 

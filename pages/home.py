@@ -8,6 +8,7 @@ from csba.report import shipping_bar_parts
 from csba.store import RunError
 from pages import figures as F
 from pages.common import (
+    FIG,
     NO_RUNS,
     all_runs,
     dataset_name,
@@ -132,7 +133,7 @@ def dataset_section(good) -> int | None:
     )
     cols = st.columns([3, 2])
     with cols[0]:
-        fig = F.class_distribution_figure(dist, f"{ds}: images per class and split")
+        fig = FIG.class_distribution_figure(dist, f"{ds}: images per class and split")
         st.plotly_chart(fig, width="stretch", key="home_dist")
         download_fig(fig, f"class_distribution_{ds}")
     with cols[1]:

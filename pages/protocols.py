@@ -9,6 +9,7 @@ import streamlit as st
 from csba.report import shipping_bar_parts
 from pages import figures as F
 from pages.common import (
+    FIG,
     all_runs,
     bundled_records,
     dataset_name,
@@ -96,7 +97,7 @@ def main() -> None:
         for note in s["notes"]:
             st.caption(note)
 
-    fig = F.paired_differences(res, SHOWN)
+    fig = FIG.paired_differences(res, SHOWN)
     st.plotly_chart(fig, width="stretch", key="pair_fig")
     download_fig(fig, "paired_differences")
 

@@ -267,7 +267,6 @@ def _curves(job: Job) -> go.Figure:
     fig.update_layout(
         height=330,
         margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        template="plotly_white",
         legend={"orientation": "h", "y": -0.25},
         uirevision=job.id,  # keep zoom while the curves grow
     )

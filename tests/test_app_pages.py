@@ -391,3 +391,26 @@ def test_run_labels_are_unique(runs_root):
     assert labels[str(next(i.path for i in infos if i.path.name == "csba-s0"))] == (
         "csba s0 (32px)"
     )
+
+
+@pytest.mark.parametrize(
+    "page", ["pages/confusion.py", "pages/f1.py", "pages/conflict.py", "pages/attention.py"]
+)
+def test_a_rerun_that_changes_nothing_builds_no_figure(runs_root, page):
+    from pages.common import FIGURE_BUILDS
+
+    at = _app(page)
+    assert at.get("plotly_chart")
+    built = FIGURE_BUILDS["count"]
+    at.run()
+    _no_exception(at)
+    assert FIGURE_BUILDS["count"] == built  # every figure came from the cache
+
+
+def test_the_server_logs_its_script_times_when_asked(runs_root, tmp_path, monkeypatch):
+    log = tmp_path / "scripts.jsonl"
+    monkeypatch.setenv("CSBA_SCRIPT_LOG", str(log))
+    _app()  # (AppTest logs only its first run; a real server logs every one: bench_dashboard)
+    lines = [json.loads(s) for s in log.read_text().splitlines()]
+    assert lines and lines[0]["page"] == "home"
+    assert all(r["finished"] and r["seconds"] > 0 for r in lines)
