@@ -61,7 +61,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f"'{run_dir}' already holds a run; pass --overwrite or choose --out")
     cfg.run_dir = str(run_dir)
 
-    meta = train(cfg, callback=epoch_logger(cfg))
+    from .distributed import DistConfig, torchrun_session
+    from .train import resolve_device
+
+    dist_cfg = DistConfig(sync_batchnorm=args.sync_bn)
+    with torchrun_session("train", resolve_device(cfg.device), dist_cfg) as dist:
+        main = dist is None or dist.is_main  # under torchrun only rank 0 logs and prints
+        meta = train(cfg, callback=epoch_logger(cfg) if main else None, dist=dist)
+    if not main:
+        return 0 if meta["status"] != "interrupted" else 130
     t = meta["metrics"]["test"]
     _err(
         f"{meta['status']}: kept epoch {meta['best_epoch']} of {meta['epochs_run']} "
@@ -210,16 +218,25 @@ def _print_diagnosis(out: dict, run_dir: str) -> None:
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from .diagnostics.run import diagnose_run
+    from .distributed import torchrun_session
+    from .train import resolve_device
 
     if args.per_class < 0:
         raise CLIError(f"--per-class must be 0 or more, got {args.per_class}")
-    out = diagnose_run(
-        args.run_dir,
-        data_root=args.data_root,
-        split=args.split,
-        per_class=args.per_class or None,
-        progress=True,
-    )
+    # under torchrun the conflict matrix's per-class gradient sums are split over the ranks
+    with torchrun_session("diagnose", resolve_device("auto")) as dist:
+        out = diagnose_run(
+            args.run_dir,
+            data_root=args.data_root,
+            split=args.split,
+            per_class=args.per_class or None,
+            progress=dist is None or dist.is_main,
+            device=None if dist is None else dist.device,
+            store=dist is None or dist.is_main,
+            distributed=dist is not None,
+        )
+        if dist is not None and not dist.is_main:
+            return 0
     if args.json:
         _print_json(out)
     else:
@@ -364,6 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_train_options(t)  # every TrainConfig option, help from its field
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument(
+        "--sync-bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="under torchrun on CUDA, BatchNorm statistics over the global batch "
+        "(SyncBatchNorm; default: on; the CPU keeps per-process statistics)",
+    )
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(
