@@ -299,6 +299,7 @@ def cmd_pair(args: argparse.Namespace) -> int:
 
 def cmd_protocol(args: argparse.Namespace) -> int:
     """Train + diagnose every variant x seed, skipping runs already complete (resumable)."""
+    from .cluster import RayConfig
     from .options import PROTOCOL_OPTIONS
     from .protocol import ProtocolError, run_protocol
 
@@ -311,6 +312,14 @@ def cmd_protocol(args: argparse.Namespace) -> int:
             diagnose_per_class=args.diagnose_per_class,
             jobs=args.jobs,
             progress=args.progress,
+            backend=args.backend,
+            threads=args.threads,
+            ray=RayConfig(
+                address=args.address,
+                storage=args.ray_storage,
+                gpus=args.ray_gpus,
+                retries=args.ray_retries,
+            ),
         )
     except ProtocolError as e:
         for d in e.done:
@@ -528,6 +537,50 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="runs trained at once, each with cores/jobs threads (default %(default)s; "
         "2 is about 1.2x faster on a 2-core CPU)",
+    )
+    pr.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per run, for both backends (default: cores/jobs; 1 on Ray); the same "
+        "seed and threads give the same run through either",
+    )
+    pr.add_argument(
+        "--backend",
+        choices=("jobs", "ray"),
+        default="jobs",
+        help="jobs: a process pool on this machine (--jobs); ray: one Ray task per run, on a "
+        "local instance or a cluster (--address; pip install -r requirements-scale.txt; "
+        "docs/scale.md) (default %(default)s)",
+    )
+    pr.add_argument(
+        "--address",
+        default=None,
+        metavar="auto|ray://HOST:PORT",
+        help="Ray cluster to join (default: start a local Ray instance)",
+    )
+    pr.add_argument(
+        "--ray-storage",
+        choices=("shared", "return"),
+        default="shared",
+        help="shared: the runs root is a file system every worker sees at the same path; "
+        "return: workers send each run folder back and this process writes it "
+        "(default %(default)s)",
+    )
+    pr.add_argument(
+        "--ray-gpus",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="GPUs per Ray run, a fraction shares one (0.25: four runs per GPU; default 0)",
+    )
+    pr.add_argument(
+        "--ray-retries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="retries of a Ray run whose worker dies; it resumes from its last finished "
+        "epoch (default %(default)s)",
     )
     pr.add_argument(
         "--progress",
