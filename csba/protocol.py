@@ -408,6 +408,16 @@ def _ray_task(options, variant, seed, views, per_class, threads, storage, inputs
     return out
 
 
+def _here(files: dict[str, bytes], options: dict[str, Any], run_dir: Path) -> dict[str, bytes]:
+    """A returned run's files with run.json's config pointing at the driver's folder, not the
+    worker-local one it was trained in (no other field holds a path of the worker)."""
+    import json
+
+    meta = json.loads(files["run.json"])
+    meta["config"].update(out=options["out"], run_dir=str(run_dir))
+    return {**files, "run.json": json.dumps(meta, indent=1).encode()}
+
+
 def _ray(options, tasks, views, per_class, ray_cfg, log, bar, t0) -> list[Path]:
     """Every run as a Ray task (csba.cluster); complete runs are skipped on the driver."""
     import shutil
@@ -447,10 +457,12 @@ def _ray(options, tasks, views, per_class, ray_cfg, log, bar, t0) -> list[Path]:
         for i, result, error in ray_map(_ray_task, calls, ray_cfg, retry_exceptions=[RunKilled]):
             variant, seed, run_dir, _ = todo[i]
             bar.update()
-            if error is None and result["log"] is not None:
-                atomic_write_bytes(_log_file(options, run_dir), result["log"])
+            if error is None and result["log"] is not None:  # storage "return"
+                log_file = _log_file(options, run_dir)
+                log_file.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(log_file, result["log"])
             if error is None and result["files"]:
-                write_run_files(run_dir, result["files"])
+                write_run_files(run_dir, _here(result["files"], options, run_dir))
                 shutil.rmtree(resume_dir(run_dir), ignore_errors=True)
             if error is not None or result["rc"] != 0:
                 why = (
