@@ -7,9 +7,9 @@ Both ratios come from one run of this script, each numerator and denominator bac
   ``protocol --jobs J --threads 1`` and ``protocol --backend ray --threads 1`` on a local Ray
   instance with J CPUs (its start-up included, as a user sees it); prints wall seconds, the
   Ray overhead per run and the Ray start-up alone;
-* DDP: ``python -m csba train`` for 2 epochs in one process with 2 threads, and under
-  ``torchrun --nproc_per_node 2`` with 1 thread per process (both use the 2 cores), the same
-  global batch; prints epoch 2's training seconds and the whole epoch (with validation).
+* DDP: ``python -m csba train`` for 2 epochs in one process with 1 thread and with 2 threads,
+  and under ``torchrun --nproc_per_node 2`` with 1 thread per process, the same global batch;
+  prints epoch 2's training seconds and the whole epoch (with validation), and the ratios.
 
 Usage::
 
@@ -90,12 +90,13 @@ def ddp_epoch(args, tmp: Path) -> dict:
     if args.data_root:
         train += ["--data-root", args.data_root]
     out = {}
-    one = [sys.executable, "-m", "csba", *train, "--out", str(tmp / "one")]
-    _run(one, _env(threads=2))
+    for name, threads in (("one", 1), ("one2", 2)):
+        one = [sys.executable, "-m", "csba", *train, "--out", str(tmp / name)]
+        _run(one, _env(threads=threads))
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     two += ["-m", "csba", *train, "--out", str(tmp / "two")]
     _run(two, _env(threads=1))
-    for name in ("one", "two"):
+    for name in ("one", "one2", "two"):
         meta = json.loads(next((tmp / name).rglob("run.json")).read_text())
         h = meta["history"][1]  # epoch 2: no one-off warm-up
         out[name] = {"train_s": h["train_seconds"], "epoch_s": h["seconds"]}
@@ -110,34 +111,44 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=2, help="pool size and Ray CPUs (default 2)")
     p.add_argument("--protocol-size", type=int, default=32, help="px (default %(default)s)")
     p.add_argument("--ddp-size", type=int, default=64, help="px (default %(default)s)")
+    p.add_argument("--only", choices=("protocol", "ddp"), default=None, help="one half only")
     args = p.parse_args()
+    from csba.data import load_dataset
+
+    for size in {args.protocol_size, args.ddp_size}:  # decoded once, before any timing
+        load_dataset(args.dataset, size, data_root=args.data_root)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         t0 = time.perf_counter()
-        pr = protocol_overhead(args, tmp / "protocol")
-        print(f"protocol, {pr['runs']} runs at {args.protocol_size} px, 1 thread each:")
-        print(f"  --jobs {args.jobs}:          {pr['jobs_s']:7.1f} s")
-        print(f"  --backend ray ({args.jobs} CPUs): {pr['ray_s']:7.1f} s", end="")
-        print(f"  (Ray start-up {pr['ray_init_s']:.1f} s)")
-        per_run = (pr["ray_s"] - pr["jobs_s"]) / pr["runs"]
-        per_run_ex = (pr["ray_s"] - pr["ray_init_s"] - pr["jobs_s"]) / pr["runs"]
-        print(f"  ray / jobs {pr['ray_s'] / pr['jobs_s']:.3f}; overhead per run {per_run:+.2f} s")
-        print(f"  ({per_run_ex:+.2f} s without the start-up); same metrics: {pr['same']}")
-        dd = ddp_epoch(args, tmp / "ddp")
-        one, two = dd["one"], dd["two"]
-        print(f"DDP, csba at {args.ddp_size} px, global batch 32, epoch 2:")
-        print(
-            f"  1 process x 2 threads: train {one['train_s']:6.1f} s, epoch {one['epoch_s']:6.1f} s"
-        )
-        print(
-            f"  2 processes x 1 thread: train {two['train_s']:6.1f} s, "
-            f"epoch {two['epoch_s']:6.1f} s"
-        )
-        ratio_t = two["train_s"] / one["train_s"]
-        ratio_e = two["epoch_s"] / one["epoch_s"]
-        print(f"  2-process / 1-process: train {ratio_t:.3f}, epoch {ratio_e:.3f}")
+        pr = None if args.only == "ddp" else protocol_overhead(args, tmp / "protocol")
+        if pr is not None:
+            _print_protocol(args, pr)
+        if args.only != "protocol":
+            _print_ddp(args, ddp_epoch(args, tmp / "ddp"))
         print(f"all: {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def _print_protocol(args, pr: dict) -> None:
+    print(f"protocol, {pr['runs']} runs at {args.protocol_size} px, 1 thread each:")
+    print(f"  --jobs {args.jobs}:          {pr['jobs_s']:7.1f} s")
+    print(f"  --backend ray ({args.jobs} CPUs): {pr['ray_s']:7.1f} s", end="")
+    print(f"  (Ray start-up {pr['ray_init_s']:.1f} s)")
+    per_run = (pr["ray_s"] - pr["jobs_s"]) / pr["runs"]
+    per_run_ex = (pr["ray_s"] - pr["ray_init_s"] - pr["jobs_s"]) / pr["runs"]
+    print(f"  ray / jobs {pr['ray_s'] / pr['jobs_s']:.3f}; overhead per run {per_run:+.2f} s")
+    print(f"  ({per_run_ex:+.2f} s without the start-up); same metrics: {pr['same']}")
+
+
+def _print_ddp(args, dd: dict) -> None:
+    one, one2, two = dd["one"], dd["one2"], dd["two"]
+    print(f"DDP, csba at {args.ddp_size} px, global batch 32, epoch 2:")
+    for label, r in (("1 process x 1 thread", one), ("1 process x 2 threads", one2)):
+        print(f"  {label}: train {r['train_s']:6.1f} s, epoch {r['epoch_s']:6.1f} s")
+    print(f"  2 processes x 1 thread: train {two['train_s']:6.1f} s, epoch {two['epoch_s']:6.1f} s")
+    for label, r in (("1 x 1 thread", one), ("1 x 2 threads", one2)):
+        ratio_t, ratio_e = two["train_s"] / r["train_s"], two["epoch_s"] / r["epoch_s"]
+        print(f"  2-process / {label}: train {ratio_t:.3f}, epoch {ratio_e:.3f}")
 
 
 if __name__ == "__main__":

@@ -157,6 +157,11 @@ class DistContext:
                 f"backward of one loss); run it in one process, or pick a variant with a "
                 f"method in {', '.join(SUPPORTED_METHODS)}"
             )
+        if n < global_batch:
+            raise DistributedError(
+                f"the training split ({n} images) is smaller than the global batch "
+                f"({global_batch}); lower --batch-size"
+            )
         self.sampler = GlobalBatchSampler(n, global_batch, self.rank, self.world_size, seed)
         return self.sampler
 

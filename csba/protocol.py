@@ -174,6 +174,11 @@ def run_protocol(
         raise ProtocolError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if threads is not None and threads < 1:
         raise ProtocolError(f"--threads must be 1 or more, got {threads}")
+    if backend == "ray" and jobs > 1:
+        raise ProtocolError(
+            "--jobs is the embedded pool's; on Ray the cluster's CPUs and --threads set how "
+            "many runs go at once"
+        )
     if backend == "ray":
         from .cluster import ClusterError, import_ray
 

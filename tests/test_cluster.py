@@ -173,6 +173,8 @@ def test_bad_ray_options_are_one_line_errors(capsys):
     assert "--ray-gpus must be 0 or more" in capsys.readouterr().err
     assert main(["protocol", "--threads", "0"]) == 2
     assert "--threads must be 1 or more" in capsys.readouterr().err
+    assert main(["protocol", "--backend", "ray", "--jobs", "2"]) == 2
+    assert "--jobs is the embedded pool's" in capsys.readouterr().err
 
 
 def test_write_run_files_writes_run_json_last_and_stays_inside(tmp_path, monkeypatch):

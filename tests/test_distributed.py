@@ -138,6 +138,8 @@ def test_global_batch_must_divide_and_methods_are_checked():
     ctx = DistContext(0, 2, 0, "cpu", DistConfig())
     with pytest.raises(DistributedError, match="does not train under torchrun"):
         ctx.setup("pcgrad", 100, 16, 0)
+    with pytest.raises(DistributedError, match="smaller than the global batch"):
+        ctx.setup("weighted", 10, 16, 0)
     s = ctx.setup("weighted", 100, 16, 0)
     perm = s.set_epoch(3)
     assert torch.equal(perm, s.set_epoch(3)) and not torch.equal(perm, s.set_epoch(4))
