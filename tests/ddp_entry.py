@@ -35,8 +35,15 @@ fail = os.environ.get("CSBA_TEST_FAIL_RANK")
 if fail is not None and os.environ.get("RANK") == fail:
     import csba.step
 
+    after = int(os.environ.get("CSBA_TEST_FAIL_AFTER", "0"))  # steps that succeed first
+    step_call = csba.step.TrainStep.__call__
+    calls = [0]
+
     def boom(self, x, y):
-        raise RuntimeError("injected failure")
+        calls[0] += 1
+        if calls[0] > after:
+            raise RuntimeError("injected failure")
+        return step_call(self, x, y)
 
     csba.step.TrainStep.__call__ = boom
 

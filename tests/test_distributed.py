@@ -30,14 +30,14 @@ def _torchrun(nproc: int, args: list[str], cwd: Path, entry: list[str] | None = 
     )
 
 
-def _train_args(tiny_folder: Path, out: Path, variant: str = "baseline") -> list[str]:
+def _train_args(tiny_folder: Path, out: Path, variant: str = "csba") -> list[str]:
     args = ["train", "--dataset", "imagefolder", "--data-root", str(tiny_folder)]
     args += ["--variant", variant, "--image-size", "32", "--epochs", "1", "--batch-size", "16"]
     args += ["--precision", "fp32", "--weights-dtype", "float32", "--device", "cpu"]
     return [*args, "--out", str(out)]
 
 
-@pytest.mark.parametrize("variant", ["baseline", "csba"])
+@pytest.mark.parametrize("variant", ["csba"])
 def test_two_process_ddp_epoch_equals_one_process(tiny_folder, tmp_path, variant):
     """float32, augmentation and dropout off, BatchNorm statistics frozen (SyncBatchNorm does
     not run on CPU tensors): after one epoch the weights match to float32 tolerance."""
@@ -120,14 +120,30 @@ def test_distributed_gcm_splits_the_chunks_over_ranks(monkeypatch):
 
 
 def test_a_failing_rank_fails_the_run_without_a_run_folder(tiny_folder, tmp_path):
-    out = tmp_path / "out"
-    args = _train_args(tiny_folder, out)
-    r = _torchrun(2, args, tmp_path, CSBA_TEST_FAIL_RANK="1")
+    """Rank 1 fails in epoch 2: the run fails with one clear line, rank 0 wrote no run folder
+    (only epoch 1's resume state), and --resume then finishes it exactly as an uninterrupted
+    2-process run."""
+    from safetensors.torch import load_file
+
+    out, full = tmp_path / "out", tmp_path / "full"
+    args = [*_train_args(tiny_folder, out), "--epochs", "3", "--keep", "last"]
+    r = _torchrun(2, args, tmp_path, CSBA_TEST_FAIL_RANK="1", CSBA_TEST_FAIL_AFTER="3")
     assert r.returncode != 0
     assert "csba train: rank 1 of 2 failed: RuntimeError: injected failure" in r.stderr
     assert "the run folder was not written" in r.stderr
     assert not list(out.rglob("run.json")) and not list(out.rglob("model.safetensors"))
     assert not list(out.rglob(".*.tmp"))
+    run = out / "imagefolder-32px" / "csba-s0"
+    assert json.loads((run / "resume" / "state.json").read_text())["epoch"] == 1
+    r = _torchrun(2, [*args, "--resume"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["runtime"]["resumed_at_epochs"] == [1] and meta["epochs_run"] == 3
+    uninterrupted = [*_train_args(tiny_folder, full), "--epochs", "3", "--keep", "last"]
+    assert _torchrun(2, uninterrupted, tmp_path).returncode == 0
+    a = load_file(str(run / "model.safetensors"))
+    b = load_file(str(full / "imagefolder-32px" / "csba-s0" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_global_batch_must_divide_and_methods_are_checked():
