@@ -61,7 +61,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f"'{run_dir}' already holds a run; pass --overwrite or choose --out")
     cfg.run_dir = str(run_dir)
 
-    meta = train(cfg, callback=epoch_logger(cfg))
+    from .distributed import DistConfig, torchrun_session
+    from .train import resolve_device
+
+    dist_cfg = DistConfig(sync_batchnorm=args.sync_bn)
+    with torchrun_session("train", resolve_device(cfg.device), dist_cfg) as dist:
+        main = dist is None or dist.is_main  # under torchrun only rank 0 logs and prints
+        meta = train(cfg, callback=epoch_logger(cfg) if main else None, dist=dist)
+    if not main:
+        return 0 if meta["status"] != "interrupted" else 130
     t = meta["metrics"]["test"]
     _err(
         f"{meta['status']}: kept epoch {meta['best_epoch']} of {meta['epochs_run']} "
@@ -210,16 +218,25 @@ def _print_diagnosis(out: dict, run_dir: str) -> None:
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from .diagnostics.run import diagnose_run
+    from .distributed import torchrun_session
+    from .train import resolve_device
 
     if args.per_class < 0:
         raise CLIError(f"--per-class must be 0 or more, got {args.per_class}")
-    out = diagnose_run(
-        args.run_dir,
-        data_root=args.data_root,
-        split=args.split,
-        per_class=args.per_class or None,
-        progress=True,
-    )
+    # under torchrun the conflict matrix's per-class gradient sums are split over the ranks
+    with torchrun_session("diagnose", resolve_device("auto")) as dist:
+        out = diagnose_run(
+            args.run_dir,
+            data_root=args.data_root,
+            split=args.split,
+            per_class=args.per_class or None,
+            progress=dist is None or dist.is_main,
+            device=None if dist is None else dist.device,
+            store=dist is None or dist.is_main,
+            distributed=dist is not None,
+        )
+        if dist is not None and not dist.is_main:
+            return 0
     if args.json:
         _print_json(out)
     else:
@@ -282,6 +299,7 @@ def cmd_pair(args: argparse.Namespace) -> int:
 
 def cmd_protocol(args: argparse.Namespace) -> int:
     """Train + diagnose every variant x seed, skipping runs already complete (resumable)."""
+    from .cluster import RayConfig
     from .options import PROTOCOL_OPTIONS
     from .protocol import ProtocolError, run_protocol
 
@@ -294,6 +312,14 @@ def cmd_protocol(args: argparse.Namespace) -> int:
             diagnose_per_class=args.diagnose_per_class,
             jobs=args.jobs,
             progress=args.progress,
+            backend=args.backend,
+            threads=args.threads,
+            ray=RayConfig(
+                address=args.address,
+                storage=args.ray_storage,
+                gpus=args.ray_gpus,
+                retries=args.ray_retries,
+            ),
         )
     except ProtocolError as e:
         for d in e.done:
@@ -364,6 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_train_options(t)  # every TrainConfig option, help from its field
     t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument(
+        "--sync-bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="under torchrun on CUDA, BatchNorm statistics over the global batch "
+        "(SyncBatchNorm; default: on; the CPU keeps per-process statistics)",
+    )
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(
@@ -504,6 +537,50 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="runs trained at once, each with cores/jobs threads (default %(default)s; "
         "2 is about 1.2x faster on a 2-core CPU)",
+    )
+    pr.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per run, for both backends (default: cores/jobs; 1 on Ray); the same "
+        "seed and threads give the same run through either",
+    )
+    pr.add_argument(
+        "--backend",
+        choices=("jobs", "ray"),
+        default="jobs",
+        help="jobs: a process pool on this machine (--jobs); ray: one Ray task per run, on a "
+        "local instance or a cluster (--address; pip install -r requirements-scale.txt; "
+        "docs/scale.md) (default %(default)s)",
+    )
+    pr.add_argument(
+        "--address",
+        default=None,
+        metavar="auto|ray://HOST:PORT",
+        help="Ray cluster to join (default: start a local Ray instance)",
+    )
+    pr.add_argument(
+        "--ray-storage",
+        choices=("shared", "return"),
+        default="shared",
+        help="shared: the runs root is a file system every worker sees at the same path; "
+        "return: workers send each run folder back and this process writes it "
+        "(default %(default)s)",
+    )
+    pr.add_argument(
+        "--ray-gpus",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="GPUs per Ray run, a fraction shares one (0.25: four runs per GPU; default 0)",
+    )
+    pr.add_argument(
+        "--ray-retries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="retries of a Ray run whose worker dies; it resumes from its last finished "
+        "epoch (default %(default)s)",
     )
     pr.add_argument(
         "--progress",

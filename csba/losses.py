@@ -111,6 +111,14 @@ def per_class_mean_losses(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tens
     return sums / counts, classes
 
 
+def _normalised(fn, weight: Tensor | None):
+    """Tag a loss that is a mean normalised by the summed weights of the batch's labels
+    (``fn.norm_weight``); untagged losses are plain means over the batch. A distributed run
+    (csba.distributed) normalises by the same sum over the whole global batch."""
+    fn.norm_weight = weight
+    return fn
+
+
 def make_loss(
     kind: str,
     weight: Tensor | None,
@@ -127,7 +135,7 @@ def make_loss(
     classes present of their mean cross-entropy (the loss PCGrad's steps report).
     """
     if kind == "ce":
-        return lambda logits, y: weighted_cross_entropy(logits, y, weight)
+        return _normalised(lambda logits, y: weighted_cross_entropy(logits, y, weight), weight)
     if kind == "focal":
         return lambda logits, y: focal_loss(logits, y, weight, gamma)
     if kind in ("logit_adjust", "ldam") and counts is None:
@@ -137,7 +145,7 @@ def make_loss(
         return lambda logits, y: logit_adjusted_loss(logits, y, prior, tau)
     if kind == "ldam":
         margins = ldam_margins(counts)
-        return lambda logits, y: ldam_loss(logits, y, margins, scale, weight)
+        return _normalised(lambda logits, y: ldam_loss(logits, y, margins, scale, weight), weight)
     if kind == "class_mean":
         return lambda logits, y: per_class_mean_losses(logits, y)[0].mean()
     raise ValueError(f"unknown loss {kind!r}; choose one of: {', '.join(LOSSES)}")

@@ -6,6 +6,8 @@ of :func:`run_protocol`.
 With ``jobs > 1`` the runs go to ``jobs`` worker processes (``python -m csba protocol --jobs 1``
 for one variant and seed each) with cores // jobs threads each; they get exactly the serial
 path's options (:func:`protocol_train_flags` parses back to :func:`protocol_train_config`).
+``backend="ray"`` sends the same per-run function (:func:`run_one`) to a Ray cluster as one
+task per run (csba.cluster; docs/scale.md).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from .cluster import RayConfig
 from .options import PROTOCOL_OPTIONS, check_values, config_from_args, option_flags
 from .progress import progress_bar
 from .runs import (
@@ -33,15 +37,20 @@ from .runs import (
 )
 
 __all__ = [
+    "BACKENDS",
     "ProtocolError",
+    "RunKilled",
     "epoch_logger",
+    "protocol_run_command",
     "protocol_train_config",
     "protocol_train_flags",
+    "run_one",
     "run_protocol",
     "stderr_log",
 ]
 
 Log = Callable[[str], None]
+BACKENDS = ("jobs", "ray")  # run_protocol(backend=...)
 
 
 class ProtocolError(ValueError):
@@ -135,6 +144,9 @@ def run_protocol(
     jobs: int = 1,
     log: Log = stderr_log,
     progress: bool = True,
+    backend: str = "jobs",
+    threads: int | None = None,
+    ray: RayConfig | None = None,
 ) -> list[Path]:
     """Train, evaluate and diagnose each variant (default: all registered) for each seed.
 
@@ -142,7 +154,11 @@ def run_protocol(
     the root of run folders). ``views``: test-time views behind the stored metrics ("auto":
     8 for EL cells, else 4). ``diagnose_per_class``: images per class for diagnose (0: the whole
     training split). ``log`` gets one line per step; ``progress`` shows a tqdm bar over the
-    runs on stderr. Returns the run folders in order (seed-major). Raises ProtocolError.
+    runs on stderr. ``backend``: "jobs" (the embedded pool: ``jobs`` runs at once, or the
+    serial path for 1) or "ray" (one Ray task per run, :class:`csba.cluster.RayConfig`
+    ``ray``). ``threads``: per run, for both (default: cores // jobs, 1 on Ray); the same seed
+    and threads give the same run.json metrics through either. Returns the run folders in
+    order (seed-major). Raises ProtocolError.
     """
     from .models import list_models
 
@@ -154,6 +170,24 @@ def run_protocol(
         )
     if jobs < 1:
         raise ProtocolError(f"--jobs must be 1 or more, got {jobs}")
+    if backend not in BACKENDS:
+        raise ProtocolError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if threads is not None and threads < 1:
+        raise ProtocolError(f"--threads must be 1 or more, got {threads}")
+    if backend == "ray" and jobs > 1:
+        raise ProtocolError(
+            "--jobs is the embedded pool's; on Ray the cluster's CPUs and --threads set how "
+            "many runs go at once"
+        )
+    if backend == "ray":
+        from .cluster import ClusterError, import_ray
+
+        ray = RayConfig(**{**asdict(ray or RayConfig()), "threads": threads or 1})
+        try:
+            ray.check()
+            import_ray()
+        except ClusterError as e:
+            raise ProtocolError(str(e)) from None
     if diagnose_per_class < 0:
         raise ProtocolError(f"--diagnose-per-class must be 0 or more, got {diagnose_per_class}")
     try:
@@ -164,8 +198,11 @@ def run_protocol(
     t0 = time.perf_counter()
     bar = progress_bar(total=len(tasks), desc="protocol", unit="run", enabled=progress, leave=True)
     try:
-        if jobs > 1:
-            done = _parallel(options, tasks, views, diagnose_per_class, jobs, log, bar, t0)
+        if backend == "ray":
+            done = _ray(options, tasks, views, diagnose_per_class, ray, log, bar, t0)
+        elif jobs > 1 or threads is not None:
+            n = threads or default_threads(jobs)
+            done = _parallel(options, tasks, views, diagnose_per_class, jobs, n, log, bar, t0)
         else:
             done = _serial(options, tasks, views, diagnose_per_class, log, bar, t0)
     finally:
@@ -173,7 +210,7 @@ def run_protocol(
     _refresh_changes(options.get("out", "checkpoints"), log)
     log(
         f"protocol: {len(done)} runs in {time.perf_counter() - t0:.0f} s"
-        + (f" with {jobs} jobs" if jobs > 1 else "")
+        + (" on ray" if backend == "ray" else f" with {jobs} jobs" if jobs > 1 else "")
     )
     return done
 
@@ -209,40 +246,95 @@ def _serial(options, tasks, views, per_class, log, bar, t0) -> list[Path]:
     return done
 
 
-def _parallel(options, tasks, views, per_class, jobs, log, bar, t0) -> list[Path]:
-    """``jobs`` single-run protocol workers at once, each with cores // jobs threads.
+def protocol_run_command(
+    options: dict[str, Any], variant: str, seed: int, views: str | int, per_class: int
+) -> list[str]:
+    """The command of one protocol run in a fresh process: ``python -m csba protocol --jobs 1``
+    for one variant and seed, with the protocol's options (:func:`protocol_train_flags`)."""
+    cmd = [sys.executable, "-m", "csba", "protocol", "--jobs", "1", "--no-progress"]
+    cmd += ["--variants", variant, "--seeds", str(seed)]
+    cmd += ["--diagnose-per-class", str(per_class), "--views", str(views)]
+    return [*cmd, *protocol_train_flags(options)]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the run's process is killed when the process that started it dies (a Ray worker
+    killed mid-run must not leave its training behind, racing its retry for the folder)."""
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def run_one(
+    options: dict[str, Any],
+    variant: str,
+    seed: int,
+    views: str | int,
+    per_class: int,
+    threads: int,
+    log_file: Path,
+    header: str = "",
+) -> int:
+    """One protocol run (train or resume, evaluate, diagnose) in a fresh process pinned to
+    ``threads`` threads (OMP/MKL_NUM_THREADS); its output goes to ``log_file``, after the line
+    ``header`` if given. Returns its exit status (negative: killed by that signal).
+
+    The one per-run function of both backends, the ``--jobs`` pool and ``--backend ray``: the
+    same options, seed and thread count give the same run through either.
+    """
+    from .resume import resume_dir
+
+    run_dir = _run_dir(options, variant, seed)
+    meta = _read(run_dir)
+    # A trained run or one that resumes keeps its log; one that starts afresh starts it anew.
+    keep_log = meta.get("status") == "completed" or (resume_dir(run_dir) / "state.json").is_file()
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = protocol_run_command(options, variant, seed, views, per_class)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a" if keep_log else "w") as fh:
+        if header:
+            fh.write(header.rstrip("\n") + "\n")
+            fh.flush()
+        preexec = _die_with_parent if sys.platform.startswith("linux") else None
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec)
+    return proc.returncode
+
+
+def default_threads(jobs: int) -> int:
+    """Threads per run of the ``--jobs`` pool when ``--threads`` is not given: cores // jobs."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _log_file(options: dict[str, Any], run_dir: Path) -> Path:
+    return (
+        Path(options.get("out", "checkpoints"))
+        / "logs"
+        / f"{run_dir.parent.name}-{run_dir.name}.log"
+    )
+
+
+def _parallel(options, tasks, views, per_class, jobs, threads, log, bar, t0) -> list[Path]:
+    """``jobs`` single-run protocol workers at once (:func:`run_one`), ``threads`` each.
 
     On a 2-core CPU two 1-thread runs finish about 1.2x more runs per hour than one 2-thread run
     (small convolutions scale poorly across threads). Results depend on the thread count
-    (float reductions), so a run reproduces exactly only with the same ``jobs`` on the same
-    number of cores; the count is stored in run.json (runtime.threads). Each worker's output
-    goes to ``<out>/logs/<dataset-key>-<variant>-s<seed>.log``.
+    (float reductions), so a run reproduces exactly only with the same thread count; the count
+    is stored in run.json (runtime.threads). Each worker's output goes to
+    ``<out>/logs/<dataset-key>-<variant>-s<seed>.log``.
     """
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     log_dir = Path(options.get("out", "checkpoints")) / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    flags = protocol_train_flags(options)
 
     def worker(task: tuple[str, int]) -> tuple[str, int, int, Path]:
         variant, seed = task
         run_dir = _run_dir(options, variant, seed)
-        meta = _read(run_dir)
-        if protocol_complete(meta, views):
+        if protocol_complete(_read(run_dir), views):
             return variant, seed, 0, run_dir  # complete: its log stays as it is
-        cmd = [sys.executable, "-m", "csba", "protocol", "--jobs", "1", "--no-progress"]
-        cmd += ["--variants", variant, "--seeds", str(seed)]
-        cmd += ["--diagnose-per-class", str(per_class), "--views", str(views), *flags]
-        log_file = log_dir / f"{run_dir.parent.name}-{run_dir.name}.log"
+        log_file = _log_file(options, run_dir)
         log(f"== {variant} seed {seed} -> {run_dir} ({threads} thread(s), log {log_file})")
-        # A trained run or one that resumes keeps its log; one that starts afresh starts it anew.
-        from .resume import resume_dir
-
-        keep_log = (
-            meta.get("status") == "completed" or (resume_dir(run_dir) / "state.json").is_file()
-        )
-        with open(log_file, "a" if keep_log else "w") as fh:
-            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+        rc = run_one(options, variant, seed, views, per_class, threads, log_file)
         return variant, seed, rc, run_dir
 
     done, failed = [], []
@@ -260,6 +352,138 @@ def _parallel(options, tasks, views, per_class, jobs, log, bar, t0) -> list[Path
             f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun to resume", done
         )
     return done
+
+
+class RunKilled(RuntimeError):
+    """A run's process was killed by a signal (out of memory, a node going away): Ray retries
+    the task, and the retry resumes from the run's last finished epoch."""
+
+
+def _local_root(options: dict[str, Any], variant: str, seed: int) -> Path:
+    """A worker-local runs root for ``--ray-storage return``, the same for a retry on the same
+    node (so it resumes from that node's last finished epoch), distinct per run and options."""
+    import hashlib
+    import json
+    import tempfile
+
+    key = json.dumps([sorted(options.items()), variant, seed], default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "csba-ray" / digest
+
+
+def _folder_files(run_dir: Path, skip_resume: bool) -> dict[str, bytes]:
+    files = {}
+    for f in sorted(run_dir.rglob("*")):
+        rel = f.relative_to(run_dir)
+        if (
+            f.is_file()
+            and not f.name.startswith(".")
+            and not (skip_resume and rel.parts[0] == "resume")
+        ):
+            files[str(rel)] = f.read_bytes()
+    return files
+
+
+def _ray_task(options, variant, seed, views, per_class, threads, storage, inputs) -> dict:
+    """One protocol run as a Ray task: :func:`run_one` with the task's threads. ``storage``
+    "shared": the run lands under ``options["out"]``; "return": it runs under a worker-local
+    root, seeded with ``inputs`` (the driver's files of the run folder: a run to finish), and
+    its files come back in the result. A killed run raises :class:`RunKilled` (retried)."""
+    import platform
+    import shutil
+
+    if storage == "return":
+        options = {**options, "out": str(_local_root(options, variant, seed))}
+    run_dir = _run_dir(options, variant, seed)
+    if storage == "return" and inputs and not run_dir.exists():
+        from .store import write_run_files
+
+        write_run_files(run_dir, inputs)
+    log_file = _log_file(options, run_dir)
+    header = f"# ray worker pid {os.getpid()} on {platform.node()}, {threads} thread(s)"
+    rc = run_one(options, variant, seed, views, per_class, threads, log_file, header)
+    if rc < 0:
+        raise RunKilled(f"{variant} s{seed}: its process was killed (signal {-rc})")
+    out = {"rc": rc, "node": platform.node(), "files": None, "log": None}
+    if storage == "return":
+        out["log"] = log_file.read_bytes() if log_file.is_file() else b""
+        if rc == 0:
+            out["files"] = _folder_files(run_dir, skip_resume=True)
+            shutil.rmtree(options["out"], ignore_errors=True)
+    return out
+
+
+def _here(files: dict[str, bytes], options: dict[str, Any], run_dir: Path) -> dict[str, bytes]:
+    """A returned run's files with run.json's config pointing at the driver's folder, not the
+    worker-local one it was trained in (no other field holds a path of the worker)."""
+    import json
+
+    meta = json.loads(files["run.json"])
+    meta["config"].update(out=options["out"], run_dir=str(run_dir))
+    return {**files, "run.json": json.dumps(meta, indent=1).encode()}
+
+
+def _ray(options, tasks, views, per_class, ray_cfg, log, bar, t0) -> list[Path]:
+    """Every run as a Ray task (csba.cluster); complete runs are skipped on the driver."""
+    import shutil
+
+    from .cluster import ray_map, ray_session
+    from .resume import resume_dir
+    from .store import atomic_write_bytes, write_run_files
+
+    # the workers see paths as the driver does only if they are absolute (shared storage)
+    options = dict(options, out=str(Path(options.get("out", "checkpoints")).resolve()))
+    if options.get("data_root"):
+        options["data_root"] = str(Path(options["data_root"]).resolve())
+    todo, done, failed = [], {}, []
+    for variant, seed in tasks:
+        run_dir = _run_dir(options, variant, seed)
+        if protocol_complete(_read(run_dir), views):
+            done[(variant, seed)] = run_dir
+            bar.update()
+            log(_result_line(variant, seed, run_dir, t0) + "  (complete, skipped)")
+            continue
+        inputs = (
+            _folder_files(run_dir, False)
+            if ray_cfg.storage == "return" and run_dir.is_dir()
+            else {}
+        )
+        todo.append((variant, seed, run_dir, inputs))
+    calls = [
+        (options, v, s, views, per_class, ray_cfg.threads, ray_cfg.storage, inputs)
+        for v, s, _, inputs in todo
+    ]
+    with ray_session(ray_cfg) as ray:
+        cpus = ray.cluster_resources().get("CPU", 0)
+        log(
+            f"ray: {len(calls)} run(s) on {cpus:g} CPU(s), {ray_cfg.threads} thread(s) and "
+            f"{ray_cfg.gpus:g} GPU(s) each, storage {ray_cfg.storage}"
+        )
+        for i, result, error in ray_map(_ray_task, calls, ray_cfg, retry_exceptions=[RunKilled]):
+            variant, seed, run_dir, _ = todo[i]
+            bar.update()
+            if error is None and result["log"] is not None:  # storage "return"
+                log_file = _log_file(options, run_dir)
+                log_file.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(log_file, result["log"])
+            if error is None and result["files"]:
+                write_run_files(run_dir, _here(result["files"], options, run_dir))
+                shutil.rmtree(resume_dir(run_dir), ignore_errors=True)
+            if error is not None or result["rc"] != 0:
+                why = (
+                    f"exit {result['rc']}" if error is None else " ".join(str(error).split())[:200]
+                )
+                failed.append(f"{variant} s{seed}")
+                log(f"   {variant} s{seed}: failed ({why}); see {_log_file(options, run_dir)}")
+                continue
+            done[(variant, seed)] = run_dir
+            log(_result_line(variant, seed, run_dir, t0) + f"  [{result['node']}]")
+    ordered = [done[t] for t in tasks if t in done]
+    if failed:
+        raise ProtocolError(
+            f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun to resume", ordered
+        )
+    return ordered
 
 
 def _refresh_changes(root: str, log: Log) -> None:

@@ -33,6 +33,7 @@ class TrainStep:
         warmup: int = 3,
         mode: str = "loss",
         task_generator: torch.Generator | None = None,
+        global_batch=None,
     ):
         self.model, self.loss_fn, self.opt, self.device = model, loss_fn, opt, device
         self.bf16 = bf16
@@ -41,6 +42,10 @@ class TrainStep:
         if mode not in ("loss", "class_sum", "pcgrad"):
             raise ValueError(f"unknown step mode {mode!r}")
         self.mode, self.task_generator = mode, task_generator
+        # torchrun: (loss, y, norm_weight) -> this process's share of the global batch's loss
+        # (csba.distributed.DistContext.global_batch_loss), so DDP's averaged gradient is the
+        # single-process gradient of the whole global batch
+        self.global_batch = global_batch
         graph = graph and mode == "loss"
         self.graphed = graph and device.type == "cuda"
         self.warmup = warmup
@@ -61,6 +66,8 @@ class TrainStep:
         self.opt.zero_grad(set_to_none=True)
         if self.mode == "loss":
             loss = self.loss_fn(logits, y)
+            if self.global_batch is not None:
+                loss = self.global_batch(loss, y, getattr(self.loss_fn, "norm_weight", None))
             loss.backward()
         else:
             losses, _ = per_class_mean_losses(logits, y)  # (P,) classes present in the batch

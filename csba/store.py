@@ -28,6 +28,7 @@ __all__ = [
     "Run",
     "RunError",
     "RunInfo",
+    "atomic_write_bytes",
     "atomic_write_json",
     "cleanup_stale_temp",
     "config_run_dir",
@@ -36,6 +37,7 @@ __all__ = [
     "read_run_json",
     "run_dir_for",
     "save_run",
+    "write_run_files",
 ]
 
 SCHEMA_VERSION = 1
@@ -84,6 +86,39 @@ def atomic_write_json(path: Path, data: dict) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync,
+    ``os.replace``)."""
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_run_files(run_dir: str | os.PathLike, files: dict[str, bytes]) -> Path:
+    """Write a run folder's files (relative path -> bytes, e.g. returned by a Ray worker)
+    atomically, each with :func:`atomic_write_bytes`; run.json goes last, so the folder holds
+    either its previous run or the new one whole, as :func:`save_run` guarantees."""
+    run_dir = Path(run_dir)
+    root = run_dir.resolve()
+    for name in files:
+        dest = (run_dir / name).resolve()
+        if root not in dest.parents:
+            raise RunError(f"'{name}' is not a path inside the run folder '{run_dir}'")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in sorted(files, key=lambda n: (n == META, n)):
+        dest = run_dir / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(dest, files[name])
+    return run_dir
 
 
 def _sha256(path: Path) -> str:

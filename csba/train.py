@@ -315,6 +315,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     model_kwargs: dict | None = None,
     save: bool = True,
+    dist=None,
 ) -> dict:
     """Train one run and store it; returns the run's metadata (what run.json holds).
 
@@ -323,7 +324,8 @@ def train(
     KeyboardInterrupt or cancel ends training early and the best weights so far are kept.
     With ``config.resume`` a run whose folder holds a resume state (written at the end of
     every epoch) continues from its last finished epoch, with the same result as an
-    uninterrupted run at the same thread count.
+    uninterrupted run at the same thread count. ``dist``: a csba.distributed.DistContext
+    under torchrun (one run across processes: global batch, rank 0 validates and writes).
     """
     from .methods import class_balanced_indices, classifier_parameters, drw_starts, reset_classifier
 
@@ -343,7 +345,7 @@ def train(
     if cfg.resume and not save:
         raise TrainingError("resume needs a run folder (save=True)")
     emit = callback or (lambda event: None)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device) if dist is None else dist.device
     precision = resolve_precision(cfg.precision, device)
     channels_last = precision == "bf16" if cfg.channels_last is None else cfg.channels_last
     seed_everything(cfg.seed, cfg.deterministic)
@@ -385,6 +387,7 @@ def train(
     # Steps on per-class losses (pcgrad, its control) depend on which classes a batch holds, and
     # phase changes swap the loss: both rule out a CUDA graph captured once.
     graphed = cfg.cuda_graph and device.type == "cuda" and method in ("weighted", "logit_adjust")
+    graphed = graphed and dist is None
 
     def make_optimizer(params, lr: float):
         # fused: one kernel for the whole Adam step on a GPU, where this small model's step is
@@ -419,7 +422,7 @@ def train(
     task_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
     step_mode = {"pcgrad": "pcgrad", "class_sum": "class_sum"}.get(method, "loss")
     step = TrainStep(
-        model,
+        model if dist is None else dist.wrap(model),
         loss_fn,
         opt,
         device,
@@ -427,7 +430,9 @@ def train(
         graph=graphed,
         mode=step_mode,
         task_generator=task_gen,
+        global_batch=dist.global_batch_loss if dist is not None else None,
     )
+    evaluate = evaluate_split if dist is None else dist.main_only(evaluate_split)
 
     tracker = None
     if cfg.conflict_every > 0:
@@ -462,6 +467,8 @@ def train(
     # drop_last: a ragged final batch costs a new kernel set-up every epoch for 0-31 images; the
     # dropped few change each epoch (reshuffled), so no image is left out systematically.
     num_batches = max(1, n // cfg.batch_size)
+    sampler = dist.setup(method, n, cfg.batch_size, cfg.seed) if dist is not None else None
+    write = save and (dist is None or dist.is_main)  # only rank 0 writes the run folder
     status = "completed"
     stop_reason = ""
     finished = False  # the loop's end was reached (early stop or the last epoch)
@@ -567,11 +574,14 @@ def train(
                 perm = class_balanced_indices(bundle.train.labels, gen).to(device)
             else:
                 perm = torch.randperm(n, generator=gen).to(device)
+            if sampler is not None:  # the same order on every rank; augmentation per rank
+                perm, gen = sampler.set_epoch(epoch).to(device), dist.epoch_generator(epoch)
             loss_sum = torch.zeros((), device=device)
             for b in range(num_batches):
                 if should_stop is not None and should_stop():
                     raise TrainingStopped("cancelled")
                 idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                idx = idx if sampler is None else sampler.local(idx)
                 xb = train_x[idx]
                 if cfg.augment:
                     xb = augment_batch(xb, gen, bundle.rot90)
@@ -601,6 +611,7 @@ def train(
                             "loss": float(loss),
                         }
                     )
+            loss_sum = loss_sum if dist is None else dist.all_sum(loss_sum)
             train_loss = float(loss_sum) / min(n, num_batches * cfg.batch_size)
             if not math.isfinite(train_loss):
                 raise TrainingError(
@@ -614,7 +625,7 @@ def train(
             kept_model = model if ema is None else ema.module
             # Validation for early stopping runs in the training precision (bf16: about half the
             # cost); the stored val/test metrics of the kept weights are recomputed in float32.
-            val_metrics, val_probs = evaluate_split(
+            val_metrics, val_probs = evaluate(
                 kept_model,
                 bundle.val,
                 bundle.classes,
@@ -688,7 +699,7 @@ def train(
                     best_f1 = -1.0
                 else:
                     finished = True
-            if save:
+            if write:
                 write_resume_state(epoch)
     except torch.cuda.OutOfMemoryError:
         raise TrainingError(
@@ -702,7 +713,8 @@ def train(
     if best["state"] is None:
         raise TrainingStopped(f"{stop_reason or 'stopped'} before the first epoch finished")
     train_seconds = elapsed + time.perf_counter() - t_start
-
+    if not (dist is None or dist.is_main):
+        return {"status": status, "rank": dist.rank, "run_dir": str(run_dir)}
     model.load_state_dict(best["state"])
     for p in model.parameters():
         p.requires_grad_(True)
@@ -754,10 +766,11 @@ def train(
             "python": platform.python_version(),
             "machine": platform.machine(),
             "threads": torch.get_num_threads(),
+            **({"distributed": dist.record()} if dist is not None else {}),
         },
         "created": _now(),
     }
-    if save:
+    if write:
         save_run(run_dir, model, meta, dtype=weights_dtype)
         meta["run_dir"] = str(run_dir)
         if status == "completed":

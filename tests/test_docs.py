@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = ("design", "results", "experiments", "performance", "diagnostics", "reliability")
+DOCS = ("design", "results", "experiments", "performance", "diagnostics", "reliability", "scale")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 

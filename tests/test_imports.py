@@ -144,25 +144,60 @@ def _declared(text: str) -> set[str]:
     return names
 
 
+# optional dependencies: distribution -> the modules of csba/ allowed to import it (lazily)
+OPTIONAL = {"ray": {"csba/cluster.py"}}
+
+
+def _third_party(path: Path) -> set[str]:
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    used = set()
+    for name in _imports(path):
+        top = name.split(".")[0]
+        if top and top not in stdlib and top not in ("csba", "pages"):
+            used.add(DIST.get(top, top).lower())
+    return used
+
+
 def test_every_third_party_import_is_declared():
     req = _declared((REPO / "requirements.txt").read_text())
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     proj = _declared("\n".join(meta["dependencies"]))
-    stdlib = set(sys.stdlib_module_names) | {"__future__"}
     files = [*PKG.rglob("*.py"), *(REPO / "pages").rglob("*.py"), REPO / "app.py"]
-    used = set()
-    for p in files:
-        for name in _imports(p):
-            top = name.split(".")[0]
-            if top and top not in stdlib and top not in ("csba", "pages"):
-                used.add(DIST.get(top, top).lower())
+    used = set().union(*(_third_party(p) for p in files)) - set(OPTIONAL)
     missing_req = sorted(used - req)
     missing_proj = sorted(used - proj)
     assert missing_req == [] and missing_proj == [], (missing_req, missing_proj)
     assert {"scipy", "matplotlib", "tqdm"} <= used  # once only dependencies of dependencies
 
 
-@pytest.mark.parametrize("name", ["csba.runs", "csba.protocol", "csba.options"])
+def test_optional_dependencies_are_declared_apart_and_imported_lazily():
+    """ray: in requirements-scale.txt (which the dev requirements, so CI, install) and the
+    pyproject's "scale" extra, not in requirements.txt (the dashboard's install); imported only
+    inside functions of the modules listed, so csba imports without it."""
+    scale = _declared((REPO / "requirements-scale.txt").read_text())
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = extras["optional-dependencies"]
+    assert set(OPTIONAL) <= scale and set(OPTIONAL) <= _declared("\n".join(extras["scale"]))
+    assert not set(OPTIONAL) & _declared((REPO / "requirements.txt").read_text())
+    assert "-r requirements-scale.txt" in (REPO / "requirements-dev.txt").read_text()
+    for path in PKG.rglob("*.py"):
+        rel = str(path.relative_to(REPO))
+        for dist, allowed in OPTIONAL.items():
+            if dist in _third_party(path):
+                assert rel in allowed, f"{rel} imports {dist}"
+                top = ast.parse(path.read_text()).body  # module level: not allowed
+                names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
+                names += [n.module for n in top if isinstance(n, ast.ImportFrom) and n.module]
+                assert dist not in {n.split(".")[0] for n in names if n}, rel
+    code = "import sys; sys.modules['ray'] = None; import csba.protocol, csba.cluster, csba.cli"
+    import subprocess
+
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+@pytest.mark.parametrize(
+    "name", ["csba.runs", "csba.protocol", "csba.options", "csba.cluster", "csba.distributed"]
+)
 def test_library_modules_import_without_the_cli(name):
     import subprocess
 

@@ -227,13 +227,24 @@ def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 def _class_gradient_grams(
-    model: nn.Module, chunks: Iterable[tuple[int, Tensor]], num_classes: int
+    model: nn.Module,
+    chunks: Iterable[tuple[int, Tensor]],
+    num_classes: int,
+    distributed: bool = False,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per-parameter Gram matrices of the per-class SUM-of-loss gradients, and class counts.
 
     Returns ({name: (C, C) float64}, counts (C,) int64). One eval-mode forward and backward per
     chunk; .grad of every parameter is left untouched (torch.autograd.grad, not .backward).
+    ``distributed`` (an initialised torch.distributed process group, every rank holding the
+    same model and data): rank r takes the chunks r, r + N, ...; the per-class sums and counts
+    are all-reduced, so every rank gets the one-process result (up to float summation order).
     """
+    rank, world = 0, 1
+    if distributed:
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(), dist.get_world_size()
     params = _trainable(model)
     device = model_device(model)
     sizes = [p.numel() for _, p in params]
@@ -244,7 +255,9 @@ def _class_gradient_grams(
     tensors = [p for _, p in params]
 
     with eval_mode(model), torch.enable_grad(), float32_compute(device):
-        for c, x in chunks:
+        for i, (c, x) in enumerate(chunks):
+            if i % world != rank:
+                continue
             x = as_input(x, device)
             logits = model(x)
             if logits.ndim != 2 or logits.shape[1] != num_classes:
@@ -258,6 +271,11 @@ def _class_gradient_grams(
                 if g is not None:  # None: parameter not on this graph, zero gradient
                     view[c].add_(g.reshape(-1).float())
             counts[c] += x.shape[0]
+    if world > 1:
+        dist.all_reduce(sums)
+        n = torch.as_tensor(counts, device=device)
+        dist.all_reduce(n)
+        counts = n.cpu().numpy().astype(np.int64)
 
     grams = {}
     for (name, _), view in zip(params, views, strict=True):
@@ -324,6 +342,7 @@ def gradient_conflict_matrix(
     *,
     layer_groups: bool = True,
     batch_size: int = 64,
+    distributed: bool = False,
 ) -> GCMResult:
     """Gradient Conflict Matrix of ``model`` on the examples (inputs, targets).
 
@@ -335,6 +354,8 @@ def gradient_conflict_matrix(
 
     The model's train/eval flag of every submodule and every parameter's ``.grad`` are the same
     afterwards. A class without examples gives a NaN row and column and a RuntimeWarning.
+    ``distributed``: under torchrun, with the same model and examples on every rank, the
+    chunks are split over the ranks and their gradient sums all-reduced (the same matrix).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -342,7 +363,7 @@ def gradient_conflict_matrix(
     if targets.shape[0] != inputs.shape[0]:
         raise ValueError(f"{inputs.shape[0]} inputs but {targets.shape[0]} targets")
     chunks = _chunks_from_tensors(inputs, targets, num_classes, batch_size)
-    grams, counts = _class_gradient_grams(model, chunks, num_classes)
+    grams, counts = _class_gradient_grams(model, chunks, num_classes, distributed)
     return _finish(model, grams, counts, layer_groups)
 
 
@@ -354,6 +375,7 @@ def gradient_conflict_from_batches(
     layer_groups: bool = True,
     batch_size: int = 64,
     max_buffered: int | None = None,
+    distributed: bool = False,
 ) -> GCMResult:
     """Gradient Conflict Matrix over a dataset given as (images, labels) batches.
 
@@ -361,13 +383,14 @@ def gradient_conflict_from_batches(
     the dataset: examples are regrouped into class-pure chunks of ``batch_size`` through small
     per-class buffers (at most about ``max_buffered`` examples, default 4 * batch_size), and the
     per-class gradient sums accumulate across batches (memory O(C * parameters)). The batches
-    should come without augmentation.
+    should come without augmentation. ``distributed``: as for :func:`gradient_conflict_matrix`
+    (every rank iterating the same batches).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     max_buffered = 4 * batch_size if max_buffered is None else max(1, int(max_buffered))
     chunks = _chunks_from_batches(batches, num_classes, batch_size, max_buffered)
-    grams, counts = _class_gradient_grams(model, chunks, num_classes)
+    grams, counts = _class_gradient_grams(model, chunks, num_classes, distributed)
     return _finish(model, grams, counts, layer_groups)
 
 

@@ -80,6 +80,7 @@ def diagnose(
     batch_size: int = 64,
     top_fraction: float = DEFAULT_TOP_FRACTION,
     adversarial_pairs: int | None = None,
+    distributed: bool = False,
 ) -> dict:
     """Run every diagnostic on the training split and return one JSON-serialisable dict.
 
@@ -88,7 +89,8 @@ def diagnose(
     order on every call (it is called twice). subset_per_class: the gradient conflict matrix,
     layer groups and branch shares use a seeded class-balanced subset of that many examples per
     class (:func:`balanced_subset_indices` with ``seed``); None uses the whole split. Attention
-    and class-mean angles always use the whole split.
+    and class-mean angles always use the whole split. ``distributed``: under torchrun, the
+    matrix's per-class gradient sums are split over the ranks and all-reduced (csba.distributed).
 
     Returned keys (arrays as nested lists, NaN as None):
 
@@ -113,7 +115,12 @@ def diagnose(
     # Pass 2: the gradient conflict matrix, on the subset or the whole split.
     if subset_per_class is None:
         result = gradient_conflict_from_batches(
-            model, train_batches_fn(), num_classes, layer_groups=True, batch_size=batch_size
+            model,
+            train_batches_fn(),
+            num_classes,
+            layer_groups=True,
+            batch_size=batch_size,
+            distributed=distributed,
         )
     else:
         idx = balanced_subset_indices(sweep.labels, subset_per_class, seed)
@@ -121,7 +128,13 @@ def diagnose(
         if not torch.equal(y, torch.as_tensor(sweep.labels[idx])):
             raise ValueError("train_batches_fn must yield the same examples in the same order")
         result = gradient_conflict_matrix(
-            model, x, y, num_classes, layer_groups=True, batch_size=batch_size
+            model,
+            x,
+            y,
+            num_classes,
+            layer_groups=True,
+            batch_size=batch_size,
+            distributed=distributed,
         )
 
     branches = None

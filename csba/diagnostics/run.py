@@ -45,6 +45,7 @@ def diagnose_run(
     device: str | torch.device | None = None,
     store: bool = True,
     progress: bool = False,
+    distributed: bool = False,
 ) -> dict:
     """Diagnose a run on one split of its dataset; returns (and by default stores) the dict.
 
@@ -53,7 +54,8 @@ def diagnose_run(
     (mean conflict minus that of the diagnosed ``baseline-s<seed>`` run beside it; None without
     one). ``per_class``: None or 0 for the whole split. Stored under "diagnostics" in run.json,
     and the run's typicality reference (:mod:`csba.typicality`) is written beside it.
-    ``progress``: a tqdm bar on stderr for each pass over the split.
+    ``progress``: a tqdm bar on stderr for each pass over the split. ``distributed``: under
+    torchrun, the conflict matrix is computed across the ranks (store on rank 0 only).
     """
     from ..data import normalize
     from ..store import update_run_json
@@ -87,6 +89,7 @@ def diagnose_run(
         subset_per_class=per_class or None,
         seed=run.seed,
         batch_size=BATCH_SIZE,
+        distributed=distributed,
     )
     out["split"] = split
     try:
