@@ -277,7 +277,11 @@ def _render(
         variants_table += (
             f"\n\nOther methods ({', '.join(f'{m} x{n}' for m, n in others)}; experiments, "
             "not held to the bar): "
-            + (f"{', '.join(head)} beat the baseline" if head else "none beats the baseline")
+            + (
+                f"{', '.join(head)} beat{'s' if len(head) == 1 else ''} the baseline"
+                if head
+                else "none beats the baseline"
+            )
             + " after Holm's correction."
             + (f" {gain['sentence']}" if gain else "")
             + " Their tables are in the results file linked above."
