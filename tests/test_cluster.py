@@ -22,7 +22,12 @@ from csba.protocol import run_protocol
 @pytest.fixture(scope="module")
 def ray_local():
     """A local Ray instance with 2 CPUs, no dashboard, in a short temporary folder (Ray's
-    socket paths must stay under 108 characters); shut down after the module."""
+    socket paths must stay under 108 characters); shut down after the module. Importing ray
+    replaces builtins.print (its tqdm-safe print); the original comes back afterwards, so later
+    test modules see the interpreter as it was."""
+    import builtins
+
+    original_print = builtins.print
     ray = pytest.importorskip(
         "ray", reason="ray is not installed (pip install -r requirements-scale.txt)"
     )
@@ -30,6 +35,7 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
     yield ray
     ray.shutdown()
+    builtins.print = original_print
     shutil.rmtree(temp, ignore_errors=True)
 
 
