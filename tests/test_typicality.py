@@ -32,7 +32,12 @@ from csba.typicality import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = [i for i in list_runs(REPO / "checkpoints") if i.meta is not None]
+# runs shipped with weights (experiment records, run.json only, have no typicality reference)
+SHIPPED = [
+    i
+    for i in list_runs(REPO / "checkpoints")
+    if i.meta is not None and (i.path / "model.safetensors").is_file()
+]
 PHOTOS = ("china.jpg", "flower.jpg")
 
 
