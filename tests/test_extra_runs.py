@@ -114,9 +114,19 @@ def test_attributions_page_offers_only_runs_with_weights(pages_env):
     assert "Attributions" in [s.value for s in at.subheader]
 
 
-def test_training_page_trains_on_a_torchvision_backbone(pages_env, tiny_folder, tmp_path):
+def test_training_page_trains_on_a_torchvision_backbone(
+    pages_env, tiny_folder, tmp_path, monkeypatch
+):
     import time
 
+    import streamlit as st
+
+    # Its own runs root and a fresh job registry: the registry is one per process, so jobs of
+    # earlier tests (a failed one, say) would show here, and a run written into the shared root
+    # would change what the other tests of this module count.
+    st.cache_resource.clear()
+    root = tmp_path / "runs"
+    monkeypatch.setenv("CSBA_RUNS_ROOT", str(root))
     at = _open("pages/training.py")
     assert at.selectbox(key="train_backbone").options[0] == "trifire"
     at.selectbox(key="train_dataset").set_value("imagefolder")
@@ -131,7 +141,7 @@ def test_training_page_trains_on_a_torchvision_backbone(pages_env, tiny_folder, 
     at.button(key="train_start").click()
     at.run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    run_dir = pages_env / "imagefolder-32px" / "logit_adjust-resnet18-s5"
+    run_dir = root / "imagefolder-32px" / "logit_adjust-resnet18-s5"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not (run_dir / "run.json").is_file():
         time.sleep(0.5)
