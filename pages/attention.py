@@ -11,6 +11,7 @@ from pages.common import (
     download_df,
     download_fig,
     run_labels,
+    sections,
     select_runs,
 )
 
@@ -164,6 +165,9 @@ def angles_section(diagnosed, labels) -> None:
     download_df(pd.concat(rows), "class_angles")
 
 
+SECTIONS = ["Attention per class and branch", "Branch overlap", "Angles between class means"]
+
+
 def main() -> None:
     st.title("Attention")
     st.caption(
@@ -200,16 +204,23 @@ def main() -> None:
         st.caption(f"No attention (variant without gates): {', '.join(no_att)}.")
     if broken:
         st.warning(f"Diagnosed but no usable attention block stored: {', '.join(broken)}.")
-    if with_att:
-        attention_section(with_att, labels)
-        overlap_section(with_att, labels)
-    elif diagnosed:
-        st.info(
-            "None of the chosen diagnosed runs has attention: choose a csba or class_heads run "
-            "in the sidebar."
-        )
-    if diagnosed:
-        angles_section(diagnosed, labels)
+    if not diagnosed:
+        return
+    name, tab = sections(
+        SECTIONS, key="att_section", keep=["att_run", "att_dev", "att_overlap_class"]
+    )  # only the open tab is built
+    with tab:
+        if name == SECTIONS[2]:
+            angles_section(diagnosed, labels)
+        elif not with_att:
+            st.info(
+                "None of the chosen diagnosed runs has attention: choose a csba or class_heads "
+                "run in the sidebar."
+            )
+        elif name == SECTIONS[0]:
+            attention_section(with_att, labels)
+        else:
+            overlap_section(with_att, labels)
 
 
 main()

@@ -38,7 +38,7 @@ def _test_split(name: str, size: int, data_root: str | None, split_seed: int):
     return bundle.test.images, bundle.test.labels.numpy(), list(bundle.classes)
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
+@st.cache_resource(show_spinner=False, max_entries=256)
 def _explain(
     run_path: str,
     weights: str,
@@ -48,7 +48,10 @@ def _explain(
     _meta: dict,
     _image_bytes: bytes,
 ) -> ImageExplanation:
-    """Attributions of one run for one image; keyed by (run, weights, image hash, target)."""
+    """Attributions of one run for one image; keyed by (run, weights, image hash, target).
+
+    A shared resource, not a copied value: the page only reads it, and a copy per rerun cost
+    the maps' pickling every time."""
     del run_path, weights, image_hash  # cache key only
     return explain_image(_model, _meta, load_image(_image_bytes), target)
 
@@ -280,131 +283,121 @@ def main() -> None:
         return
     digest = hashlib.sha256(data).hexdigest()
 
-    results: dict[str, ImageExplanation | str] = {}
-    for info in infos:
-        run = get_run(info.path)
-        if run is None:
-            results[str(info.path)] = "the run could not be loaded (see above)"
-            continue
-        with st.spinner(f"Attributions for {labels[str(info.path)]}..."):
-            try:
-                results[str(info.path)] = _explain(
-                    str(info.path),
-                    str(run.meta.get("weights_sha256", "")),
-                    digest,
-                    target,
-                    run.model,
-                    run.meta,
-                    data,
-                )
-            except Exception as e:  # one run's failure must not hide the others
-                results[str(info.path)] = f"{type(e).__name__}: {e}"
-
     st.subheader("Input")
-    views: dict[tuple[int, bool], tuple[np.ndarray, list[str]]] = {}
-    for info in infos:
-        e = results[str(info.path)]
-        if isinstance(e, ImageExplanation):
-            grey = int(info.meta["dataset"].get("channels", 3)) == 1
-            key = (e.pixels.shape[0], grey)
-            views.setdefault(key, (e.pixels, []))[1].append(labels[str(info.path)])
-    n = 1 + len(views)
-    cols = st.columns([1] * n + [max(1, 5 - n)])
-    w, h = original.size
-    cols[0].image(
-        _big(np.asarray(original.convert("RGB"))), width=SHOW_PX, caption=f"{caption}, {w}x{h}"
+    input_row = st.empty()  # drawn once every run has its model-input view
+    st.subheader("Each run")
+    st.caption(
+        "Each column appears as soon as its run is explained. Integrated Gradients (baseline: "
+        "the training mean image), Saliency |d logit / d x| and Grad-CAM for the explained "
+        "class; red = more evidence."
     )
-    for col, ((s, grey), (px, who)) in zip(cols[1:], views.items()):
-        col.image(
-            _big(px),
-            width=SHOW_PX,
-            caption=f"as the model sees it: {s}x{s}{', grey' if grey else ''} ({', '.join(who)})",
-        )
-
-    st.subheader("Prediction and branches")
-    cols = st.columns(len(infos))
+    results: dict[str, ImageExplanation] = {}
     rows = []
-    for col, info in zip(cols, infos):
-        e = results[str(info.path)]
+    for col, info in zip(st.columns(len(infos)), infos):
         label = labels[str(info.path)]
         with col:
             st.markdown(f"#### {label}")
-            if not isinstance(e, ImageExplanation):
+            e = _explain_run(info, label, digest, target, data)
+            if isinstance(e, str):
                 st.error(f"{label}: {e}")
                 continue
+            results[str(info.path)] = e
+            _show_run(info, e, true_class, digest, data)
             r = e.report
-            pred = r["classes"][r["pred"]]
-            verdict = ""
-            if true_class is not None:
-                verdict = " (correct)" if pred == true_class else f" (true: {true_class})"
-            st.markdown(f"Predicted **{pred}**, p = {r['probs'][r['pred']]:.2f}{verdict}")
-            run = get_run(info.path)
-            ref = Path(info.path) / JSON_FILE
-            typ = _typicality(
-                str(info.path),
-                str(run.meta.get("weights_sha256", "")),
-                str(ref.stat().st_mtime_ns) if ref.is_file() else "",
-                digest,
-                run,
-                data,
-            )
-            if isinstance(typ, str):
-                st.caption(typ)
-            elif typ.outside:
-                st.warning(typ.message)
-            else:
-                st.caption(typ.message)
-            st.plotly_chart(_prob_fig(e), key=f"prob_{info.path}", config={"displaylogo": False})
-            st.plotly_chart(
-                _branch_fig(e), key=f"branch_{info.path}", config={"displaylogo": False}
-            )
-            if r["attention"] is None:
-                st.caption(f"{info.meta['variant']}: no attention gates.")
-            else:
-                st.plotly_chart(
-                    _attention_fig(e), key=f"att_{info.path}", config={"displaylogo": False}
-                )
-                st.caption(_overlap_text(e))
             rows += [
                 {"run": label, "class": c, "probability": float(p)}
                 for c, p in zip(r["classes"], r["probs"])
             ]
+
+    views: dict[tuple[int, bool], tuple[np.ndarray, list[str]]] = {}
+    for info in infos:
+        e = results.get(str(info.path))
+        if e is not None:
+            grey = int(info.meta["dataset"].get("channels", 3)) == 1
+            views.setdefault((e.pixels.shape[0], grey), (e.pixels, []))[1].append(
+                labels[str(info.path)]
+            )
+    with input_row.container():
+        n = 1 + len(views)
+        cols = st.columns([1] * n + [max(1, 5 - n)])
+        w, h = original.size
+        cols[0].image(
+            _big(np.asarray(original.convert("RGB"))),
+            width=SHOW_PX,
+            caption=f"{caption}, {w}x{h}",
+        )
+        for col, ((s, grey), (px, who)) in zip(cols[1:], views.items()):
+            col.image(
+                _big(px),
+                width=SHOW_PX,
+                caption=f"as the model sees it: {s}x{s}{', grey' if grey else ''} "
+                f"({', '.join(who)})",
+            )
     if rows:
         download_df(pd.DataFrame(rows), f"probabilities_{digest[:8]}")
 
-    st.subheader("Attributions")
-    st.caption(
-        "Integrated Gradients (baseline: the training mean image), Saliency |d logit / d x| and "
-        "Grad-CAM for the explained class; red = more evidence."
-    )
-    done = {str(i.path): results[str(i.path)] for i in infos}
-    done = {p: e for p, e in done.items() if isinstance(e, ImageExplanation)}
-    if not done:
-        return
-    head = st.columns(len(infos))
-    for col, info in zip(head, infos):
-        e = done.get(str(info.path))
-        if e is not None:
-            col.markdown(
-                f"**{labels[str(info.path)]}**: explaining **{e.report['classes'][e.target]}**"
+
+def _explain_run(info, label: str, digest: str, target: int | None, data: bytes):
+    """One run's explanation (cached), or a one-line reason it has none."""
+    run = get_run(info.path)
+    if run is None:
+        return "the run could not be loaded (see above)"
+    with st.spinner(f"Attributions for {label}..."):
+        try:
+            return _explain(
+                str(info.path),
+                str(run.meta.get("weights_sha256", "")),
+                digest,
+                target,
+                run.model,
+                run.meta,
+                data,
             )
-    branch_keys = {p: [k for k in e.maps if k.startswith("gradcam_")] for p, e in done.items()}
-    grid = [[m] * len(infos) for m in ("integrated_gradients", "saliency", "gradcam")]
-    for j in range(max(len(v) for v in branch_keys.values())):
-        row = []
-        for info in infos:
-            keys = branch_keys.get(str(info.path), [])
-            row.append(keys[j] if j < len(keys) else None)
-        grid.append(row)
-    for r, keys in enumerate(grid):
-        if r == 3:
-            st.markdown("**Grad-CAM per branch** (models with attention: csba, class_heads)")
-        cols = st.columns(len(infos))
-        for col, info, key in zip(cols, infos, keys):
-            e = done.get(str(info.path))
-            if e is None or key is None or key not in e.overlays:
-                continue
-            col.image(_big(e.overlays[key]), width=SHOW_PX, caption=e.titles[key])
+        except Exception as e:  # one run's failure must not hide the others
+            return f"{type(e).__name__}: {e}"
+
+
+def _show_run(info, e: ImageExplanation, true_class: str | None, digest: str, data: bytes) -> None:
+    """One run's column: prediction, typicality, probabilities, branches, attention, maps."""
+    r = e.report
+    pred = r["classes"][r["pred"]]
+    verdict = ""
+    if true_class is not None:
+        verdict = " (correct)" if pred == true_class else f" (true: {true_class})"
+    st.markdown(f"Predicted **{pred}**, p = {r['probs'][r['pred']]:.2f}{verdict}")
+    run = get_run(info.path)
+    ref = Path(info.path) / JSON_FILE
+    typ = _typicality(
+        str(info.path),
+        str(run.meta.get("weights_sha256", "")),
+        str(ref.stat().st_mtime_ns) if ref.is_file() else "",
+        digest,
+        run,
+        data,
+    )
+    if isinstance(typ, str):
+        st.caption(typ)
+    elif typ.outside:
+        st.warning(typ.message)
+    else:
+        st.caption(typ.message)
+    config = {"displaylogo": False}
+    st.plotly_chart(_prob_fig(e), key=f"prob_{info.path}", config=config)
+    st.plotly_chart(_branch_fig(e), key=f"branch_{info.path}", config=config)
+    if r["attention"] is None:
+        st.caption(f"{info.meta['variant']}: no attention gates.")
+    else:
+        st.plotly_chart(_attention_fig(e), key=f"att_{info.path}", config=config)
+        st.caption(_overlap_text(e))
+    st.markdown(f"Explaining **{r['classes'][e.target]}**")
+    for key in ("integrated_gradients", "saliency", "gradcam"):
+        if key in e.overlays:
+            st.image(_big(e.overlays[key]), width=SHOW_PX, caption=e.titles[key])
+    branches = [k for k in e.maps if k.startswith("gradcam_") and k in e.overlays]
+    if branches:
+        st.markdown("**Grad-CAM per branch**")
+        for key in branches:
+            st.image(_big(e.overlays[key]), width=SHOW_PX, caption=e.titles[key])
 
 
 main()

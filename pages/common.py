@@ -547,6 +547,30 @@ def parameter_table(num_classes: int, backbones: tuple[str, ...] = ()) -> pd.Dat
 
 
 # --------------------------------------------------------------------------------------------
+# Sections on demand
+# --------------------------------------------------------------------------------------------
+
+
+def sections(names: Sequence[str], key: str, keep: Sequence[str] = ()):
+    """Tabs of which only the open one runs: returns (its name, its container).
+
+    ``st.tabs(on_change="rerun")``: a page builds and sends the figures of one section, not of
+    all of them (the browser's drawing of many plotly figures was most of a view's time). The
+    open tab is ``st.session_state[key]`` (a name), so a test or a link can choose it. ``keep``:
+    widget keys of the tabs (ones without an explicit default) whose choice survives a visit to
+    another tab; Streamlit forgets the state of a widget that a run did not draw.
+    """
+    for k in keep:
+        if k in st.session_state:
+            st.session_state[k] = st.session_state[k]
+    tabs = st.tabs(list(names), key=key, on_change="rerun")
+    for name, tab in zip(names, tabs, strict=True):
+        if tab.open:
+            return name, tab
+    return names[0], tabs[0]  # not reached: one tab is always open
+
+
+# --------------------------------------------------------------------------------------------
 # Downloads
 # --------------------------------------------------------------------------------------------
 
@@ -560,7 +584,7 @@ def download_df(df: pd.DataFrame, name: str, *, index: bool = False) -> None:
     fname = _safe_name(name)
     st.download_button(
         "Download CSV",
-        data=df.to_csv(index=index).encode(),
+        data=lambda: df.to_csv(index=index).encode(),  # written only when clicked
         file_name=f"{fname}.csv",
         mime="text/csv",
         key=f"dl_csv_{fname}",

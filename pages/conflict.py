@@ -19,6 +19,7 @@ from pages.common import (
     download_fig,
     image_size,
     run_labels,
+    sections,
     select_runs,
 )
 
@@ -314,6 +315,40 @@ def conflict_gain_section(runs) -> None:
     download_df(pd.DataFrame(res["runs"]), "conflict-gain-runs.csv")
 
 
+def matrices_tab(diagnosed, labels) -> None:
+    """The matrices of one layer group, their most adversarial pairs and a difference."""
+    if not diagnosed:
+        st.info("None of the chosen runs is diagnosed yet.")
+        return
+    groups = [WHOLE]
+    for i in diagnosed:
+        for g in diagnostics_of(i.meta).get("layers") or {}:
+            if g not in groups:
+                groups.append(g)
+    group = st.selectbox(
+        "Layer group",
+        groups,
+        key="gcm_group",
+        help="Conflict measured on the gradients of one group of layers only.",
+    )
+    blocks = heatmaps_section(diagnosed, labels, group)
+    if blocks:
+        pairs_section(blocks)
+        difference_section(blocks, group)
+
+
+MATRICES, GAIN, HISTORY = "Matrices", "Conflict vs minority gain", "Over training"
+SHARES, OPT_GEN = "Branch shares", "Optimisation and generalisation"
+SECTIONS = {  # tab -> what it shows; only the open tab is built
+    MATRICES: "Per-run matrices of one layer group, the most adversarial pairs, a difference.",
+    GAIN: "Each method against its same-seed baseline: does less conflict go with a better "
+    "minority class? (Spearman over methods, per backbone.)",
+    HISTORY: "The mean conflict and the matrix at each recorded epoch.",
+    SHARES: "How each class's gradient falls on the branches.",
+    OPT_GEN: "Generalisation gap against the conflict change, per run.",
+}
+
+
 def main() -> None:
     st.title("Gradient conflict")
     st.caption(
@@ -327,27 +362,22 @@ def main() -> None:
     labels = run_labels(runs)
     diagnosed = [i for i in runs if diagnostics_of(i.meta)]
     not_diagnosed_note([i for i in runs if not diagnostics_of(i.meta)], labels)
-    groups = [WHOLE]
-    for i in diagnosed:
-        for g in diagnostics_of(i.meta).get("layers") or {}:
-            if g not in groups:
-                groups.append(g)
-    if diagnosed:
-        group = st.selectbox(
-            "Layer group",
-            groups,
-            key="gcm_group",
-            help="Conflict measured on the gradients of one group of layers only.",
-        )
-        blocks = heatmaps_section(diagnosed, labels, group)
-        if blocks:
-            pairs_section(blocks)
-            difference_section(blocks, group)
-    history_section(runs, labels)
-    if diagnosed:
-        shares_section(diagnosed, labels)
-    opt_gen_section(runs, labels)
-    conflict_gain_section(runs)
+    name, tab = sections(list(SECTIONS), key="gcm_section", keep=["gcm_group"])
+    with tab:
+        st.caption(SECTIONS[name])
+        if name == MATRICES:
+            matrices_tab(diagnosed, labels)
+        elif name == GAIN:
+            conflict_gain_section(runs)
+        elif name == HISTORY:
+            history_section(runs, labels)
+        elif name == SHARES:
+            if diagnosed:
+                shares_section(diagnosed, labels)
+            else:
+                st.info("None of the chosen runs is diagnosed yet.")
+        else:
+            opt_gen_section(runs, labels)
 
 
 main()

@@ -55,7 +55,7 @@ def test_attributions_page_test_image(runs_root):
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     subheaders = [s.value for s in at.subheader]
-    assert subheaders == ["Input", "Prediction and branches", "Attributions"]
+    assert subheaders == ["Input", "Each run"]
     captions = [c for img in at.image for c in img.captions]
     for title in ("Integrated Gradients", "Saliency", "Grad-CAM (fire8)", "Grad-CAM, branch 1"):
         assert any(title in c for c in captions), captions
@@ -66,7 +66,7 @@ def test_attributions_page_test_image(runs_root):
     at.selectbox(key="attr_target").set_value("beta")
     at.run()
     assert not at.exception and not at.error
-    assert "explaining **beta**" in _texts(at)
+    assert "Explaining **beta**" in _texts(at)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_attributions_page_good_upload(runs_root, tiny_folder):
     at.file_uploader(key="attr_upload").upload("cell.png", png, "image/png")
     at.run()
     assert not at.exception and not at.error
-    assert [s.value for s in at.subheader] == ["Input", "Prediction and branches", "Attributions"]
+    assert [s.value for s in at.subheader] == ["Input", "Each run"]
 
 
 def test_training_page_runs_a_job(runs_root, tiny_folder):

@@ -307,10 +307,22 @@ def test_conflict_page(runs_root):
     at.selectbox(key="gcm_group").set_value("fire8").run()
     _no_exception(at)
     assert any("No 'fire8' matrix" in w.value for w in at.warning)  # gradnorm has none
+    # only the open tab is built: the other sections' figures and tables are not there yet
+    assert not any(s.value.startswith("Optimisation") for s in at.subheader)
+    at.session_state["gcm_section"] = "Optimisation and generalisation"
+    at.run()
+    _no_exception(at)
+    assert not at.get("plotly_chart")
     table = at.dataframe[-1].value
     assert {"generalisation gap", "mean conflict (cos)", "Δ vs baseline (same seed)"} <= set(
         table.columns
     )
+    for section in ("Over training", "Branch shares", "Conflict vs minority gain"):
+        at.session_state["gcm_section"] = section
+        at.run()
+        _no_exception(at)
+        assert not at.error, (section, [e.value for e in at.error])
+    assert at.session_state["gcm_group"] == "fire8"  # the matrices' choice survives the tabs
 
 
 def test_conflict_colour_scale_is_centred_and_red_for_conflict():
@@ -341,11 +353,18 @@ def test_attention_page(runs_root):
     assert "Not diagnosed yet" in texts
     at.toggle(key="att_dev").set_value(True).run()
     _no_exception(at)
+    assert len(at.get("plotly_chart")) == 1  # only the open tab is built
+    at.session_state["att_section"] = "Branch overlap"
+    at.run()
     at.selectbox(key="att_overlap_class").set_value(
         at.selectbox(key="att_overlap_class").options[1]
     ).run()
     _no_exception(at)
-    assert len(at.get("plotly_chart")) >= 1 + 2 * 2 + 2
+    assert len(at.get("plotly_chart")) == 2 * 2  # csba, class_heads: Jaccard and cosine
+    at.session_state["att_section"] = "Angles between class means"
+    at.run()
+    _no_exception(at)
+    assert len(at.get("plotly_chart")) >= 2
 
 
 # --------------------------------------------------------------------------------------------

@@ -94,6 +94,8 @@ def test_home_lists_methods_backbones_and_records(pages_env):
 def test_conflict_page_draws_the_conflict_gain_scatter_per_backbone(pages_env):
     at = _open("pages/conflict.py")
     _select_all(at, pages_env)
+    at.session_state["gcm_section"] = "Conflict vs minority gain"
+    at.run()
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert any(t.startswith("trifire: change against the baseline") for t in titles), titles
     assert any(t.startswith("resnet18: change against the baseline") for t in titles), titles
