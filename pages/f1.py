@@ -14,6 +14,7 @@ from pages.common import (
     download_fig,
     image_size,
     run_labels,
+    sections,
     seed_mean_bootstrap,
     select_runs,
 )
@@ -182,6 +183,28 @@ def main() -> None:
             ]
         )
 
+    name, tab = sections(SECTIONS, key="f1_section")  # only the open tab is built
+    with tab:
+        if name == SECTIONS[0]:
+            _scores(overall_df, summary, bars, classes, metrics, points_df, aggregate, tables)
+        else:
+            _deltas(
+                tables,
+                (ref, keys[ref]),
+                aggregate,
+                members,
+                labels,
+                classes,
+                metrics,
+                n_res,
+                boot_seed,
+            )
+
+
+SECTIONS = ["Scores", "Differences against the reference"]
+
+
+def _scores(overall_df, summary, bars, classes, metrics, points_df, aggregate, tables) -> None:
     st.subheader("Overall")
     st.dataframe(
         overall_df.fillna(""),
@@ -206,14 +229,18 @@ def main() -> None:
     )
     st.plotly_chart(fig, width="stretch", key="f1_bars")
     download_fig(fig, "per_class_bars")
-    with st.expander("Table (paper Tables 7, 12, 13)"):
-        st.dataframe(tables["per_class_f1"], hide_index=True, width="stretch")
-        download_df(tables["per_class_f1"], "per_class_f1")
-        download_df(bars, "per_class_long")
+    table = st.expander("Table (paper Tables 7, 12, 13)", key="f1_table", on_change="rerun")
+    if table.open:  # built only when opened
+        with table:
+            st.dataframe(tables["per_class_f1"], hide_index=True, width="stretch")
+            download_df(tables["per_class_f1"], "per_class_f1")
+            download_df(bars, "per_class_long")
 
-    # --- deltas ------------------------------------------------------------------------------
+
+def _deltas(tables, reference, aggregate, members, labels, classes, metrics, n_res, boot_seed):
+    """Deltas against the reference run (path, its seed group): forest plot and table."""
+    ref, ref_group = reference
     deltas = tables["deltas"]
-    ref_group = keys[ref]
     aggregated_deltas = aggregate and len(members) > 1 and len(members[ref_group]) >= 1
     st.subheader(
         f"Differences against {group_label(ref_group, members, labels)}"

@@ -53,8 +53,13 @@ def verdict_section(good) -> None:
         bar = info.get("bar")
         if bar:
             bar_section(bar)
-        with st.expander(f"All results for {ds} ({len(info['runs'])} runs, as in docs/results.md)"):
-            st.markdown(markdown)
+        more = st.expander(
+            f"All results for {ds} ({len(info['runs'])} runs, as in docs/results.md)",
+            key=f"home_results_{ds}",
+            on_change="rerun",  # built only when opened: dozens of tables for the browser
+        )
+        if more.open:
+            more.markdown(markdown)
 
 
 def bar_section(bar) -> None:

@@ -140,6 +140,10 @@ def test_home_states_the_verdict_of_the_runs(runs_root):
     assert "CSBA" in sentence and any(sentence in i.value for i in at.info)
     exp = at.expander[0]
     assert "All results for imagefolder" in exp.label
+    assert not exp.markdown  # built only when opened
+    at.session_state["home_results_imagefolder"] = True
+    at.run()
+    exp = at.expander[0]
     body = "\n".join(m.value for m in exp.markdown)
     assert "paper Table 2" in body and "paper Table 7" in body
 
@@ -277,15 +281,21 @@ def test_f1_page_with_seed_aggregation_and_deltas(runs_root):
     assert "baseline (mean of 2 seeds)" in set(overall["variant / run"])
     assert len(overall) == 5  # two baseline seeds aggregated into one row
     assert "[" in overall["macro-F1"].iloc[0]  # interval shown with the value
+    assert len(at.get("plotly_chart")) == 1  # only the open tab (scores) is built
+    at.session_state["f1_section"] = "Differences against the reference"
+    at.run()
+    _no_exception(at)
     texts = _texts(at)
     assert "Differences against baseline (mean of 2 seeds)" in texts
     # per-run view: one row per run, deltas against the single reference run
     at.toggle(key="f1_agg").set_value(False).run()
     _no_exception(at)
-    assert len(at.dataframe[0].value) == 6
     deltas = at.dataframe[-1].value
     assert {"Δ [95% CI]", "significant"} <= set(deltas.columns)
     assert "baseline s0" in deltas["reference"].iloc[0]
+    at.session_state["f1_section"] = "Scores"
+    at.run()
+    assert len(at.dataframe[0].value) == 6
 
 
 # --------------------------------------------------------------------------------------------
