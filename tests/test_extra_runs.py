@@ -113,7 +113,13 @@ def test_attributions_page_offers_only_runs_with_weights(pages_env):
     box.set_value([p for p in _all_runs(pages_env) if p.endswith(("-resnet18-s0", "/crt-s0"))])
     at.run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert "Attributions" in [s.value for s in at.subheader]
+    assert [s.value for s in at.subheader] == ["Input", "Each run"]
+    # Each chosen run has its own column, explained (a failed run shows an error instead).
+    heads = [m.value for m in at.markdown if m.value.startswith("#### ")]
+    assert heads == ["#### baseline-resnet18 s0 (32px)", "#### crt s0 (32px)"], heads
+    captions = [c for img in at.image for c in img.captions]
+    assert sum("Integrated Gradients" in c for c in captions) == 2, captions
+    assert any("as the model sees it: 32x32" in c for c in captions), captions
 
 
 def test_training_page_trains_on_a_torchvision_backbone(
