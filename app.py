@@ -12,9 +12,40 @@ import time
 # training run) holds the CPUs; passive waiting avoids it. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import importlib
+
 import streamlit as st
 
-from pages.common import extra_runs_input
+# Modules the pages import, loaded once by one thread before any page runs. Each session runs
+# its script in its own thread; when several sessions arrive at a cold server, Python 3.11's
+# import-lock deadlock detection can hand one of them a half-initialised module ("cannot import
+# name ... from pages.common"; seen with 4 browsers at once). st.cache_resource lets exactly one
+# thread run this while the others wait for it.
+WARM_IMPORTS = (
+    "pages.common",
+    "pages.figures",
+    "csba.attributions",
+    "csba.conflict_gain",
+    "csba.jobs",
+    "csba.paired",
+    "csba.report",
+    "csba.stats",
+    "csba.typicality",
+    "captum.attr",
+    "torchvision.models",
+)
+
+
+@st.cache_resource(show_spinner="Loading the dashboard's modules...")
+def _warm_imports() -> tuple[str, ...]:
+    for name in WARM_IMPORTS:
+        importlib.import_module(name)
+    return WARM_IMPORTS
+
+
+_warm_imports()
+
+from pages.common import extra_runs_input  # noqa: E402 (after the one-thread import above)
 
 st.set_page_config(
     page_title="CSBA Explorer",

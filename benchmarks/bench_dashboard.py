@@ -10,8 +10,8 @@ each user count N it opens N browser sessions at once (one Chromium, one context
 session visits every page through the sidebar (default selections), then makes one interaction
 there: it removes the last run from the page's run picker (Runs: ticks an extra backbone;
 Protocols and Training: none), and on Attributions it uploads an image of its own (a different
-ELPV test cell per session). One warm-up round fills the server's caches first; the measured
-rounds follow (--repeats).
+ELPV test cell per session). One single-user round, then one warm-up round per user count
+fill the server's caches first; the measured rounds follow (--repeats).
 
 Per page it reports the server's script time per view (median, from the log), the browser's
 time from the click to the app being idle again (median and 95th percentile over sessions and
@@ -64,10 +64,13 @@ OBSERVE = """() => {
       [performance.now(), app.getAttribute('data-test-script-state')]
   )).observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
 }"""
-# True once a run started after t0 and the app is idle again; returns the idle time then.
+# True once a run started after t0 (or was still running at t0: a click during a rerun joins
+# it without a new 'running' edge) and the app is idle again; returns the idle time then.
 IDLE_AFTER = """(t0) => {
+  const before = window.__states.filter(x => x[0] <= t0);
+  const busy = before.length > 0 && before[before.length - 1][1] === 'running';
   const s = window.__states.filter(x => x[0] > t0);
-  const ran = s.some(x => x[1] === 'running');
+  const ran = busy || s.some(x => x[1] === 'running');
   const last = window.__states[window.__states.length - 1];
   return ran && last[1] === 'notRunning' ? last[0] : null;
 }"""
@@ -208,7 +211,12 @@ async def session(browser, server: Server, pages, image: Path, timeout_s: float,
                     continue
                 took = await _wait_idle(page, t0, timeout_s)
                 if kind == "view" and took is not None:
-                    await page.get_by_role("heading", name=heading).first.wait_for(timeout=5_000)
+                    try:  # idle but not on the page yet: counts as a timeout
+                        await page.get_by_role("heading", name=heading).first.wait_for(
+                            timeout=timeout_s * 1000
+                        )
+                    except Exception:  # playwright's TimeoutError
+                        took = None
                 errors = await page.locator('[data-testid="stException"]').count()
                 rec.append({"page": name, "kind": kind, "seconds": took, "errors": errors})
                 if took is None:  # let it finish before the next step, however long
@@ -297,6 +305,8 @@ def main(argv: list[str] | None = None) -> dict:
             servers.append(Server(worktree, args.runs.resolve(), args.compare))
         images = upload_images(max(args.users), work)
         results: dict = {"pages": args.pages, "users": {}}
+        for s in servers:  # one user first: a cold server's first imports (see app.py)
+            asyncio.run(one_round(s, 1, args.pages, images, 300))
         for users in args.users:
             by_side: dict[str, dict] = {}
             for s in servers:  # warm-up: fill each server's caches, not measured

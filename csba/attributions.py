@@ -50,6 +50,7 @@ __all__ = [
 
 METHODS = ("integrated_gradients", "saliency", "gradcam")
 DEFAULT_IG_STEPS = 32  # Gauss-Legendre steps; completeness error is reported by Captum
+IG_INTERNAL_BATCH = 8  # interpolation steps per forward+backward (memory, see integrated_gradients)
 OUTLIER_PERC = 2  # Captum visualize_image_attr's default: the top 2% of |attribution| saturate
 _LABELS = {
     "integrated_gradients": "Integrated Gradients",
@@ -186,7 +187,9 @@ def integrated_gradients(
             baselines=base,
             target=int(target),
             n_steps=int(steps),
-            internal_batch_size=min(int(steps), 64),
+            # 8 interpolated images per forward+backward: peak memory +165 MiB against +560 MiB
+            # at 32 (csba, 128 px, CPU), and no slower on a CPU.
+            internal_batch_size=min(int(steps), IG_INTERNAL_BATCH),
             return_convergence_delta=True,
         )
     return attr.detach().cpu(), float(delta.detach().abs().max())

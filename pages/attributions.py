@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,14 @@ def _test_split(name: str, size: int, data_root: str | None, split_seed: int):
     return bundle.test.images, bundle.test.labels.numpy(), list(bundle.classes)
 
 
+@st.cache_resource(show_spinner=False)
+def _compute_slots() -> threading.Semaphore:
+    """One attribution computed at a time per server: on a 2-core machine concurrent ones only
+    share the same cores, and each holds its own activations (eight users at once otherwise
+    stack their peaks). Cached results and every other page do not wait for it."""
+    return threading.Semaphore(1)
+
+
 @st.cache_resource(show_spinner=False, max_entries=256)
 def _explain(
     run_path: str,
@@ -53,7 +62,8 @@ def _explain(
     A shared resource, not a copied value: the page only reads it, and a copy per rerun cost
     the maps' pickling every time."""
     del run_path, weights, image_hash  # cache key only
-    return explain_image(_model, _meta, load_image(_image_bytes), target)
+    with _compute_slots():
+        return explain_image(_model, _meta, load_image(_image_bytes), target)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -66,7 +76,8 @@ def _typicality(
     reference is picked up) and the image hash."""
     del run_path, weights, reference, image_hash  # cache key only
     try:
-        return score_image(_run, load_image(_image_bytes))
+        with _compute_slots():
+            return score_image(_run, load_image(_image_bytes))
     except TypicalityError as e:
         return f"typicality: not available ({e})"
 

@@ -104,6 +104,19 @@ def test_integrated_gradients_completeness(variant):
     assert attr.shape == (1, 3, S, S) and attr.dtype == torch.float32
 
 
+def test_integrated_gradients_in_small_chunks_equals_one_batch(monkeypatch):
+    """The interpolation steps run IG_INTERNAL_BATCH at a time (memory); the attributions are
+    those of all steps in one batch."""
+    import csba.attributions as A
+
+    model, x = _model("csba"), _image(5)
+    chunked, _ = integrated_gradients(model, x, 2, steps=32)
+    monkeypatch.setattr(A, "IG_INTERNAL_BATCH", 32)
+    whole, _ = integrated_gradients(model, x, 2, steps=32)
+    assert A.IG_INTERNAL_BATCH == 32 and chunked.shape == whole.shape
+    torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-6)
+
+
 def test_gradcam_is_captum_layer_gradcam_on_fire8():
     model = _model("csba")
     x = _image(5)

@@ -264,3 +264,22 @@ def test_a_page_url_as_a_fresh_servers_first_request(server):
         assert "common" not in names and "figures" not in names, names
         _no_exception(page, "first request to /confusion")
         browser.close()
+
+
+def test_four_users_at_a_cold_server(server):
+    """Four browsers open a server nobody has visited yet, at once. Each session runs its script
+    in its own thread; before app.py imported the pages' modules in one thread, Python's import
+    locks handed some of them a half-initialised pages.common (ImportError on the page)."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        pages = [browser.new_page(viewport={"width": 1200, "height": 900}) for _ in range(4)]
+        for page in pages:  # goto returns once the HTML shell loaded: the scripts overlap
+            page.set_default_timeout(120_000)
+            page.goto(server["url"])
+        for i, page in enumerate(pages):
+            _settle(page, "CSBA Explorer", timeout=120_000)
+            _no_exception(page, f"cold server, user {i}")
+        browser.close()
+    assert "cannot import name" not in server["log"].read_text()
