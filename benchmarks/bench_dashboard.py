@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> dict:
         for users in args.users:
             by_side: dict[str, dict] = {}
             for s in servers:  # warm-up: fill each server's caches, not measured
-                asyncio.run(one_round(s, users, args.pages, images, 300))
+                if users > 1:  # one user: the single-user round above was its warm-up
+                    asyncio.run(one_round(s, users, args.pages, images, 300))
             recs: dict[str, list] = {s.label: [] for s in servers}
             since = time.time()
             for rep in range(args.repeats):

@@ -279,6 +279,7 @@ def test_sigkill_during_saves_gives_a_loadable_or_refused_run(tiny_runs, tmp_pat
     assert proc.stdout.readline().strip() == b"saved"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(30)
+    proc.stdout.close()
     run = load_run(dst)
     assert run.meta["iteration"] == 1
     assert all(np.isfinite(v.float().numpy()).all() for v in run.model.state_dict().values())
