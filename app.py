@@ -31,6 +31,7 @@ WARM_IMPORTS = (
     "csba.report",
     "csba.stats",
     "csba.typicality",
+    "csba.workqueue",
     "captum.attr",
     "torchvision.models",
 )

@@ -1,16 +1,27 @@
 """Attributions: one image through each chosen run, side by side.
 
 Image (an upload, or a test image of the runs' dataset) -> :func:`csba.attributions.explain_image`
-per run (cached per run, image hash and target) -> prediction, per-branch logits and attention,
-Captum Integrated Gradients / Saliency / Grad-CAM overlays, and per run the image's typicality
-(:func:`csba.typicality.score_image`: a warning when the image lies outside the run's data).
+per run -> prediction, per-branch logits and attention, Captum Integrated Gradients / Saliency /
+Grad-CAM overlays, and per run the image's typicality (:func:`csba.typicality.score_image`: a
+warning when the image lies outside the run's data).
+
+The computations run in one background worker per server (:class:`csba.workqueue.WorkQueue`),
+quick ones (prediction, Saliency, Grad-CAM, typicality) of every waiting user before any
+Integrated Gradients, each once per (run, weights, image hash, target). The script waits for them
+at most ``CSBA_ATTRIBUTION_WAIT_S`` seconds (default 1.5); what is still computing then shows
+its place in the queue and fills in by polling (a fragment), so the page, and navigation away
+from it, never wait for other users' attributions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import threading
+import os
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +30,23 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
-from csba.attributions import ImageExplanation, explain_image
+from csba.attributions import METHODS, ImageExplanation, explain_image
 from csba.data import IMAGE_EXTENSIONS, DataError, ImageLoadError, load_dataset, load_image
 from csba.typicality import JSON_FILE, TypicalityError, TypicalityResult, score_image
+from csba.workqueue import WorkQueue
 from pages.common import download_df, get_run, run_labels, select_runs
 
 MAX_RUNS = 5  # columns side by side (the paper's five variants)
 SHOW_PX = 176  # display size of the small images (nearest-neighbour upscaling, no blur)
 PREDICTED = "each run's predicted class"
+QUICK = ("saliency", "gradcam")  # priority 0: every waiting user's before any IG
+SLOW = ("integrated_gradients",)  # priority 1: 32 steps, most of the cost
+POLL_S = 0.5  # how often a page with computations in flight looks again (s)
+
+
+def _wait_s() -> float:
+    """Seconds the script waits for its computations before showing what is ready."""
+    return float(os.environ.get("CSBA_ATTRIBUTION_WAIT_S", "1.5"))
 
 
 # ---- cached work -----------------------------------------------------------------------------
@@ -40,46 +60,76 @@ def _test_split(name: str, size: int, data_root: str | None, split_seed: int):
 
 
 @st.cache_resource(show_spinner=False)
-def _compute_slots() -> threading.Semaphore:
-    """One attribution computed at a time per server: on a 2-core machine concurrent ones only
-    share the same cores, and each holds its own activations (eight users at once otherwise
-    stack their peaks). Cached results and every other page do not wait for it."""
-    return threading.Semaphore(1)
+def _work_queue() -> WorkQueue:
+    """The server's one attribution worker (see the module docstring); results kept for 512
+    (run, image, target, stage) keys."""
+    return WorkQueue(capacity=512, name="csba-attributions")
 
 
-@st.cache_resource(show_spinner=False, max_entries=256)
-def _explain(
-    run_path: str,
-    weights: str,
-    image_hash: str,
-    target: int | None,
-    _model,
-    _meta: dict,
-    _image_bytes: bytes,
-) -> ImageExplanation:
-    """Attributions of one run for one image; keyed by (run, weights, image hash, target).
-
-    A shared resource, not a copied value: the page only reads it, and a copy per rerun cost
-    the maps' pickling every time."""
-    del run_path, weights, image_hash  # cache key only
-    with _compute_slots():
-        return explain_image(_model, _meta, load_image(_image_bytes), target)
+def _explain_job(model, meta: dict, data: bytes, target: int | None, methods) -> ImageExplanation:
+    return explain_image(model, meta, load_image(data), target, methods=methods)
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def _typicality(
-    run_path: str, weights: str, reference: str, image_hash: str, _run, _image_bytes: bytes
-) -> TypicalityResult | str:
-    """The image's typicality for one run, or a one-line reason it has none.
-
-    Keyed by run, weights, the reference file's modification time (a backfilled or recomputed
-    reference is picked up) and the image hash."""
-    del run_path, weights, reference, image_hash  # cache key only
+def _typicality_job(run, data: bytes) -> TypicalityResult | str:
+    """The image's typicality for one run, or a one-line reason it has none."""
     try:
-        with _compute_slots():
-            return score_image(_run, load_image(_image_bytes))
+        return score_image(run, load_image(data))
     except TypicalityError as e:
         return f"typicality: not available ({e})"
+
+
+@dataclass
+class _RunTasks:
+    """One run's computations for the shown image: the worker's keys and futures."""
+
+    keys: dict[str, tuple]  # "quick" | "slow" | "typicality" -> the queue key
+    quick: Future  # ImageExplanation: report, Saliency, Grad-CAM (+ per branch)
+    slow: Future  # ImageExplanation: report, Integrated Gradients
+    typicality: Future  # TypicalityResult | str
+
+    def futures(self) -> list[Future]:
+        return [self.quick, self.slow, self.typicality]
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures())
+
+
+def _submit(info, digest: str, target: int | None, data: bytes) -> _RunTasks | str:
+    """Queue (or find) one run's computations; a one-line reason when the run cannot load."""
+    run = get_run(info.path)
+    if run is None:
+        return "the run could not be loaded (see above)"
+    path, sha = str(info.path), str(run.meta.get("weights_sha256", ""))
+    ref = Path(info.path) / JSON_FILE
+    ref_key = str(ref.stat().st_mtime_ns) if ref.is_file() else ""  # a backfilled reference
+    keys = {
+        "quick": (path, sha, digest, target, "quick"),
+        "slow": (path, sha, digest, target, "ig"),
+        "typicality": (path, sha, ref_key, digest, "typicality"),
+    }
+    q = _work_queue()
+    job = partial(_explain_job, run.model, run.meta, data, target)
+    return _RunTasks(
+        keys=keys,
+        quick=q.submit(keys["quick"], partial(job, QUICK), 0),
+        slow=q.submit(keys["slow"], partial(job, SLOW), 1),
+        typicality=q.submit(keys["typicality"], partial(_typicality_job, run, data), 0),
+    )
+
+
+def _queue_note(key: tuple, what: str) -> str:
+    """'what: computing...' or 'what: queued, N computations ahead (all users')'."""
+    ahead = _work_queue().position(key)
+    if not ahead:
+        return f"{what}: computing..."
+    return f"{what}: queued, {ahead} computation{'s' if ahead > 1 else ''} ahead (all users')"
+
+
+def _failure(fut: Future) -> str | None:
+    if fut.cancelled():
+        return "cancelled (the server is stopping)"
+    exc = fut.exception()
+    return None if exc is None else f"{type(exc).__name__}: {exc}"
 
 
 # ---- small renderers -------------------------------------------------------------------------
@@ -294,6 +344,28 @@ def main() -> None:
         return
     digest = hashlib.sha256(data).hexdigest()
 
+    tasks = {str(i.path): _submit(i, digest, target, data) for i in infos}
+    futures = [f for t in tasks.values() if isinstance(t, _RunTasks) for f in t.futures()]
+    if not all(f.done() for f in futures):
+        with st.spinner("Computing attributions..."):
+            wait_futures(futures, timeout=_wait_s())
+    args = (infos, labels, tasks, original, caption, true_class, digest)
+    if all(f.done() for f in futures):
+        _runs_section(*args)
+    else:
+        _live_runs_section(*args)
+
+
+@st.fragment(run_every=POLL_S)
+def _live_runs_section(*args) -> None:
+    """The runs' section while computations are in flight: redrawn every POLL_S seconds; once
+    everything is in, the whole page reruns once and stops polling."""
+    if _runs_section(*args):
+        st.rerun()
+
+
+def _runs_section(infos, labels, tasks, original, caption, true_class, digest) -> bool:
+    """Input row and one column per run with what is ready; True when nothing is pending."""
     st.subheader("Input")
     input_row = st.empty()  # drawn once every run has its model-input view
     st.subheader("Each run")
@@ -306,14 +378,22 @@ def main() -> None:
     rows = []
     for col, info in zip(st.columns(len(infos)), infos):
         label = labels[str(info.path)]
+        t = tasks[str(info.path)]
         with col:
             st.markdown(f"#### {label}")
-            e = _explain_run(info, label, digest, target, data)
-            if isinstance(e, str):
-                st.error(f"{label}: {e}")
+            if isinstance(t, str):
+                st.error(f"{label}: {t}")
                 continue
+            if not t.quick.done():
+                st.info(_queue_note(t.keys["quick"], "Prediction and maps"))
+                continue
+            problem = _failure(t.quick)
+            if problem:  # one run's failure must not hide the others
+                st.error(f"{label}: {problem}")
+                continue
+            e = t.quick.result()
             results[str(info.path)] = e
-            _show_run(info, e, true_class, digest, data)
+            _show_run(info, e, true_class, t)
             r = e.report
             rows += [
                 {"run": label, "class": c, "probability": float(p)}
@@ -344,31 +424,13 @@ def main() -> None:
                 caption=f"as the model sees it: {s}x{s}{', grey' if grey else ''} "
                 f"({', '.join(who)})",
             )
-    if rows:
+    done = all(t.done() for t in tasks.values() if isinstance(t, _RunTasks))
+    if rows and done:
         download_df(pd.DataFrame(rows), f"probabilities_{digest[:8]}")
+    return done
 
 
-def _explain_run(info, label: str, digest: str, target: int | None, data: bytes):
-    """One run's explanation (cached), or a one-line reason it has none."""
-    run = get_run(info.path)
-    if run is None:
-        return "the run could not be loaded (see above)"
-    with st.spinner(f"Attributions for {label}..."):
-        try:
-            return _explain(
-                str(info.path),
-                str(run.meta.get("weights_sha256", "")),
-                digest,
-                target,
-                run.model,
-                run.meta,
-                data,
-            )
-        except Exception as e:  # one run's failure must not hide the others
-            return f"{type(e).__name__}: {e}"
-
-
-def _show_run(info, e: ImageExplanation, true_class: str | None, digest: str, data: bytes) -> None:
+def _show_run(info, e: ImageExplanation, true_class: str | None, t: _RunTasks) -> None:
     """One run's column: prediction, typicality, probabilities, branches, attention, maps."""
     r = e.report
     pred = r["classes"][r["pred"]]
@@ -376,22 +438,16 @@ def _show_run(info, e: ImageExplanation, true_class: str | None, digest: str, da
     if true_class is not None:
         verdict = " (correct)" if pred == true_class else f" (true: {true_class})"
     st.markdown(f"Predicted **{pred}**, p = {r['probs'][r['pred']]:.2f}{verdict}")
-    run = get_run(info.path)
-    ref = Path(info.path) / JSON_FILE
-    typ = _typicality(
-        str(info.path),
-        str(run.meta.get("weights_sha256", "")),
-        str(ref.stat().st_mtime_ns) if ref.is_file() else "",
-        digest,
-        run,
-        data,
-    )
-    if isinstance(typ, str):
-        st.caption(typ)
-    elif typ.outside:
-        st.warning(typ.message)
+    if not t.typicality.done():
+        st.caption(_queue_note(t.keys["typicality"], "Typicality"))
     else:
-        st.caption(typ.message)
+        typ = _failure(t.typicality) or t.typicality.result()
+        if isinstance(typ, str):
+            st.caption(typ if typ.startswith("typicality") else f"typicality: {typ}")
+        elif typ.outside:
+            st.warning(typ.message)
+        else:
+            st.caption(typ.message)
     config = {"displaylogo": False}
     st.plotly_chart(_prob_fig(e), key=f"prob_{info.path}", config=config)
     st.plotly_chart(_branch_fig(e), key=f"branch_{info.path}", config=config)
@@ -401,14 +457,22 @@ def _show_run(info, e: ImageExplanation, true_class: str | None, digest: str, da
         st.plotly_chart(_attention_fig(e), key=f"att_{info.path}", config=config)
         st.caption(_overlap_text(e))
     st.markdown(f"Explaining **{r['classes'][e.target]}**")
-    for key in ("integrated_gradients", "saliency", "gradcam"):
-        if key in e.overlays:
-            st.image(_big(e.overlays[key]), width=SHOW_PX, caption=e.titles[key])
-    branches = [k for k in e.maps if k.startswith("gradcam_") and k in e.overlays]
+    overlays, titles = dict(e.overlays), dict(e.titles)
+    if not t.slow.done():
+        st.caption(_queue_note(t.keys["slow"], "Integrated Gradients"))
+    elif _failure(t.slow):
+        st.caption(f"Integrated Gradients: {_failure(t.slow)}")
+    else:
+        overlays |= t.slow.result().overlays
+        titles |= t.slow.result().titles
+    for key in METHODS:
+        if key in overlays:
+            st.image(_big(overlays[key]), width=SHOW_PX, caption=titles[key])
+    branches = [k for k in e.maps if k.startswith("gradcam_") and k in overlays]
     if branches:
         st.markdown("**Grad-CAM per branch**")
         for key in branches:
-            st.image(_big(e.overlays[key]), width=SHOW_PX, caption=e.titles[key])
+            st.image(_big(overlays[key]), width=SHOW_PX, caption=titles[key])
 
 
 main()

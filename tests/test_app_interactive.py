@@ -189,3 +189,37 @@ def test_training_page_cancel_and_failure(runs_root, tiny_folder):
     assert len(errors) == 1 and "needs at least two class folders" in errors[0], errors
     assert any(x.label.startswith("Details") for x in at.expander)
     assert not at.exception
+
+
+def test_attributions_page_does_not_wait_for_the_computations(runs_root, monkeypatch):
+    """With the worker held, the page still returns: each run says where its computation stands;
+    once the worker goes on, the next rerun shows the maps (quick ones and IG) and no status."""
+    import threading
+
+    import csba.attributions
+
+    gate = threading.Event()
+    real = csba.attributions.explain_image
+
+    def held(*args, **kwargs):
+        gate.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(csba.attributions, "explain_image", held)
+    monkeypatch.setenv("CSBA_ATTRIBUTION_WAIT_S", "0")
+    at = _page("pages/attributions.py")
+    _choose_runs(at, ["baseline", "csba"])  # this rerun returned although nothing could finish
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    infos = [str(i.value) for i in at.info]
+    assert any("Prediction and maps: computing..." in i for i in infos), infos
+    assert any("queued" in i and "ahead" in i for i in infos), infos
+    assert not any("Integrated Gradients" in c for img in at.image for c in img.captions)
+    gate.set()
+    monkeypatch.setenv("CSBA_ATTRIBUTION_WAIT_S", "60")
+    at.run()
+    assert not at.exception and not at.error
+    assert not [i.value for i in at.info]
+    captions = [c for img in at.image for c in img.captions]
+    for title in ("Integrated Gradients", "Saliency", "Grad-CAM (fire8)", "Grad-CAM, branch 1"):
+        assert any(title in c for c in captions), captions
+    assert "computing" not in _texts(at)

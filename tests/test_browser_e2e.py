@@ -57,6 +57,9 @@ def server(tiny_runs, tiny_folder, tmp_path):
         "CSBA_RUNS_ROOT": str(root),
         "CSBA_DATA_ROOT": str(tiny_folder.parent),
         "PYTHONPATH": str(REPO),
+        # The Attributions page does not wait for its computations: every upload goes through
+        # the polling path (quick maps, then Integrated Gradients filled in by the fragment).
+        "CSBA_ATTRIBUTION_WAIT_S": "0",
     }
     log = (tmp_path / "streamlit.log").open("w")
     proc = subprocess.Popen(
@@ -193,7 +196,11 @@ def test_every_page_in_chromium(server):
         page.locator(IDLE).wait_for()
         page.locator('input[type="file"]').set_input_files(str(server["data"] / "beta" / "003.png"))
         page.get_by_text("uploaded: 003.png").first.wait_for()
-        page.get_by_text("Integrated Gradients").first.wait_for()
+        # the IG map's caption (exact), not the "Integrated Gradients: computing..." status
+        page.get_by_text("Integrated Gradients", exact=True).first.wait_for()
+        page.get_by_text("Saliency |d logit / d x|", exact=True).first.wait_for()
+        # every run's maps arrive by polling; then the page reruns once and stops polling
+        sync_api.expect(page.get_by_text("computing...")).to_have_count(0, timeout=60_000)
         page.locator(IDLE).wait_for()
         _no_exception(page, "Attributions upload")
         _shot(page, "attributions_upload")
