@@ -189,6 +189,29 @@ async def _interact(page, name: str, image: Path) -> bool:
     return True
 
 
+async def _maps_arrive(page, t0: float, errors: int) -> list[dict]:
+    """After an upload: seconds to the first run's complete maps (its Integrated Gradients
+    caption) and to every run's (no 'computing...' status left); None past 120 s."""
+    out = []
+    # an IG map's caption is a line of its own; the status reads "Integrated Gradients: ..."
+    # (and this upload's caption: not the maps of the test image shown before the upload)
+    ig = (
+        "/(^|\\n)Integrated Gradients(\\n|$)/.test(document.body.innerText) && "
+        "document.body.innerText.includes('uploaded: cell-')"
+    )
+    for kind, js in (
+        ("first maps", f"() => {ig}"),
+        ("all maps", f"() => {ig} && !document.body.innerText.includes('computing...')"),
+    ):
+        try:
+            await page.wait_for_function(js, timeout=120_000, polling=50)
+            took = (await page.evaluate("performance.now()") - t0) / 1000
+        except Exception:  # playwright's TimeoutError
+            took = None
+        out.append({"page": "attributions", "kind": kind, "seconds": took, "errors": errors})
+    return out
+
+
 async def session(browser, server: Server, pages, image: Path, timeout_s: float, rec: list):
     """One user: every page through the sidebar, then its interaction; appends to rec."""
     ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -221,6 +244,8 @@ async def session(browser, server: Server, pages, image: Path, timeout_s: float,
                 rec.append({"page": name, "kind": kind, "seconds": took, "errors": errors})
                 if took is None:  # let it finish before the next step, however long
                     await _wait_idle(page, t0, 300)
+                if name == "attributions" and kind == "interaction":
+                    rec += await _maps_arrive(page, t0, errors)
     finally:
         await ctx.close()
 
@@ -259,6 +284,16 @@ def summarise(rec: list[dict], scripts: dict[str, list[float]], pages) -> dict[s
                 "timeouts": len(rs) - len(ok),
                 "errors": sum(r["errors"] > 0 for r in rs),
             }
+        for kind in ("first maps", "all maps"):
+            ok = [r["seconds"] for r in rec if r["page"] == name and r["kind"] == kind]
+            if ok:
+                done = [x for x in ok if x is not None]
+                row[kind] = {
+                    "n": len(ok),
+                    "median": statistics.median(done) if done else float("nan"),
+                    "p95": _pct(done, 0.95),
+                    "timeouts": len(ok) - len(done),
+                }
         s = scripts.get(name, [])
         row["script"] = {"median": statistics.median(s) if s else float("nan"), "n": len(s)}
         out[name] = row
@@ -278,6 +313,13 @@ def _print(label: str, users: int, summary: dict, rss: float) -> None:
             f"{a['median']:>8.2f} {a['p95']:>8.2f} {v['errors'] + a['errors']:>6} "
             f"{v['timeouts'] + a['timeouts']:>8}"
         )
+        for kind in ("first maps", "all maps"):
+            if kind in r:
+                m = r[kind]
+                print(
+                    f"  upload -> {kind:<10}: median {m['median']:.2f} s, p95 {m['p95']:.2f} s, "
+                    f"{m['timeouts']} past 120 s"
+                )
 
 
 def main(argv: list[str] | None = None) -> dict:

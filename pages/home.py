@@ -164,6 +164,7 @@ def dataset_section(good) -> int | None:
     return int(meta.get("num_classes") or len(dist))
 
 
+@st.fragment  # its widgets rerun this section only, not the runs table and charts above
 def parameter_section(num_classes: int | None) -> None:
     st.subheader("Parameters (paper Table 2)")
     c = num_classes or st.columns(4)[0].number_input(
