@@ -230,8 +230,14 @@ async def session(browser, server: Server, pages, image: Path, timeout_s: float,
                 if kind == "view":
                     nav = page.locator('[data-testid="stSidebarNav"]')
                     await nav.get_by_role("link", name=link, exact=True).click()
-                elif not await _interact(page, name, image):
-                    continue
+                else:
+                    try:
+                        if not await _interact(page, name, image):
+                            continue
+                    except Exception as e:  # playwright's TimeoutError: the widget never came
+                        rec.append({"page": name, "kind": kind, "seconds": None, "errors": 0})
+                        print(f"{server.label}: {name}: interaction failed: {e!s:.120}")
+                        continue
                 took = await _wait_idle(page, t0, timeout_s)
                 if kind == "view" and took is not None:
                     try:  # idle but not on the page yet: counts as a timeout

@@ -9,8 +9,9 @@ The computations run in one background worker per server (:class:`csba.workqueue
 quick ones (prediction, Saliency, Grad-CAM, typicality) of every waiting user before any
 Integrated Gradients, each once per (run, weights, image hash, target). The script waits for them
 at most ``CSBA_ATTRIBUTION_WAIT_S`` seconds (default 1.5); what is still computing then shows
-its place in the queue and fills in by polling (a fragment), so the page, and navigation away
-from it, never wait for other users' attributions.
+its place in the queue; a small fragment polls the queue and reruns the page whenever one more
+computation has finished, so the page, and navigation away from it, never wait for other users'
+attributions, and no figure is rebuilt while nothing changed.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ SHOW_PX = 176  # display size of the small images (nearest-neighbour upscaling, 
 PREDICTED = "each run's predicted class"
 QUICK = ("saliency", "gradcam")  # priority 0: every waiting user's before any IG
 SLOW = ("integrated_gradients",)  # priority 1: 32 steps, most of the cost
-POLL_S = 0.5  # how often a page with computations in flight looks again (s)
+POLL_S = 1.0  # how often a page with computations in flight looks again (s)
 
 
 def _wait_s() -> float:
@@ -346,22 +347,30 @@ def main() -> None:
 
     tasks = {str(i.path): _submit(i, digest, target, data) for i in infos}
     futures = [f for t in tasks.values() if isinstance(t, _RunTasks) for f in t.futures()]
-    if not all(f.done() for f in futures):
+    # A rerun the watcher asked for shows what is ready without waiting again.
+    if not st.session_state.pop("attr_watched", False) and not all(f.done() for f in futures):
         with st.spinner("Computing attributions..."):
             wait_futures(futures, timeout=_wait_s())
-    args = (infos, labels, tasks, original, caption, true_class, digest)
-    if all(f.done() for f in futures):
-        _runs_section(*args)
-    else:
-        _live_runs_section(*args)
+    done = sum(f.done() for f in futures)
+    if done < len(futures):
+        _watch(futures, done)
+    _runs_section(infos, labels, tasks, original, caption, true_class, digest)
 
 
 @st.fragment(run_every=POLL_S)
-def _live_runs_section(*args) -> None:
-    """The runs' section while computations are in flight: redrawn every POLL_S seconds; once
-    everything is in, the whole page reruns once and stops polling."""
-    if _runs_section(*args):
+def _watch(futures: list[Future], shown: int) -> None:
+    """While computations are in flight: a status line, redrawn every POLL_S seconds (cheap:
+    no figure is built); when one more has finished, the page reruns once to show it."""
+    done = sum(f.done() for f in futures)
+    if done != shown:
+        st.session_state["attr_watched"] = True
         st.rerun()
+    waiting = _work_queue().pending()
+    st.caption(
+        f":material/hourglass_top: {done} of {len(futures)} computations for this image done; "
+        f"{waiting} waiting or running on this server (all users'). The columns fill in as "
+        "they finish."
+    )
 
 
 def _runs_section(infos, labels, tasks, original, caption, true_class, digest) -> bool:
