@@ -10,8 +10,10 @@ each user count N it opens N browser sessions at once (one Chromium, one context
 session visits every page through the sidebar (default selections), then makes one interaction
 there: it removes the last run from the page's run picker (Runs: ticks an extra backbone;
 Protocols and Training: none), and on Attributions it uploads an image of its own (a different
-ELPV test cell per session). One single-user round, then one warm-up round per user count
-fill the server's caches first; the measured rounds follow (--repeats).
+ELPV test cell per session; measured rounds upload cells no earlier round did, so their
+attributions are computed, not cached) and then records the time to the first run's maps and
+to every run's. One single-user round, then one warm-up round per user count fill the server's
+caches first; the measured rounds follow (--repeats).
 
 Per page it reports the server's script time per view (median, from the log), the browser's
 time from the click to the app being idle again (median and 95th percentile over sessions and
@@ -141,7 +143,7 @@ def upload_images(n: int, out: Path) -> list[Path]:
     test = load_dataset("elpv", 128).split("test")
     paths = []
     for i in range(n):
-        img = np.asarray(test.images[7 * i + 3]).squeeze()
+        img = np.asarray(test.images[(7 * i + 3) % len(test.images)]).squeeze()
         img = img if img.dtype == np.uint8 else (255 * (img - img.min()) / np.ptp(img)).astype("u1")
         paths.append(out / f"cell-{i}.png")
         Image.fromarray(img).save(paths[-1])
@@ -351,7 +353,10 @@ def main(argv: list[str] | None = None) -> dict:
                  args.compare], check=True, capture_output=True,
             )  # fmt: skip
             servers.append(Server(worktree, args.runs.resolve(), args.compare))
-        images = upload_images(max(args.users), work)
+        # measured rounds upload cells no earlier round uploaded: their attributions are
+        # computed then, not read from the cache the warm-up filled
+        n = max(args.users)
+        images = upload_images(n * (2 + args.repeats), work)
         results: dict = {"pages": args.pages, "users": {}}
         for s in servers:  # one user first: a cold server's first imports (see app.py)
             asyncio.run(one_round(s, 1, args.pages, images, 300))
@@ -365,8 +370,9 @@ def main(argv: list[str] | None = None) -> dict:
             for rep in range(args.repeats):
                 order = servers if rep % 2 == 0 else list(reversed(servers))
                 for s in order:
+                    fresh = images[n * (1 + rep) : n * (2 + rep)]
                     recs[s.label] += asyncio.run(
-                        one_round(s, users, args.pages, images, args.timeout)
+                        one_round(s, users, args.pages, fresh, args.timeout)
                     )
             for s in servers:
                 summary = summarise(recs[s.label], s.script_times(since), args.pages)

@@ -305,6 +305,8 @@ def test_server_is_local_with_xsrf_and_an_upload_limit():
     assert cfg["server"]["address"] == "localhost"
     assert cfg["server"]["enableXsrfProtection"] is True
     assert 0 < cfg["server"]["maxUploadSize"] <= 50
+    # a full gc after every script run (and poll) holds the GIL; docs/performance.md
+    assert cfg["runner"]["postScriptGC"] is False
 
 
 def test_typed_data_roots_must_lie_under_the_allowed_root(tmp_path):
