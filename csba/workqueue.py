@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 
-__all__ = ["WorkQueue", "limit_malloc_arenas", "release_memory"]
+__all__ = ["WorkQueue", "release_memory"]
 
 
 class WorkQueue:
@@ -158,7 +158,7 @@ class WorkQueue:
                     continue  # a stale heap entry: the key moved up or already ran
                 del self._pending[key]
                 self._running = key
-                return queued[0], self._futures.get(key) or Future()
+                return queued[0], self._futures[key]  # pending keys are never evicted
 
     def _work(self) -> None:
         while True:
@@ -212,18 +212,3 @@ def release_memory() -> bool:
         return False
     trim(0)
     return True
-
-
-def limit_malloc_arenas(n: int = 2) -> bool:
-    """Cap glibc's malloc arenas (``mallopt(M_ARENA_MAX, n)``) for threads created from now on;
-    False where unavailable.
-
-    glibc gives each thread that allocates under contention its own arena, up to 8 per core;
-    a server running one script thread per session then holds many partly used arenas. The
-    same as the ``MALLOC_ARENA_MAX`` environment variable, which must be set before the process
-    starts."""
-    libc = _libc()
-    mallopt = getattr(libc, "mallopt", None) if libc is not None else None
-    if mallopt is None:
-        return False
-    return bool(mallopt(-8, int(n)))  # M_ARENA_MAX = -8 in malloc.h

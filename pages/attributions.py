@@ -91,9 +91,6 @@ class _RunTasks:
     def futures(self) -> list[Future]:
         return [self.quick, self.slow, self.typicality]
 
-    def done(self) -> bool:
-        return all(f.done() for f in self.futures())
-
 
 def _submit(info, digest: str, target: int | None, data: bytes) -> _RunTasks | str:
     """Queue (or find) one run's computations; a one-line reason when the run cannot load."""
@@ -354,7 +351,7 @@ def main() -> None:
     done = sum(f.done() for f in futures)
     if done < len(futures):
         _watch(futures, done)
-    _runs_section(infos, labels, tasks, original, caption, true_class, digest)
+    _runs_section(infos, labels, tasks, original, caption, true_class, digest, done == len(futures))
 
 
 @st.fragment(run_every=POLL_S)
@@ -373,8 +370,11 @@ def _watch(futures: list[Future], shown: int) -> None:
     )
 
 
-def _runs_section(infos, labels, tasks, original, caption, true_class, digest) -> bool:
-    """Input row and one column per run with what is ready; True when nothing is pending."""
+def _runs_section(
+    infos, labels, tasks, original, caption, true_class, digest, all_done: bool
+) -> None:
+    """Input row and one column per run with what is ready (the probabilities' download once
+    nothing is pending)."""
     st.subheader("Input")
     input_row = st.empty()  # drawn once every run has its model-input view
     st.subheader("Each run")
@@ -433,10 +433,8 @@ def _runs_section(infos, labels, tasks, original, caption, true_class, digest) -
                 caption=f"as the model sees it: {s}x{s}{', grey' if grey else ''} "
                 f"({', '.join(who)})",
             )
-    done = all(t.done() for t in tasks.values() if isinstance(t, _RunTasks))
-    if rows and done:
+    if rows and all_done:
         download_df(pd.DataFrame(rows), f"probabilities_{digest[:8]}")
-    return done
 
 
 def _show_run(info, e: ImageExplanation, true_class: str | None, t: _RunTasks) -> None:
@@ -469,8 +467,8 @@ def _show_run(info, e: ImageExplanation, true_class: str | None, t: _RunTasks) -
     overlays, titles = dict(e.overlays), dict(e.titles)
     if not t.slow.done():
         st.caption(_queue_note(t.keys["slow"], "Integrated Gradients"))
-    elif _failure(t.slow):
-        st.caption(f"Integrated Gradients: {_failure(t.slow)}")
+    elif problem := _failure(t.slow):
+        st.caption(f"Integrated Gradients: {problem}")
     else:
         overlays |= t.slow.result().overlays
         titles |= t.slow.result().titles

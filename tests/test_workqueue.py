@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from csba.workqueue import WorkQueue, limit_malloc_arenas, release_memory
+from csba.workqueue import WorkQueue, release_memory
 
 
 def _blocked(q: WorkQueue) -> threading.Event:
@@ -101,7 +101,6 @@ def test_memory_housekeeping_on_glibc():
 
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert release_memory() is expected
-    assert limit_malloc_arenas(8) is expected
 
 
 def test_shutdown_cancels_waiting_work_and_waits_for_the_running_one():
