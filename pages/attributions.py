@@ -6,9 +6,10 @@ Grad-CAM overlays, and per run the image's typicality (:func:`csba.typicality.sc
 warning when the image lies outside the run's data).
 
 The computations run in one background worker per server (:class:`csba.workqueue.WorkQueue`),
-quick ones (prediction, Saliency, Grad-CAM, typicality) of every waiting user before any
-Integrated Gradients, each once per (run, weights, image hash, target). The script waits for them
-at most ``CSBA_ATTRIBUTION_WAIT_S`` seconds (default 1.5); what is still computing then shows
+the first run's complete maps and every run's quick ones (prediction, Saliency, Grad-CAM,
+typicality) of every waiting user before the other runs' Integrated Gradients, each once per
+(run, weights, image hash, target). The script waits for the first run's maps at most
+``CSBA_ATTRIBUTION_WAIT_S`` seconds (default 1.5); what is still computing then shows
 its place in the queue; a small fragment polls the queue and reruns the page whenever one more
 computation has finished, so the page, and navigation away from it, never wait for other users'
 attributions, and no figure is rebuilt while nothing changed.
@@ -40,8 +41,8 @@ from pages.common import download_df, get_run, run_labels, select_runs
 MAX_RUNS = 5  # columns side by side (the paper's five variants)
 SHOW_PX = 176  # display size of the small images (nearest-neighbour upscaling, no blur)
 PREDICTED = "each run's predicted class"
-QUICK = ("saliency", "gradcam")  # priority 0: every waiting user's before any IG
-SLOW = ("integrated_gradients",)  # priority 1: 32 steps, most of the cost
+QUICK = ("saliency", "gradcam")  # priority 0: every waiting user's before the IG of runs 2..
+SLOW = ("integrated_gradients",)  # priority 1 (the first run: 0): 32 steps, most of the cost
 POLL_S = 1.0  # how often a page with computations in flight looks again (s)
 
 
@@ -92,27 +93,36 @@ class _RunTasks:
         return [self.quick, self.slow, self.typicality]
 
 
-def _submit(info, digest: str, target: int | None, data: bytes) -> _RunTasks | str:
-    """Queue (or find) one run's computations; a one-line reason when the run cannot load."""
-    run = get_run(info.path)
-    if run is None:
-        return "the run could not be loaded (see above)"
-    path, sha = str(info.path), str(run.meta.get("weights_sha256", ""))
-    ref = Path(info.path) / JSON_FILE
-    ref_key = str(ref.stat().st_mtime_ns) if ref.is_file() else ""  # a backfilled reference
-    keys = {
-        "quick": (path, sha, digest, target, "quick"),
-        "slow": (path, sha, digest, target, "ig"),
-        "typicality": (path, sha, ref_key, digest, "typicality"),
-    }
+def _submit(infos, digest: str, target: int | None, data: bytes) -> dict[str, _RunTasks | str]:
+    """Queue (or find) each run's computations, by run path; a one-line reason for a run that
+    cannot load. At priority 0: the first run's quick work (prediction, Saliency, Grad-CAM,
+    typicality) and its Integrated Gradients, then the other runs' quick work; at priority 1
+    (after every waiting user's priority 0) the other runs' IG. One run's maps are complete
+    first, then every column has its quick maps."""
     q = _work_queue()
-    job = partial(_explain_job, run.model, run.meta, data, target)
-    return _RunTasks(
-        keys=keys,
-        quick=q.submit(keys["quick"], partial(job, QUICK), 0),
-        slow=q.submit(keys["slow"], partial(job, SLOW), 1),
-        typicality=q.submit(keys["typicality"], partial(_typicality_job, run, data), 0),
-    )
+    prepared, out = {}, {}
+    for info in infos:  # in the queue: the first run's quick work, then its IG, then the rest
+        run = get_run(info.path)
+        if run is None:
+            out[str(info.path)] = "the run could not be loaded (see above)"
+            continue
+        path, sha = str(info.path), str(run.meta.get("weights_sha256", ""))
+        ref = Path(info.path) / JSON_FILE
+        ref_key = str(ref.stat().st_mtime_ns) if ref.is_file() else ""  # a backfilled reference
+        keys = {
+            "quick": (path, sha, digest, target, "quick"),
+            "slow": (path, sha, digest, target, "ig"),
+            "typicality": (path, sha, ref_key, digest, "typicality"),
+        }
+        job = partial(_explain_job, run.model, run.meta, data, target)
+        quick = q.submit(keys["quick"], partial(job, QUICK), 0)
+        typicality = q.submit(keys["typicality"], partial(_typicality_job, run, data), 0)
+        slow = q.submit(keys["slow"], partial(job, SLOW), 0) if not prepared else None
+        prepared[path] = (keys, job, quick, typicality, slow)
+    for path, (keys, job, quick, typicality, slow) in prepared.items():
+        slow = slow or q.submit(keys["slow"], partial(job, SLOW), 1)
+        out[path] = _RunTasks(keys=keys, quick=quick, slow=slow, typicality=typicality)
+    return {str(i.path): out[str(i.path)] for i in infos}
 
 
 def _queue_note(key: tuple, what: str) -> str:
@@ -342,12 +352,15 @@ def main() -> None:
         return
     digest = hashlib.sha256(data).hexdigest()
 
-    tasks = {str(i.path): _submit(i, digest, target, data) for i in infos}
-    futures = [f for t in tasks.values() if isinstance(t, _RunTasks) for f in t.futures()]
-    # A rerun the watcher asked for shows what is ready without waiting again.
-    if not st.session_state.pop("attr_watched", False) and not all(f.done() for f in futures):
+    tasks = _submit(infos, digest, target, data)
+    runs = [t for t in tasks.values() if isinstance(t, _RunTasks)]
+    futures = [f for t in runs for f in t.futures()]
+    # The first answer waits (at most _wait_s()) for the first run's complete maps, no longer;
+    # a rerun the watcher asked for waits for nothing.
+    first = runs[0].futures() if runs else []
+    if not st.session_state.pop("attr_watched", False) and not all(f.done() for f in first):
         with st.spinner("Computing attributions..."):
-            wait_futures(futures, timeout=_wait_s())
+            wait_futures(first, timeout=_wait_s())
     done = sum(f.done() for f in futures)
     if done < len(futures):
         _watch(futures, done)
@@ -375,15 +388,41 @@ def _runs_section(
 ) -> None:
     """Input row and one column per run with what is ready (the probabilities' download once
     nothing is pending)."""
+    # each run's ready quick result: the input row first (no placeholder that blanks while
+    # the page reruns), then the columns
+    results: dict[str, ImageExplanation] = {}
+    for info in infos:
+        t = tasks[str(info.path)]
+        if isinstance(t, _RunTasks) and t.quick.done() and _failure(t.quick) is None:
+            results[str(info.path)] = t.quick.result()
+    views: dict[tuple[int, bool], tuple[np.ndarray, list[str]]] = {}
+    for info in infos:
+        e = results.get(str(info.path))
+        if e is not None:
+            grey = int(info.meta["dataset"].get("channels", 3)) == 1
+            views.setdefault((e.pixels.shape[0], grey), (e.pixels, []))[1].append(
+                labels[str(info.path)]
+            )
     st.subheader("Input")
-    input_row = st.empty()  # drawn once every run has its model-input view
+    n = 1 + len(views)
+    cols = st.columns([1] * n + [max(1, 5 - n)])
+    w, h = original.size
+    cols[0].image(
+        _big(np.asarray(original.convert("RGB"))), width=SHOW_PX, caption=f"{caption}, {w}x{h}"
+    )
+    for col, ((s, grey), (px, who)) in zip(cols[1:], views.items()):
+        col.image(
+            _big(px),
+            width=SHOW_PX,
+            caption=f"as the model sees it: {s}x{s}{', grey' if grey else ''} ({', '.join(who)})",
+        )
+
     st.subheader("Each run")
     st.caption(
         "Each column appears as soon as its run is explained. Integrated Gradients (baseline: "
         "the training mean image), Saliency |d logit / d x| and Grad-CAM for the explained "
         "class; red = more evidence."
     )
-    results: dict[str, ImageExplanation] = {}
     rows = []
     for col, info in zip(st.columns(len(infos)), infos):
         label = labels[str(info.path)]
@@ -393,46 +432,20 @@ def _runs_section(
             if isinstance(t, str):
                 st.error(f"{label}: {t}")
                 continue
-            if not t.quick.done():
-                st.info(_queue_note(t.keys["quick"], "Prediction and maps"))
+            e = results.get(str(info.path))
+            if e is None:  # (one that finished since the input row: shown on the next rerun)
+                problem = _failure(t.quick) if t.quick.done() else None
+                if problem:  # one run's failure must not hide the others
+                    st.error(f"{label}: {problem}")
+                else:
+                    st.info(_queue_note(t.keys["quick"], "Prediction and maps"))
                 continue
-            problem = _failure(t.quick)
-            if problem:  # one run's failure must not hide the others
-                st.error(f"{label}: {problem}")
-                continue
-            e = t.quick.result()
-            results[str(info.path)] = e
             _show_run(info, e, true_class, t)
             r = e.report
             rows += [
                 {"run": label, "class": c, "probability": float(p)}
                 for c, p in zip(r["classes"], r["probs"])
             ]
-
-    views: dict[tuple[int, bool], tuple[np.ndarray, list[str]]] = {}
-    for info in infos:
-        e = results.get(str(info.path))
-        if e is not None:
-            grey = int(info.meta["dataset"].get("channels", 3)) == 1
-            views.setdefault((e.pixels.shape[0], grey), (e.pixels, []))[1].append(
-                labels[str(info.path)]
-            )
-    with input_row.container():
-        n = 1 + len(views)
-        cols = st.columns([1] * n + [max(1, 5 - n)])
-        w, h = original.size
-        cols[0].image(
-            _big(np.asarray(original.convert("RGB"))),
-            width=SHOW_PX,
-            caption=f"{caption}, {w}x{h}",
-        )
-        for col, ((s, grey), (px, who)) in zip(cols[1:], views.items()):
-            col.image(
-                _big(px),
-                width=SHOW_PX,
-                caption=f"as the model sees it: {s}x{s}{', grey' if grey else ''} "
-                f"({', '.join(who)})",
-            )
     if rows and all_done:
         download_df(pd.DataFrame(rows), f"probabilities_{digest[:8]}")
 

@@ -99,3 +99,18 @@ def tiny_extra_runs(tmp_path_factory, tiny_folder) -> dict[str, Path]:
         diagnose_run(meta["run_dir"], per_class=4, device="cpu")
         runs[Path(meta["run_dir"]).name] = Path(meta["run_dir"])
     return runs
+
+
+def settle_attributions(at, timeout_s: float = 120.0) -> None:
+    """Rerun an AppTest on the Attributions page until no run's computation is pending (its
+    first answer waits only for the first run's maps; the others come on later reruns)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pending = [i.value for i in at.info if "computing..." in i.value or "queued" in i.value]
+        pending += [c.value for c in at.caption if "computations for this image done" in c.value]
+        if not pending or time.monotonic() > deadline:
+            return
+        time.sleep(0.3)
+        at.run()

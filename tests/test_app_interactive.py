@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import settle_attributions
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +53,7 @@ def _choose_runs(at: AppTest, variants: list[str]) -> None:
 def test_attributions_page_test_image(runs_root):
     at = _page("pages/attributions.py")
     _choose_runs(at, ["baseline", "csba", "class_heads"])
+    settle_attributions(at)
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     subheaders = [s.value for s in at.subheader]
@@ -65,6 +67,7 @@ def test_attributions_page_test_image(runs_root):
     at.number_input(key="attr_idx_any").set_value(3)
     at.selectbox(key="attr_target").set_value("beta")
     at.run()
+    settle_attributions(at)
     assert not at.exception and not at.error
     assert "Explaining **beta**" in _texts(at)
 
@@ -101,6 +104,7 @@ def test_attributions_page_good_upload(runs_root, tiny_folder):
     png = (tiny_folder / "gamma" / "001.png").read_bytes()
     at.file_uploader(key="attr_upload").upload("cell.png", png, "image/png")
     at.run()
+    settle_attributions(at)
     assert not at.exception and not at.error
     assert [s.value for s in at.subheader] == ["Input", "Each run"]
 
@@ -211,15 +215,52 @@ def test_attributions_page_does_not_wait_for_the_computations(runs_root, monkeyp
     _choose_runs(at, ["baseline", "csba"])  # this rerun returned although nothing could finish
     assert not at.exception and not at.error, [e.value for e in at.exception]
     infos = [str(i.value) for i in at.info]
-    assert any("Prediction and maps: computing..." in i for i in infos), infos
+    # (the worker may still hold an earlier test's work: then both runs are queued)
+    assert len(infos) == 2 and all(i.startswith("Prediction and maps: ") for i in infos), infos
     assert any("queued" in i and "ahead" in i for i in infos), infos
     assert not any("Integrated Gradients" in c for img in at.image for c in img.captions)
     gate.set()
     monkeypatch.setenv("CSBA_ATTRIBUTION_WAIT_S", "60")
     at.run()
+    settle_attributions(at)  # the script waits for the first run's maps only
     assert not at.exception and not at.error
     assert not [i.value for i in at.info]
     captions = [c for img in at.image for c in img.captions]
     for title in ("Integrated Gradients", "Saliency", "Grad-CAM (fire8)", "Grad-CAM, branch 1"):
         assert any(title in c for c in captions), captions
     assert "computing" not in _texts(at)
+
+
+def test_attributions_first_run_complete_before_the_others_quick_maps(runs_root, monkeypatch):
+    """Queue order (one user): the first run's quick maps, then its Integrated Gradients, then
+    the other runs' quick maps, and their IG last; the first answer waits for the first run."""
+    import threading
+
+    import csba.attributions
+
+    calls, lock = [], threading.Lock()
+    real = csba.attributions.explain_image
+
+    def recorded(model, meta, image, target=None, methods=None, **kwargs):
+        with lock:
+            calls.append((id(model), tuple(methods)))
+        return real(model, meta, image, target, methods=methods, **kwargs)
+
+    monkeypatch.setattr(csba.attributions, "explain_image", recorded)
+    monkeypatch.setenv("CSBA_ATTRIBUTION_WAIT_S", "60")
+    at = _page("pages/attributions.py")
+    assert not at.exception and not at.error
+    first = calls[0][0]
+    assert calls[0] == (first, ("saliency", "gradcam"))
+    assert calls[1] == (first, ("integrated_gradients",)), calls[:3]
+    # the first answer came after the first run's maps: its IG caption is on the page
+    assert any(c == "Integrated Gradients" for img in at.image for c in img.captions)
+    n = len(at.sidebar.multiselect(key="attributions_runs").value)
+    deadline = time.monotonic() + 120
+    while len(calls) < 2 * n and time.monotonic() < deadline:
+        time.sleep(0.2)
+    runs = list(dict.fromkeys(m for m, _ in calls))
+    assert n >= 2 and len(runs) == n and len(calls) == 2 * n, calls
+    order = [m for m, meth in calls[2:] if meth == ("saliency", "gradcam")]
+    assert order == runs[1:], "the other runs' quick maps, in run order, before any of their IG"
+    assert all(meth == ("integrated_gradients",) for _, meth in calls[2 + len(order) :])

@@ -109,3 +109,29 @@ def test_ship_records_copies_run_json_and_log_of_finished_diagnosed_runs(tiny_ru
     assert sorted(p.name for p in (dest / "k" / "baseline-s0").iterdir()) == ["run.json"]
     assert (dest / "logs" / "k-baseline-s0.log").read_text() == "epoch 1\n"
     assert json.loads((dest / "k" / "baseline-s0" / "run.json").read_text())["diagnostics"]
+
+
+def test_bench_dashboard_summary_counts_timeouts_and_upload_stages():
+    """The dashboard benchmark's summary: medians over answered views, a None is a timeout,
+    the upload's three stages (answer, first maps, all maps) reported apart."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_dashboard
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    rec = [
+        {"page": "attributions", "kind": "view", "seconds": 1.0, "errors": 0},
+        {"page": "attributions", "kind": "view", "seconds": 3.0, "errors": 1},
+        {"page": "attributions", "kind": "view", "seconds": None, "errors": 0},
+        {"page": "attributions", "kind": "interaction", "seconds": 2.0, "errors": 0},
+        {"page": "attributions", "kind": "answered", "seconds": 0.5, "errors": 0},
+        {"page": "attributions", "kind": "first maps", "seconds": 4.0, "errors": 0},
+        {"page": "attributions", "kind": "all maps", "seconds": None, "errors": 0},
+    ]
+    out = bench_dashboard.summarise(rec, {"attributions": [0.1, 0.3, 0.2]}, ["attributions"])
+    r = out["attributions"]
+    assert r["view"]["median"] == 2.0 and r["view"]["p95"] == 3.0
+    assert r["view"]["timeouts"] == 1 and r["view"]["errors"] == 1
+    assert r["interaction"]["median"] == 2.0 and r["interaction"]["n"] == 1
+    assert r["answered"]["median"] == 0.5 and r["first maps"]["median"] == 4.0
+    assert r["all maps"]["timeouts"] == 1 and r["script"]["median"] == 0.2

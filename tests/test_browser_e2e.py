@@ -201,6 +201,7 @@ def test_every_page_in_chromium(server):
         page.get_by_text("Saliency |d logit / d x|", exact=True).first.wait_for()
         # every run's maps arrive by polling; then the page reruns once and stops polling
         sync_api.expect(page.get_by_text("computing...")).to_have_count(0, timeout=60_000)
+        sync_api.expect(page.get_by_text("queued, ")).to_have_count(0, timeout=60_000)
         page.locator(IDLE).wait_for()
         _no_exception(page, "Attributions upload")
         _shot(page, "attributions_upload")

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import settle_attributions
 from streamlit.testing.v1 import AppTest
 
 from csba.models import PAPER_VARIANTS, list_models
@@ -112,6 +113,7 @@ def test_attributions_page_offers_only_runs_with_weights(pages_env):
     assert any("2 run record(s) without weights not listed" in c.value for c in at.sidebar.caption)
     box.set_value([p for p in _all_runs(pages_env) if p.endswith(("-resnet18-s0", "/crt-s0"))])
     at.run()
+    settle_attributions(at)  # the second run's Integrated Gradients come on a later rerun
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert [s.value for s in at.subheader] == ["Input", "Each run"]
     # Each chosen run has its own column, explained (a failed run shows an error instead).
