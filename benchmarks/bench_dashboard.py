@@ -46,6 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere
 CHROMIUM = "/usr/bin/chromium"
+SHOTS = os.environ.get("BENCH_SHOTS")  # a folder: a screenshot of every view that timed out
 SETTLE_MS = 150  # a rerun queued right after the first (a fragment): waited for, subtracted
 
 # url path -> (sidebar link title, heading the page shows)
@@ -292,8 +293,17 @@ async def session(browser, server: Server, pages, image: Path, timeout_s: float,
                         took = None
                 errors = await page.locator('[data-testid="stException"]').count()
                 rec.append({"page": name, "kind": kind, "seconds": took, "errors": errors})
+                if took is None:  # what the page did instead, for the reader
+                    if SHOTS:
+                        shot = Path(SHOTS) / f"{server.label}-{name}-{kind}-{int(t0)}.png"
+                        await page.screenshot(path=shot, full_page=True)
+                    states = await page.evaluate(f"window.__states.filter(x => x[0] > {t0})")
+                    print(
+                        f"{server.label}: {name} {kind} timed out; state changes after the "
+                        f"click (s): {[(round((t - t0) / 1000, 2), x) for t, x in states][:8]}"
+                    )
                 if took is None:  # let it finish before the next step, however long
-                    await _wait_idle(page, t0, 300)
+                    await _wait_idle(page, t0, 60)
                 if name == "attributions" and kind == "interaction":
                     rec += await _maps_arrive(page, t0, errors)
     finally:
