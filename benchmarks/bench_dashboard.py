@@ -2,7 +2,7 @@
 
     python benchmarks/bench_dashboard.py [--runs checkpoints] [--users 1 4 8] [--repeats 1]
                                          [--pages home confusion ...] [--timeout 30]
-                                         [--compare REV] [--json FILE]
+                                         [--compare REV] [--json FILE] [--profile DIR]
 
 Starts ``streamlit run app.py`` headless on a free port against --runs (default: the shipped
 runs), with ``CSBA_SCRIPT_LOG`` set so the server logs the time of each script run itself. For
@@ -24,6 +24,9 @@ and timeouts (a view not idle within --timeout s), and the server's peak residen
 ``--compare REV`` checks out REV (any git revision) into a temporary worktree, starts its server
 too, and runs the same rounds against both, alternating which goes first, then prints the
 ratios REV / this per page. Machines here drift by up to 2x between minutes: read the ratios.
+
+``--profile DIR`` samples each server with py-spy (``pip install py-spy``) during the measured
+rounds, keeps the raw profiles in DIR and prints where the server's time went, per package.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -126,6 +130,22 @@ class Server:
                 out.setdefault(rec["page"] or "home", []).append(rec["seconds"])
         return out
 
+    def start_profile(self, out: Path) -> None:
+        """py-spy samples the server (active threads only) until stop_profile()."""
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(spy).exists():
+            raise SystemExit("--profile needs py-spy: pip install py-spy")
+        cmd = [spy, "record", "--format", "raw", "--rate", "50", "--nonblocking"]
+        self.spy = subprocess.Popen(
+            [*cmd, "-o", str(out), "-p", str(self.proc.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop_profile(self) -> None:
+        self.spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        self.spy.wait(timeout=60)
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -134,6 +154,37 @@ class Server:
             self.proc.kill()
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# Where a sample's time goes: the leaf-most frame from one of these packages (a frame of the
+# standard library, e.g. copy.py under plotly, counts for the package that called it).
+PROFILE_BUCKETS = (
+    ("torch / Captum", ("/torch/", "/captum/")),
+    ("plotly", ("/plotly/", "/_plotly_utils/")),
+    ("pandas / numpy", ("/pandas/", "/numpy/", "/pyarrow/")),
+    ("Streamlit", ("/streamlit/",)),
+    ("serving (tornado, asyncio)", ("/tornado/", "/asyncio/")),
+    ("csba + pages", ("/csba/", "/pages/", "app.py")),
+)
+
+
+def profile_summary(path: Path) -> dict[str, float]:
+    """Share of a py-spy raw (collapsed stacks) profile's samples per PROFILE_BUCKETS entry,
+    "other" for the rest; {} when there are no samples."""
+    counts: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        bucket = "other"
+        for frame in reversed(stack.split(";")):
+            hit = next((b for b, marks in PROFILE_BUCKETS if any(m in frame for m in marks)), None)
+            if hit:
+                bucket = hit
+                break
+        counts[bucket] = counts.get(bucket, 0) + int(n)
+    total = sum(counts.values())
+    return {b: c / total for b, c in sorted(counts.items(), key=lambda x: -x[1])} if total else {}
 
 
 def upload_images(n: int, out: Path) -> list[Path]:
@@ -151,6 +202,11 @@ def upload_images(n: int, out: Path) -> list[Path]:
         paths.append(out / f"cell-{i}.png")
         Image.fromarray(img).save(paths[-1])
     return paths
+
+
+def _url(server: Server, name: str) -> str:
+    """A page's address (st.navigation: the file's stem; the default page at the root)."""
+    return f"{server.url}/" if name == "home" else f"{server.url}/{name}"
 
 
 async def _wait_idle(page, t0: float, timeout_s: float) -> float | None:
@@ -256,9 +312,11 @@ async def session(browser, server: Server, pages, image: Path, timeout_s: float,
         )
         # the app opens on Runs: a click on the page already shown reruns nothing, so go to
         # another page first, or the first measured view would wait for a run that never comes
+        # (its URL first: a heading is also found while the old page is still on screen)
         away = next(p for p in ("training", "protocols", *PAGES) if p != pages[0])
         nav = page.locator('[data-testid="stSidebarNav"]')
         await nav.get_by_role("link", name=PAGES[away][0], exact=True).click()
+        await page.wait_for_url(_url(server, away), timeout=120_000)
         await page.get_by_role("heading", name=PAGES[away][1]).first.wait_for(timeout=120_000)
         await page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(
             timeout=120_000
@@ -286,6 +344,7 @@ async def session(browser, server: Server, pages, image: Path, timeout_s: float,
                 took = await _wait_idle(page, t0, timeout_s)
                 if kind == "view" and took is not None:
                     try:  # idle but not on the page yet: counts as a timeout
+                        await page.wait_for_url(_url(server, name), timeout=timeout_s * 1000)
                         await page.get_by_role("heading", name=heading).first.wait_for(
                             timeout=timeout_s * 1000
                         )
@@ -302,7 +361,7 @@ async def session(browser, server: Server, pages, image: Path, timeout_s: float,
                         f"{server.label}: {name} {kind} timed out; state changes after the "
                         f"click (s): {[(round((t - t0) / 1000, 2), x) for t, x in states][:8]}"
                     )
-                if took is None:  # let it finish before the next step, however long
+                if took is None:  # let it finish before the next step (up to 60 s more)
                     await _wait_idle(page, t0, 60)
                 if name == "attributions" and kind == "interaction":
                     rec += await _maps_arrive(page, t0, errors)
@@ -394,6 +453,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds before a view times out")
     ap.add_argument("--compare", metavar="REV", help="also measure this git revision, interleaved")
     ap.add_argument("--json", type=Path, help="write every measurement here")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy each server during the measured rounds; raw profiles and a summary here",
+    )
     args = ap.parse_args(argv)
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"needs Debian's chromium at {CHROMIUM}")
@@ -422,6 +487,10 @@ def main(argv: list[str] | None = None) -> dict:
                     asyncio.run(one_round(s, users, args.pages, images, 300))
             recs: dict[str, list] = {s.label: [] for s in servers}
             since = time.time()
+            if args.profile:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                for s in servers:
+                    s.start_profile(args.profile / f"{s.label}-{users}users.txt")
             for rep in range(args.repeats):
                 order = servers if rep % 2 == 0 else list(reversed(servers))
                 for s in order:
@@ -429,6 +498,12 @@ def main(argv: list[str] | None = None) -> dict:
                     recs[s.label] += asyncio.run(
                         one_round(s, users, args.pages, fresh, args.timeout)
                     )
+            for s in servers:
+                if args.profile:
+                    s.stop_profile()
+                    shares = profile_summary(args.profile / f"{s.label}-{users}users.txt")
+                    print(f"\n{s.label}, {users} user(s): server samples (py-spy, active threads)")
+                    print("  " + ", ".join(f"{b} {100 * x:.0f}%" for b, x in shares.items()))
             for s in servers:
                 summary = summarise(recs[s.label], s.script_times(since), args.pages)
                 by_side[s.label] = {"summary": summary, "peak_rss_mib": s.peak_rss_mib()}

@@ -135,3 +135,25 @@ def test_bench_dashboard_summary_counts_timeouts_and_upload_stages():
     assert r["interaction"]["median"] == 2.0 and r["interaction"]["n"] == 1
     assert r["answered"]["median"] == 0.5 and r["first maps"]["median"] == 4.0
     assert r["all maps"]["timeouts"] == 1 and r["script"]["median"] == 0.2
+
+
+def test_bench_dashboard_profile_summary_counts_each_sample_for_its_leaf_most_package(tmp_path):
+    """A stdlib frame (copy.py) counts for the package that called it (plotly); a stack with
+    no known package is "other"."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_dashboard
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    raw = tmp_path / "p.txt"
+    raw.write_text(
+        "thread (0x1);run (/st/streamlit/runner.py:9);page (/repo/pages/conflict.py:5);"
+        "layout (/v/plotly/basedatatypes.py:100);deepcopy (/usr/lib/python3.11/copy.py:1) 6\n"
+        "thread (0x2);_work (/repo/csba/workqueue.py:1);forward (/v/torch/nn/module.py:3) 3\n"
+        "thread (0x3);run (/st/streamlit/runner.py:9);gc_collect (<built-in>:0) 1\n"
+        "not a sample line\n"
+    )
+    shares = bench_dashboard.profile_summary(raw)
+    assert shares == {"plotly": 0.6, "torch / Captum": 0.3, "Streamlit": 0.1}
+    (tmp_path / "empty.txt").write_text("")
+    assert bench_dashboard.profile_summary(tmp_path / "empty.txt") == {}
