@@ -75,7 +75,23 @@ OBSERVE = """() => {
 }"""
 # True once a run started after t0 (or was still running at t0: a click during a rerun joins
 # it without a new 'running' edge) and the app is idle again; returns the idle time then.
+# A view whose script is fast may never show 'running' (the browser draws both state changes
+# at once): then the view is done when its URL and heading are on screen and the app is idle.
+MARK_VIEW = """([path, heading]) => {
+  window.__viewAt = null;
+  clearInterval(window.__viewTimer);
+  const app = document.querySelector('[data-testid="stApp"]');
+  const id = window.__viewTimer = setInterval(() => {
+    const h1 = [...document.querySelectorAll('h1')].some(h => h.textContent.includes(heading));
+    if (location.pathname === path && h1
+        && app.getAttribute('data-test-script-state') === 'notRunning') {
+      window.__viewAt = performance.now();
+      clearInterval(id);
+    }
+  }, 50);
+}"""
 IDLE_AFTER = """(t0) => {
+  if (window.__viewAt) return window.__viewAt;
   const before = window.__states.filter(x => x[0] <= t0);
   const busy = before.length > 0 && before[before.length - 1][1] === 'running';
   const s = window.__states.filter(x => x[0] > t0);
@@ -326,7 +342,10 @@ async def session(browser, server: Server, pages, image: Path, timeout_s: float,
             link, heading = PAGES[name]
             for kind in ("view", "interaction"):
                 t0 = await page.evaluate("performance.now()")
+                await page.evaluate("window.__viewAt = null")
                 if kind == "view":
+                    path = "/" + ("" if name == "home" else name)
+                    await page.evaluate(MARK_VIEW, [path, heading])
                     nav = page.locator('[data-testid="stSidebarNav"]')
                     await nav.get_by_role("link", name=link, exact=True).click()
                 else:
