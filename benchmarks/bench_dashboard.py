@@ -18,8 +18,11 @@ measured rounds follow (--repeats).
 
 Per page it reports the server's script time per view (median, from the log), the browser's
 time from the click to the app being idle again (median and 95th percentile over sessions and
-rounds; a fixed 150 ms settle wait is subtracted), errors (Streamlit exceptions on the page)
-and timeouts (a view not idle within --timeout s), and the server's peak resident memory.
+rounds; a fixed 150 ms settle wait is subtracted; an interaction other than the upload is
+timed to the end of the last script run it caused, read from the page's websocket, as a
+fragment rerun can be too fast for the page's script state to show), errors (Streamlit
+exceptions on the page) and timeouts (a view not idle within --timeout s), and the server's
+peak resident memory.
 
 ``--compare REV`` checks out REV (any git revision) into a temporary worktree, starts its server
 too, and runs the same rounds against both, alternating which goes first, then prints the
@@ -238,6 +241,46 @@ async def _wait_idle(page, t0: float, timeout_s: float) -> float | None:
         return None
 
 
+def _watch_runs(page, events: list) -> None:
+    """Appends (time.perf_counter(), kind, status) for every script start ("new_session") and
+    end ("script_finished") the server sends this page, read from its websocket: unlike the
+    page's script state, this also sees a fragment rerun too fast for the browser to draw."""
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    def frame(payload) -> None:
+        if not isinstance(payload, bytes | bytearray):
+            return
+        try:
+            msg = ForwardMsg.FromString(bytes(payload))
+        except Exception:  # protobuf's DecodeError: not a ForwardMsg, not ours to read
+            return
+        kind = msg.WhichOneof("type")
+        if kind in ("new_session", "script_finished"):
+            status = msg.script_finished if kind == "script_finished" else None
+            events.append((time.perf_counter(), kind, status))
+
+    page.on("websocket", lambda ws: ws.on("framereceived", frame))
+
+
+async def _wait_finished(page, events: list, t0: float, timeout_s: float) -> float | None:
+    """Seconds from t0 (time.perf_counter()) to the last script run that ends after it, once
+    no other run follows within SETTLE_MS; None after timeout_s."""
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    early = ForwardMsg.ScriptFinishedStatus.FINISHED_EARLY_FOR_RERUN
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        after = [e for e in events if e[0] > t0]
+        if after and after[-1][1] == "script_finished" and after[-1][2] != early:
+            n = len(events)
+            await page.wait_for_timeout(SETTLE_MS)
+            if len(events) == n:
+                return after[-1][0] - t0
+        else:
+            await page.wait_for_timeout(20)
+    return None
+
+
 async def _prepare(page, name: str, timeout_s: float) -> None:
     """What precedes a page's timed interaction: on Attributions, choosing "Upload" (the
     upload is timed from the file's arrival, as a user's file dialog is not part of it)."""
@@ -320,6 +363,8 @@ async def session(browser, server: Server, pages, image: Path, timeout_s: float,
     """One user: every page through the sidebar, then its interaction; appends to rec."""
     ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await ctx.new_page()
+    runs: list = []  # script starts and ends, from the websocket (_watch_runs)
+    _watch_runs(page, runs)
     try:
         await page.goto(server.url, timeout=120_000)
         await page.get_by_role("heading", name="CSBA Explorer").first.wait_for(timeout=120_000)
@@ -354,13 +399,19 @@ async def session(browser, server: Server, pages, image: Path, timeout_s: float,
                         if name == "attributions":
                             await page.evaluate(MARK_UPLOAD)
                         t0 = await page.evaluate("performance.now()")
+                        t0_py = time.perf_counter()
                         if not await _interact(page, name, image):
                             continue
                     except Exception as e:  # playwright's TimeoutError: the widget never came
                         rec.append({"page": name, "kind": kind, "seconds": None, "errors": 0})
                         print(f"{server.label}: {name}: interaction failed: {e!s:.120}")
                         continue
-                took = await _wait_idle(page, t0, timeout_s)
+                if kind == "interaction" and name != "attributions":
+                    # a widget change may rerun only a fragment, which the page's script
+                    # state can miss: its end is read from the websocket instead
+                    took = await _wait_finished(page, runs, t0_py, timeout_s)
+                else:
+                    took = await _wait_idle(page, t0, timeout_s)
                 if kind == "view" and took is not None:
                     try:  # idle but not on the page yet: counts as a timeout
                         await page.wait_for_url(_url(server, name), timeout=timeout_s * 1000)

@@ -157,3 +157,37 @@ def test_bench_dashboard_profile_summary_counts_each_sample_for_its_leaf_most_pa
     assert shares == {"plotly": 0.6, "torch / Captum": 0.3, "Streamlit": 0.1}
     (tmp_path / "empty.txt").write_text("")
     assert bench_dashboard.profile_summary(tmp_path / "empty.txt") == {}
+
+
+def test_bench_dashboard_wait_finished_reads_the_last_run_after_the_click():
+    """An interaction is done at the last script end after the click that no run follows
+    within the settle wait; an end "early for a rerun" or a start with no end is not done;
+    nothing after the click times out (None)."""
+    import asyncio
+
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_dashboard
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    ok = ForwardMsg.ScriptFinishedStatus.FINISHED_FRAGMENT_RUN_SUCCESSFULLY
+    early = ForwardMsg.ScriptFinishedStatus.FINISHED_EARLY_FOR_RERUN
+
+    class Page:  # playwright's page.wait_for_timeout, and nothing else
+        async def wait_for_timeout(self, ms):
+            await asyncio.sleep(ms / 1000)
+
+    def wait(events, t0, timeout_s=0.5):
+        return asyncio.run(bench_dashboard._wait_finished(Page(), events, t0, timeout_s))
+
+    before = [(1.0, "new_session", None), (2.0, "script_finished", ok)]
+    assert wait(before, 2.5) is None  # nothing after the click
+    ran = [*before, (10.0, "new_session", None), (10.4, "script_finished", ok)]
+    assert abs(wait(ran, 10.0) - 0.4) < 1e-9
+    rerun = [*ran, (10.5, "script_finished", early)]
+    assert wait(rerun, 10.0) is None  # interrupted for a rerun that never ended
+    assert wait([*ran, (10.6, "new_session", None)], 10.0) is None
+    ended = [*rerun, (10.6, "new_session", None), (11.0, "script_finished", ok)]
+    assert abs(wait(ended, 10.0) - 1.0) < 1e-9
