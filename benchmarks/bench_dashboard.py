@@ -75,7 +75,17 @@ OBSERVE = """() => {
   new MutationObserver(() => window.__states.push(
       [performance.now(), app.getAttribute('data-test-script-state')]
   )).observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+  window.__lastMut = performance.now();
+  new MutationObserver(() => { window.__lastMut = performance.now(); }).observe(
+      document.body, {subtree: true, childList: true, attributes: true, characterData: true});
 }"""
+# The page drawn: the last change to the page's DOM once it has been still for `quiet` ms
+# (plotly draws its figures after the script's last message; a blocked main thread delays
+# this poll too, so a long draw is counted, not mistaken for stillness).
+DRAWN = """([t0, quiet]) => performance.now() - window.__lastMut >= quiet
+    ? Math.max(window.__lastMut, t0) : null"""
+QUIET_MS = 500
+DRAWN_KINDS = ("view drawn", "interaction drawn")
 # True once a run started after t0 (or was still running at t0: a click during a rerun joins
 # it without a new 'running' edge) and the app is idle again; returns the idle time then.
 # A view whose script is fast may never show 'running' (the browser draws both state changes
@@ -154,7 +164,7 @@ class Server:
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         if not Path(spy).exists():
             raise SystemExit("--profile needs py-spy: pip install py-spy")
-        cmd = [spy, "record", "--format", "raw", "--rate", "50", "--nonblocking"]
+        cmd = [spy, "record", "--format", "raw", "--rate", str(PROFILE_HZ), "--nonblocking"]
         self.spy = subprocess.Popen(
             [*cmd, "-o", str(out), "-p", str(self.proc.pid)],
             stdout=subprocess.DEVNULL,
@@ -177,19 +187,26 @@ class Server:
 
 # Where a sample's time goes: the leaf-most frame from one of these packages (a frame of the
 # standard library, e.g. copy.py under plotly, counts for the package that called it).
+PROFILE_HZ = 50  # py-spy samples per second
 PROFILE_BUCKETS = (
     ("torch / Captum", ("/torch/", "/captum/")),
     ("plotly", ("/plotly/", "/_plotly_utils/")),
     ("pandas / numpy", ("/pandas/", "/numpy/", "/pyarrow/")),
     ("Streamlit", ("/streamlit/",)),
     ("serving (tornado, asyncio)", ("/tornado/", "/asyncio/")),
-    ("csba + pages", ("/csba/", "/pages/", "app.py")),
+    ("csba + pages", ("/csba/", "/pages/", "/app.py")),
 )
+
+
+# py-spy names a file relative to the sys.path entry it was found under ("streamlit/...",
+# "csba/train.py"; a page as "home.py", its folder being on sys.path while it runs)
+LOCAL_FILES = frozenset(["app.py", *(f.name for f in (REPO / "pages").glob("*.py"))])
 
 
 def profile_summary(path: Path) -> dict[str, float]:
     """Share of a py-spy raw (collapsed stacks) profile's samples per PROFILE_BUCKETS entry,
-    "other" for the rest; {} when there are no samples."""
+    "other" for the rest; {} when there are no samples. A sample counts for the leaf-most
+    frame that belongs to a bucket (a stdlib frame counts for its caller's package)."""
     counts: dict[str, int] = {}
     for line in path.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
@@ -197,7 +214,11 @@ def profile_summary(path: Path) -> dict[str, float]:
             continue
         bucket = "other"
         for frame in reversed(stack.split(";")):
-            hit = next((b for b, marks in PROFILE_BUCKETS if any(m in frame for m in marks)), None)
+            file = frame.rpartition(" (")[2].rpartition(":")[0]  # "name (file:line)"
+            where = "/" + file.lstrip("/")
+            hit = next((b for b, marks in PROFILE_BUCKETS if any(m in where for m in marks)), None)
+            if hit is None and file in LOCAL_FILES:
+                hit = "csba + pages"
             if hit:
                 bucket = hit
                 break
@@ -237,6 +258,16 @@ async def _wait_idle(page, t0: float, timeout_s: float) -> float | None:
         handle = await page.wait_for_function(IDLE_AFTER, arg=t0, timeout=timeout_s * 1000)
         last = await handle.json_value()
         return (max(first, last) - t0) / 1000 - (SETTLE_MS / 1000 if last > first else 0)
+    except Exception:  # playwright's TimeoutError
+        return None
+
+
+async def _drawn(page, t0: float, took: float, timeout_s: float) -> float | None:
+    """Seconds from t0 (page clock, ms) to the page drawn (DRAWN), at least `took` (the app
+    idle); None when the page never kept still for QUIET_MS within timeout_s."""
+    try:
+        handle = await page.wait_for_function(DRAWN, arg=[t0, QUIET_MS], timeout=timeout_s * 1000)
+        return max(took, (await handle.json_value() - t0) / 1000)
     except Exception:  # playwright's TimeoutError
         return None
 
@@ -422,6 +453,10 @@ async def session(browser, server: Server, pages, image: Path, timeout_s: float,
                         took = None
                 errors = await page.locator('[data-testid="stException"]').count()
                 rec.append({"page": name, "kind": kind, "seconds": took, "errors": errors})
+                if took is not None and not (name == "attributions" and kind == "interaction"):
+                    # (the upload's later stages are MARK_UPLOAD's)
+                    rec.append({"page": name, "kind": f"{kind} drawn", "errors": errors,
+                                "seconds": await _drawn(page, t0, took, timeout_s)})  # fmt: skip
                 if took is None:  # what the page did instead, for the reader
                     if SHOTS:
                         shot = Path(SHOTS) / f"{server.label}-{name}-{kind}-{int(t0)}.png"
@@ -476,7 +511,7 @@ def summarise(rec: list[dict], scripts: dict[str, list[float]], pages) -> dict[s
                 "timeouts": len(rs) - len(ok),
                 "errors": sum(r["errors"] > 0 for r in rs),
             }
-        for kind in MAP_KINDS:
+        for kind in (*DRAWN_KINDS, *MAP_KINDS):
             ok = [r["seconds"] for r in rec if r["page"] == name and r["kind"] == kind]
             if ok:
                 done = [x for x in ok if x is not None]
@@ -493,17 +528,19 @@ def summarise(rec: list[dict], scripts: dict[str, list[float]], pages) -> dict[s
 
 
 def _print(label: str, users: int, summary: dict, rss: float) -> None:
+    nan = {"median": float("nan"), "p95": float("nan")}
     print(f"\n{label}, {users} user(s) at once; server peak RSS {rss:.0f} MiB")
     print(
-        f"{'page':<13} {'script s':>8} {'view med':>8} {'view p95':>8} {'act med':>8} "
-        f"{'act p95':>8} {'errors':>6} {'timeouts':>8}"
+        f"{'page':<13} {'script s':>8} {'view med':>8} {'view p95':>8} {'drawn':>8} "
+        f"{'act med':>8} {'act p95':>8} {'drawn':>8} {'errors':>6} {'timeouts':>8}"
     )
     for name, r in summary.items():
         v, a = r["view"], r["interaction"]
+        vd, ad = r.get("view drawn", nan), r.get("interaction drawn", nan)
         print(
             f"{name:<13} {r['script']['median']:>8.2f} {v['median']:>8.2f} {v['p95']:>8.2f} "
-            f"{a['median']:>8.2f} {a['p95']:>8.2f} {v['errors'] + a['errors']:>6} "
-            f"{v['timeouts'] + a['timeouts']:>8}"
+            f"{vd['median']:>8.2f} {a['median']:>8.2f} {a['p95']:>8.2f} {ad['median']:>8.2f} "
+            f"{v['errors'] + a['errors']:>6} {v['timeouts'] + a['timeouts']:>8}"
         )
         for kind in MAP_KINDS:
             if kind in r:
@@ -571,8 +608,12 @@ def main(argv: list[str] | None = None) -> dict:
             for s in servers:
                 if args.profile:
                     s.stop_profile()
-                    shares = profile_summary(args.profile / f"{s.label}-{users}users.txt")
-                    print(f"\n{s.label}, {users} user(s): server samples (py-spy, active threads)")
+                    raw = args.profile / f"{s.label}-{users}users.txt"
+                    shares = profile_summary(raw)
+                    busy = sum(int(x.rpartition(" ")[2]) for x in raw.read_text().splitlines()
+                               if x.rpartition(" ")[2].isdigit()) / PROFILE_HZ  # fmt: skip
+                    print(f"\n{s.label}, {users} user(s): {busy:.0f} s of server thread time "
+                          "sampled (py-spy, active threads), by package:")  # fmt: skip
                     print("  " + ", ".join(f"{b} {100 * x:.0f}%" for b, x in shares.items()))
             for s in servers:
                 summary = summarise(recs[s.label], s.script_times(since), args.pages)
@@ -581,10 +622,16 @@ def main(argv: list[str] | None = None) -> dict:
             if len(servers) == 2:
                 a, b = by_side["this"]["summary"], by_side[args.compare]["summary"]
                 print(f"\nratio {args.compare} / this (> 1: this is faster), {users} user(s)")
-                print(f"{'page':<13} {'script':>7} {'view':>7} {'action':>7}")
+                print(
+                    f"{'page':<13} {'script':>7} {'view':>7} {'drawn':>7} {'action':>7} "
+                    f"{'drawn':>7}"
+                )
                 for name in args.pages:
                     cells = []
-                    for k in ("script", "view", "interaction"):
+                    for k in ("script", "view", "view drawn", "interaction", "interaction drawn"):
+                        if k not in a[name] or k not in b[name]:
+                            cells.append("      -")
+                            continue
                         x, y = a[name][k]["median"], b[name][k]["median"]
                         cells.append(f"{y / x:>7.2f}" if x == x and y == y and x > 0 else "      -")
                     print(f"{name:<13} {' '.join(cells)}")

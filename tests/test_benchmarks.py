@@ -152,9 +152,17 @@ def test_bench_dashboard_profile_summary_counts_each_sample_for_its_leaf_most_pa
         "thread (0x2);_work (/repo/csba/workqueue.py:1);forward (/v/torch/nn/module.py:3) 3\n"
         "thread (0x3);run (/st/streamlit/runner.py:9);gc_collect (<built-in>:0) 1\n"
         "not a sample line\n"
+        # py-spy's own form: files relative to their sys.path entry, a page by its name
+        "Thread.run (threading.py:982);_run (streamlit/runtime/s.py:9);<module> (home.py:3);"
+        "deepcopy (copy.py:128) 4\n"
+        "Thread.run (threading.py:982);f (csba/train.py:1);g (_plotly_utils/x.py:2) 2\n"
+        "Thread.run (threading.py:982);select (selectors.py:4) 4\n"
     )
     shares = bench_dashboard.profile_summary(raw)
-    assert shares == {"plotly": 0.6, "torch / Captum": 0.3, "Streamlit": 0.1}
+    assert shares == {
+        "plotly": 0.4, "csba + pages": 0.2, "torch / Captum": 0.15, "other": 0.2,
+        "Streamlit": 0.05,
+    }  # fmt: skip
     (tmp_path / "empty.txt").write_text("")
     assert bench_dashboard.profile_summary(tmp_path / "empty.txt") == {}
 
