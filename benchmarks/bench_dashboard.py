@@ -203,10 +203,10 @@ PROFILE_BUCKETS = (
 LOCAL_FILES = frozenset(["app.py", *(f.name for f in (REPO / "pages").glob("*.py"))])
 
 
-def profile_summary(path: Path) -> dict[str, float]:
-    """Share of a py-spy raw (collapsed stacks) profile's samples per PROFILE_BUCKETS entry,
-    "other" for the rest; {} when there are no samples. A sample counts for the leaf-most
-    frame that belongs to a bucket (a stdlib frame counts for its caller's package)."""
+def profile_samples(path: Path) -> dict[str, int]:
+    """Samples of a py-spy raw (collapsed stacks) profile per PROFILE_BUCKETS entry, "other"
+    for the rest. A sample counts for the leaf-most frame that belongs to a bucket (a stdlib
+    frame counts for its caller's package)."""
     counts: dict[str, int] = {}
     for line in path.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
@@ -223,6 +223,12 @@ def profile_summary(path: Path) -> dict[str, float]:
                 bucket = hit
                 break
         counts[bucket] = counts.get(bucket, 0) + int(n)
+    return counts
+
+
+def profile_summary(path: Path) -> dict[str, float]:
+    """Each bucket's share of the samples (profile_samples), largest first; {} when none."""
+    counts = profile_samples(path)
     total = sum(counts.values())
     return {b: c / total for b, c in sorted(counts.items(), key=lambda x: -x[1])} if total else {}
 
@@ -613,10 +619,11 @@ def main(argv: list[str] | None = None) -> dict:
                     s.stop_profile()
                     raw = args.profile / f"{s.label}-{users}users.txt"
                     shares = profile_summary(raw)
-                    busy = sum(int(x.rpartition(" ")[2]) for x in raw.read_text().splitlines()
-                               if x.rpartition(" ")[2].isdigit()) / PROFILE_HZ  # fmt: skip
-                    print(f"\n{s.label}, {users} user(s): {busy:.0f} s of server thread time "
-                          "sampled (py-spy, active threads), by package:")  # fmt: skip
+                    busy = sum(profile_samples(raw).values()) / PROFILE_HZ  # thread-seconds
+                    print(
+                        f"\n{s.label}, {users} user(s): {busy:.0f} s of server thread time "
+                        "sampled (py-spy, active threads), by package:"
+                    )
                     print("  " + ", ".join(f"{b} {100 * x:.0f}%" for b, x in shares.items()))
             for s in servers:
                 summary = summarise(recs[s.label], s.script_times(since), args.pages)

@@ -163,6 +163,7 @@ def test_bench_dashboard_profile_summary_counts_each_sample_for_its_leaf_most_pa
         "plotly": 0.4, "csba + pages": 0.2, "torch / Captum": 0.15, "other": 0.2,
         "Streamlit": 0.05,
     }  # fmt: skip
+    assert sum(bench_dashboard.profile_samples(raw).values()) == 20  # thread-samples in all
     (tmp_path / "empty.txt").write_text("")
     assert bench_dashboard.profile_summary(tmp_path / "empty.txt") == {}
 
