@@ -180,6 +180,16 @@ class WorkQueue:
                     self._after()
 
 
+def redraw_due(
+    done: int, shown: int, total: int, first_news: bool, since_s: float, gap_s: float
+) -> bool:
+    """Whether a page polling its computations should redraw: more are done than it shows
+    (`done` != `shown`) and they include the ones its user waits for first (`first_news`),
+    or the last of `total`, or the page was last drawn `since_s` >= `gap_s` seconds ago. Each
+    redraw costs the CPU the worker computes with, so the others are batched."""
+    return done != shown and (first_news or done == total or since_s >= gap_s)
+
+
 def _shutdown_at_exit(ref: weakref.ref) -> None:
     queue = ref()
     if queue is not None:

@@ -10,9 +10,10 @@ the first run's complete maps and every run's quick ones (prediction, Saliency, 
 typicality) of every waiting user before the other runs' Integrated Gradients, each once per
 (run, weights, image hash, target). The script waits for the first run's maps at most
 ``CSBA_ATTRIBUTION_WAIT_S`` seconds (default 1.5); what is still computing then shows
-its place in the queue; a small fragment polls the queue and reruns the page whenever one more
-computation has finished, so the page, and navigation away from it, never wait for other users'
-attributions, and no figure is rebuilt while nothing changed.
+its place in the queue; a small fragment polls the queue and reruns the page when more
+computations have finished (the first run's at once, the others' at most every REDRAW_GAP_S
+seconds, the last at once), so the page, and navigation away from it, never wait for other
+users' attributions, and no figure is rebuilt while nothing changed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -35,7 +37,7 @@ from PIL import Image
 from csba.attributions import METHODS, ImageExplanation, explain_image
 from csba.data import IMAGE_EXTENSIONS, DataError, ImageLoadError, load_dataset, load_image
 from csba.typicality import JSON_FILE, TypicalityError, TypicalityResult, score_image
-from csba.workqueue import WorkQueue
+from csba.workqueue import WorkQueue, redraw_due
 from pages.common import download_df, get_run, run_labels, select_runs
 
 MAX_RUNS = 5  # columns side by side (the paper's five variants)
@@ -44,6 +46,11 @@ PREDICTED = "each run's predicted class"
 QUICK = ("saliency", "gradcam")  # priority 0: every waiting user's before the IG of runs 2..
 SLOW = ("integrated_gradients",)  # priority 1 (the first run: 0): 32 steps, most of the cost
 POLL_S = 1.0  # how often a page with computations in flight looks again (s)
+# While the other runs' maps finish, at most one page rerun per this many seconds: each redraws
+# every column (script, messages and the browser's drawing take the CPU the worker needs; one
+# rerun per finished computation made the last maps 3 s later). The first run's maps and the
+# last computation are shown at once.
+REDRAW_GAP_S = 2.0
 
 
 def _wait_s() -> float:
@@ -363,16 +370,19 @@ def main() -> None:
             wait_futures(first, timeout=_wait_s())
     done = sum(f.done() for f in futures)
     if done < len(futures):
-        _watch(futures, done)
+        st.session_state["attr_drawn_at"] = time.monotonic()
+        _watch(futures, done, first, sum(f.done() for f in first))
     _runs_section(infos, labels, tasks, original, caption, true_class, digest, done == len(futures))
 
 
 @st.fragment(run_every=POLL_S)
-def _watch(futures: list[Future], shown: int) -> None:
+def _watch(futures: list[Future], shown: int, first: list[Future], first_shown: int) -> None:
     """While computations are in flight: a status line, redrawn every POLL_S seconds (cheap:
-    no figure is built); when one more has finished, the page reruns once to show it."""
+    no figure is built); when more have finished, the page reruns to show them (redraw_due)."""
     done = sum(f.done() for f in futures)
-    if done != shown:
+    first_news = sum(f.done() for f in first) != first_shown
+    since = time.monotonic() - st.session_state.get("attr_drawn_at", 0.0)
+    if redraw_due(done, shown, len(futures), first_news, since, REDRAW_GAP_S):
         st.session_state["attr_watched"] = True
         st.rerun()
     waiting = _work_queue().pending()

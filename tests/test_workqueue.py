@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from csba.workqueue import WorkQueue, release_memory
+from csba.workqueue import WorkQueue, redraw_due, release_memory
 
 
 def _blocked(q: WorkQueue) -> threading.Event:
@@ -137,3 +137,13 @@ def test_exit_with_torch_work_in_flight_is_clean(tmp_path):
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=repo
     )
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_redraw_due_batches_all_but_the_first_runs_and_the_last_computation():
+    """Nothing new: never. New for the first run, or the last one: at once. Other news: only
+    once the page was drawn gap_s ago."""
+    assert not redraw_due(3, 3, 15, first_news=False, since_s=99.0, gap_s=2.0)
+    assert redraw_due(4, 3, 15, first_news=True, since_s=0.1, gap_s=2.0)
+    assert redraw_due(15, 14, 15, first_news=False, since_s=0.1, gap_s=2.0)
+    assert not redraw_due(5, 3, 15, first_news=False, since_s=1.9, gap_s=2.0)
+    assert redraw_due(5, 3, 15, first_news=False, since_s=2.0, gap_s=2.0)
