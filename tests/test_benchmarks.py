@@ -200,3 +200,7 @@ def test_bench_dashboard_wait_finished_reads_the_last_run_after_the_click():
     assert wait([*ran, (10.6, "new_session", None)], 10.0) is None
     ended = [*rerun, (10.6, "new_session", None), (11.0, "script_finished", ok)]
     assert abs(wait(ended, 10.0) - 1.0) < 1e-9
+    # a view's served time: the last script end up to the page's idle (+50 ms of clock slack)
+    assert abs(bench_dashboard._served(ended, 10.0, 0.9) - 0.5) < 1e-9
+    assert abs(bench_dashboard._served(ended, 10.0, 0.96) - 1.0) < 1e-9
+    assert bench_dashboard._served(ended, 11.0, 2.0) is None
