@@ -370,18 +370,20 @@ def main() -> None:
             wait_futures(first, timeout=_wait_s())
     done = sum(f.done() for f in futures)
     if done < len(futures):
-        st.session_state["attr_drawn_at"] = time.monotonic()
-        _watch(futures, done, first, sum(f.done() for f in first))
+        _watch(futures, done, first, sum(f.done() for f in first), time.monotonic())
     _runs_section(infos, labels, tasks, original, caption, true_class, digest, done == len(futures))
 
 
 @st.fragment(run_every=POLL_S)
-def _watch(futures: list[Future], shown: int, first: list[Future], first_shown: int) -> None:
+def _watch(
+    futures: list[Future], shown: int, first: list[Future], first_shown: int, drawn_at: float
+) -> None:
     """While computations are in flight: a status line, redrawn every POLL_S seconds (cheap:
-    no figure is built); when more have finished, the page reruns to show them (redraw_due)."""
+    no figure is built); when more have finished, the page reruns to show them (redraw_due).
+    Its arguments are those of the page's last full run (drawn at `drawn_at`, monotonic s)."""
     done = sum(f.done() for f in futures)
     first_news = sum(f.done() for f in first) != first_shown
-    since = time.monotonic() - st.session_state.get("attr_drawn_at", 0.0)
+    since = time.monotonic() - drawn_at
     if redraw_due(done, shown, len(futures), first_news, since, REDRAW_GAP_S):
         st.session_state["attr_watched"] = True
         st.rerun()
