@@ -87,7 +87,10 @@ DRAWN = """([t0, quiet]) => performance.now() - window.__lastMut >= quiet
 QUIET_MS = 500
 # a view's time split: "served" ends with the server's last script_finished before the page
 # went idle (from the websocket); the rest is the browser's
-EXTRA_KINDS = ("view served", "view drawn", "interaction drawn")
+# "view cpu": the page's renderer main thread's CPU seconds from the click to "drawn" (Chrome
+# DevTools Performance.getMetrics TaskDuration in thread ticks): the browser's own work for a
+# view (layout, scripts, plotly drawing), whatever else shares the machine's cores
+EXTRA_KINDS = ("view served", "view drawn", "interaction drawn", "view cpu")
 # True once a run started after t0 (or was still running at t0: a click during a rerun joins
 # it without a new 'running' edge) and the app is idle again; returns the idle time then.
 # A view whose script is fast may never show 'running' (the browser draws both state changes
@@ -408,12 +411,20 @@ async def _maps_arrive(page, t0: float, errors: int) -> list[dict]:
     ]
 
 
+async def _cpu_s(cdp) -> float:
+    """CPU seconds the page's renderer main thread has spent on tasks so far."""
+    metrics = (await cdp.send("Performance.getMetrics"))["metrics"]
+    return next(m["value"] for m in metrics if m["name"] == "TaskDuration")
+
+
 async def session(browser, server: Server, pages, image: Path, timeout_s: float, rec: list):
     """One user: every page through the sidebar, then its interaction; appends to rec."""
     ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await ctx.new_page()
     runs: list = []  # script starts and ends, from the websocket (_watch_runs)
     _watch_runs(page, runs)
+    cdp = await ctx.new_cdp_session(page)
+    await cdp.send("Performance.enable", {"timeDomain": "threadTicks"})
     try:
         await page.goto(server.url, timeout=120_000)
         await page.get_by_role("heading", name="CSBA Explorer").first.wait_for(timeout=120_000)
@@ -437,6 +448,7 @@ async def session(browser, server: Server, pages, image: Path, timeout_s: float,
             for kind in ("view", "interaction"):
                 t0 = await page.evaluate("performance.now()")
                 t0_py = time.perf_counter()
+                cpu0 = await _cpu_s(cdp)
                 await page.evaluate("window.__viewAt = null")
                 if kind == "view":
                     path = "/" + ("" if name == "home" else name)
@@ -479,6 +491,9 @@ async def session(browser, server: Server, pages, image: Path, timeout_s: float,
                     # (the upload's later stages are MARK_UPLOAD's)
                     rec.append({"page": name, "kind": f"{kind} drawn", "errors": errors,
                                 "seconds": await _drawn(page, t0, took, timeout_s)})  # fmt: skip
+                    if kind == "view":
+                        rec.append({"page": name, "kind": "view cpu", "errors": errors,
+                                    "seconds": await _cpu_s(cdp) - cpu0})  # fmt: skip
                 if took is None:  # what the page did instead, for the reader
                     if SHOTS:
                         shot = Path(SHOTS) / f"{server.label}-{name}-{kind}-{int(t0)}.png"
@@ -554,15 +569,17 @@ def _print(label: str, users: int, summary: dict, rss: float) -> None:
     print(f"\n{label}, {users} user(s) at once; server peak RSS {rss:.0f} MiB")
     print(
         f"{'page':<13} {'script s':>8} {'served':>8} {'view med':>8} {'view p95':>8} "
-        f"{'drawn':>8} {'act med':>8} {'act p95':>8} {'drawn':>8} {'errors':>6} {'timeouts':>8}"
+        f"{'drawn':>8} {'cpu':>6} {'act med':>8} {'act p95':>8} {'drawn':>8} {'errors':>6} "
+        f"{'timeouts':>8}"
     )
     for name, r in summary.items():
         v, a = r["view"], r["interaction"]
         vs, vd = r.get("view served", nan), r.get("view drawn", nan)
-        ad = r.get("interaction drawn", nan)
+        ad, vc = r.get("interaction drawn", nan), r.get("view cpu", nan)
         print(
             f"{name:<13} {r['script']['median']:>8.2f} {vs['median']:>8.2f} "
-            f"{v['median']:>8.2f} {v['p95']:>8.2f} {vd['median']:>8.2f} {a['median']:>8.2f} "
+            f"{v['median']:>8.2f} {v['p95']:>8.2f} {vd['median']:>8.2f} {vc['median']:>6.2f} "
+            f"{a['median']:>8.2f} "
             f"{a['p95']:>8.2f} {ad['median']:>8.2f} {v['errors'] + a['errors']:>6} "
             f"{v['timeouts'] + a['timeouts']:>8}"
         )
@@ -648,12 +665,13 @@ def main(argv: list[str] | None = None) -> dict:
                 a, b = by_side["this"]["summary"], by_side[args.compare]["summary"]
                 print(f"\nratio {args.compare} / this (> 1: this is faster), {users} user(s)")
                 print(
-                    f"{'page':<13} {'script':>7} {'view':>7} {'drawn':>7} {'action':>7} "
-                    f"{'drawn':>7}"
+                    f"{'page':<13} {'script':>7} {'view':>7} {'drawn':>7} {'cpu':>7} "
+                    f"{'action':>7} {'drawn':>7}"
                 )
                 for name in args.pages:
                     cells = []
-                    for k in ("script", "view", "view drawn", "interaction", "interaction drawn"):
+                    kinds = ("script", "view", "view drawn", "view cpu", "interaction")
+                    for k in (*kinds, "interaction drawn"):
                         if k not in a[name] or k not in b[name]:
                             cells.append("      -")
                             continue

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
@@ -38,6 +37,7 @@ from csba.attributions import METHODS, ImageExplanation, explain_image
 from csba.data import IMAGE_EXTENSIONS, DataError, ImageLoadError, load_dataset, load_image
 from csba.typicality import JSON_FILE, TypicalityError, TypicalityResult, score_image
 from csba.workqueue import WorkQueue, redraw_due
+from pages import figures as F
 from pages.common import download_df, get_run, run_labels, select_runs
 
 MAX_RUNS = 5  # columns side by side (the paper's five variants)
@@ -166,77 +166,6 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _layout(fig: go.Figure, height: int) -> go.Figure:
-    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10})
-    return fig  # the default template: pages.figures
-
-
-def _prob_fig(e: ImageExplanation) -> go.Figure:
-    r = e.report
-    colours = ["#d62728" if i == e.target else "#1f77b4" for i in range(len(r["classes"]))]
-    fig = go.Figure(
-        go.Bar(
-            x=r["probs"],
-            y=r["classes"],
-            orientation="h",
-            marker_color=colours,
-            text=[f"{p:.2f}" for p in r["probs"]],
-            textposition="auto",
-            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
-        )
-    )
-    fig.update_xaxes(range=[0, 1], title_text="probability")
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title={"text": "Probabilities", "x": 0})
-    return _layout(fig, 80 + 28 * len(r["classes"]))
-
-
-def _branch_fig(e: ImageExplanation) -> go.Figure:
-    r = e.report
-    z = np.asarray(r["branch_logits"], float)
-    cols = r["classes"] if z.shape[1] == len(r["classes"]) else ["own logit"]
-    names, title = _short_branches(e)
-    top = float(np.abs(z).max()) or 1.0
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=cols,
-            y=names,
-            zmin=-top,
-            zmax=top,
-            colorscale="RdBu",
-            reversescale=True,
-            text=[[f"{v:.2f}" for v in row] for row in z],
-            texttemplate="%{text}",
-            hovertemplate="%{y} / %{x}: %{z:.3f}<extra></extra>",
-            colorbar={"thickness": 10},
-        )
-    )
-    fig.update_yaxes(autorange="reversed", type="category")
-    fig.update_xaxes(type="category")
-    fig.update_layout(title={"text": title, "x": 0})
-    return _layout(fig, 90 + 34 * z.shape[0])
-
-
-def _attention_fig(e: ImageExplanation) -> go.Figure:
-    a = np.asarray(e.report["attention"], float)
-    fig = go.Figure(
-        go.Heatmap(
-            z=a,
-            y=_short_branches(e)[0],
-            zmin=0,
-            zmax=1,
-            colorscale="Viridis",
-            hovertemplate="%{y}, channel %{x}: %{z:.3f}<extra></extra>",
-            colorbar={"thickness": 10},
-        )
-    )
-    fig.update_yaxes(autorange="reversed", type="category")
-    fig.update_xaxes(title_text="channel of Z (768)")
-    fig.update_layout(title={"text": "Attention (this image)", "x": 0})
-    return _layout(fig, 110 + 30 * a.shape[0])
-
-
 def _overlap_text(e: ImageExplanation) -> str:
     """Branch pairs of this image's attention: Jaccard of the top-10% channels and cosine."""
     r = e.report
@@ -248,13 +177,6 @@ def _overlap_text(e: ImageExplanation) -> str:
         for j in range(i + 1, len(short))
     ]
     return "Branch overlap, this image (J: Jaccard of the top-10% channels): " + "; ".join(pairs)
-
-
-def _short_branches(e: ImageExplanation) -> tuple[list[str], str]:
-    names = e.report["branch_labels"]
-    if all(n.startswith("head ") for n in names):
-        return [n.removeprefix("head ") for n in names], "Head logits"
-    return names, "Branch logits"
 
 
 # ---- choosing the image ----------------------------------------------------------------------
@@ -480,13 +402,11 @@ def _show_run(info, e: ImageExplanation, true_class: str | None, t: _RunTasks) -
             st.warning(typ.message)
         else:
             st.caption(typ.message)
-    config = {"displaylogo": False}
-    st.plotly_chart(_prob_fig(e), key=f"prob_{info.path}", config=config)
-    st.plotly_chart(_branch_fig(e), key=f"branch_{info.path}", config=config)
+    fig = F.attribution_numbers(e.report, e.target)  # probabilities, branch logits, attention
+    st.plotly_chart(fig, key=f"numbers_{info.path}", config={"displaylogo": False})
     if r["attention"] is None:
         st.caption(f"{info.meta['variant']}: no attention gates.")
     else:
-        st.plotly_chart(_attention_fig(e), key=f"att_{info.path}", config=config)
         st.caption(_overlap_text(e))
     st.markdown(f"Explaining **{r['classes'][e.target]}**")
     overlays, titles = dict(e.overlays), dict(e.titles)

@@ -36,19 +36,18 @@ def main() -> None:
         mats[name] = cm
     if not mats:
         return
-    zmax = max(float(m.max()) for m in mats.values()) or 1.0  # one count scale for all runs
     names = list(mats)
-    for start in range(0, len(names), COLS):
-        cols = st.columns(COLS)
-        for col, name in zip(cols, names[start : start + COLS]):
-            with col:
-                cm = mats[name]
-                fig = FIG.confusion_heatmap(
-                    cm, classes, normalize=normalize, title=f"{name} (n={int(cm.sum())})", zmax=zmax
-                )
-                st.plotly_chart(fig, width="stretch", key=f"cm_{name}")
-                download_fig(fig, f"confusion_{name}")
-    download_df(F.confusion_long(mats, classes), f"confusion_{split}")
+    zmax = max(float(m.max()) for m in mats.values()) or 1.0  # one count scale for all runs
+    # every run in one figure: one chart for the browser to draw instead of one per run
+    fig = FIG.confusion_grid(
+        mats, classes, normalize=normalize, zmax=zmax, cols=min(COLS, len(mats))
+    )
+    st.plotly_chart(fig, width="stretch", key="cm_grid")
+    c1, c2 = st.columns(2)
+    with c1:
+        download_fig(fig, f"confusion_{split}")
+    with c2:
+        download_df(F.confusion_long(mats, classes), f"confusion_{split}")
 
     st.subheader("Difference of two runs")
     if len(names) < 2:

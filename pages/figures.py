@@ -259,36 +259,77 @@ def confusion_of(meta: Mapping[str, Any], split: str = "test") -> np.ndarray | N
     return cm
 
 
-def confusion_heatmap(
-    counts: np.ndarray, classes: Sequence[str], *, normalize: bool, title: str, zmax=None
+def confusion_grid(
+    mats: Mapping[str, np.ndarray],
+    classes: Sequence[str],
+    *,
+    normalize: bool,
+    zmax: float | None = None,
+    cols: int = 3,
 ) -> go.Figure:
-    counts = np.asarray(counts, dtype=float)
-    rates = row_normalise(counts)
-    z = rates if normalize else counts
-    text = [
-        [
-            f"{rates[i, j]:.2f}<br>({int(counts[i, j])})" if normalize else f"{int(counts[i, j])}"
-            for j in range(len(classes))
-        ]
-        for i in range(len(classes))
-    ]
-    custom = np.dstack([counts, rates])
-    return matrix_heatmap(
-        z,
-        classes,
-        classes,
-        title=title,
-        zmin=0,
-        zmax=1 if normalize else (zmax or float(counts.max() or 1)),
-        colorscale=SEQ_SCALE,
-        colorbar="rate" if normalize else "count",
-        text=text,
-        customdata=custom,
-        hover="true %{y}<br>predicted %{x}<br>count %{customdata[0]:.0f}"
-        "<br>rate (of true row) %{customdata[1]:.3f}",
-        xlabel="predicted",
-        ylabel="true",
+    """Every run's confusion matrix in one figure (name -> counts (C, C)), ``cols`` per row, one
+    shared colour scale (rates 0-1, or counts 0-zmax). One figure rather than one per run: the
+    browser draws one chart, a few times faster than as many charts as runs."""
+    names = list(mats)
+    n_rows = max(1, math.ceil(len(names) / cols))
+    top = 1.0 if normalize else float(zmax or max(float(m.max()) for m in mats.values()) or 1)
+    titles = [f"{name} (n={int(np.asarray(mats[name]).sum())})" for name in names]
+    fig = make_subplots(
+        rows=n_rows,
+        cols=cols,
+        subplot_titles=titles,
+        horizontal_spacing=0.06,
+        vertical_spacing=min(0.12, 0.5 / n_rows),
     )
+    for k, name in enumerate(names):
+        counts = np.asarray(mats[name], dtype=float)
+        rates = row_normalise(counts)
+        text = [
+            [
+                f"{rates[i, j]:.2f}<br>({int(counts[i, j])})"
+                if normalize
+                else f"{int(counts[i, j])}"
+                for j in range(len(classes))
+            ]
+            for i in range(len(classes))
+        ]
+        fig.add_trace(
+            go.Heatmap(
+                z=rates if normalize else counts,
+                x=list(classes),
+                y=list(classes),
+                coloraxis="coloraxis",
+                text=text,
+                texttemplate="%{text}",
+                customdata=np.dstack([counts, rates]),
+                hovertemplate=f"<b>{name}</b><br>true %{{y}}<br>predicted %{{x}}"
+                "<br>count %{customdata[0]:.0f}<br>rate (of true row) %{customdata[1]:.3f}"
+                "<extra></extra>",
+                xgap=1,
+                ygap=1,
+            ),
+            row=k // cols + 1,
+            col=k % cols + 1,
+        )
+    fig.update_yaxes(autorange="reversed", type="category")
+    tilt = -30 if sum(len(str(c)) for c in classes) > 40 else 0
+    fig.update_xaxes(type="category", tickangle=tilt)
+    for k in range(len(names)):  # axis titles on the left column and the bottom row only
+        r, c = k // cols + 1, k % cols + 1
+        if c == 1:
+            fig.update_yaxes(title_text="true", row=r, col=c)
+        if k + cols >= len(names):
+            fig.update_xaxes(title_text="predicted", row=r, col=c)
+    fig.update_layout(
+        coloraxis={
+            "colorscale": SEQ_SCALE,
+            "cmin": 0,
+            "cmax": top,
+            "colorbar": {"title": {"text": "rate" if normalize else "count"}, "thickness": 12},
+        }
+    )
+    per_row = max(260, 120 + 40 * len(classes))
+    return _layout(fig, None, 40 + per_row * n_rows)
 
 
 def confusion_difference(
@@ -725,4 +766,95 @@ def conflict_gain_scatter(methods: Sequence[Mapping[str, Any]], title: str) -> g
     fig.update_traces(textposition="top center")
     fig.add_hline(y=0, line_dash="dash", line_color="grey")
     fig.add_vline(x=0, line_dash="dash", line_color="grey")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Attributions
+# --------------------------------------------------------------------------------------------
+
+
+def branch_names(report: Mapping[str, Any]) -> tuple[list[str], str]:
+    """Row names of an attribution report's branch logits and the panel's title."""
+    names = list(report["branch_labels"])
+    if all(n.startswith("head ") for n in names):
+        return [n.removeprefix("head ") for n in names], "Head logits"
+    return names, "Branch logits"
+
+
+def attribution_numbers(report: Mapping[str, Any], target: int) -> go.Figure:
+    """One run's numbers for one image (csba.attributions report dict; ``target``: the
+    explained class) in one figure, stacked: probabilities (the explained
+    class red), per-branch (or per-head) logits and, for gated variants, the attention per
+    branch and channel. One chart per run rather than three: the browser draws a chart's frame
+    (axes, modebar, layout passes) once, which was most of the page's drawing time."""
+    r = report
+    z = np.asarray(r["branch_logits"], float)  # (branches or heads, classes or 1)
+    att = None if r["attention"] is None else np.asarray(r["attention"], float)  # (B, channels)
+    names, branch_title = branch_names(r)
+    heights = [40 + 28 * len(r["classes"]), 40 + 34 * z.shape[0]]
+    titles = ["Probabilities", branch_title]
+    if att is not None:
+        heights.append(60 + 30 * att.shape[0])
+        titles.append(f"Attention (this image), channels of Z ({att.shape[1]})")
+    fig = make_subplots(
+        rows=len(heights), cols=1, row_heights=heights, subplot_titles=titles, vertical_spacing=0.1
+    )
+    colours = ["#d62728" if i == target else "#1f77b4" for i in range(len(r["classes"]))]
+    fig.add_trace(
+        go.Bar(
+            x=r["probs"],
+            y=r["classes"],
+            orientation="h",
+            marker_color=colours,
+            text=[f"{p:.2f}" for p in r["probs"]],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+            showlegend=False,
+        ),
+        row=1,
+        col=1,
+    )
+    fig.update_xaxes(range=[0, 1], row=1, col=1)
+    top = float(np.abs(z).max()) or 1.0
+
+    def bar(row: int) -> dict:  # a colour bar beside its own row only
+        lo, hi = fig.layout[f"yaxis{row if row > 1 else ''}"].domain
+        return {"thickness": 10, "y": (lo + hi) / 2, "len": hi - lo, "yanchor": "middle"}
+
+    fig.add_trace(
+        go.Heatmap(
+            z=z,
+            x=r["classes"] if z.shape[1] == len(r["classes"]) else ["own logit"],
+            y=names,
+            zmin=-top,
+            zmax=top,
+            colorscale="RdBu",
+            reversescale=True,
+            text=[[f"{v:.2f}" for v in row] for row in z],
+            texttemplate="%{text}",
+            hovertemplate="%{y} / %{x}: %{z:.3f}<extra></extra>",
+            colorbar=bar(2),
+        ),
+        row=2,
+        col=1,
+    )
+    if att is not None:
+        fig.add_trace(
+            go.Heatmap(
+                z=att,
+                y=names,
+                zmin=0,
+                zmax=1,
+                colorscale="Viridis",
+                hovertemplate="%{y}, channel %{x}: %{z:.3f}<extra></extra>",
+                colorbar=bar(3),
+            ),
+            row=3,
+            col=1,
+        )
+    for row in range(1, len(heights) + 1):
+        fig.update_yaxes(autorange="reversed", type="category", row=row, col=1)
+    fig.update_xaxes(type="category", row=2, col=1)
+    fig.update_layout(height=sum(heights) + 40, margin={"l": 10, "r": 10, "t": 30, "b": 10})
     return fig

@@ -257,7 +257,9 @@ def test_confusion_page(runs_root):
     chosen = at.sidebar.multiselect(key="confusion_runs").value
     assert len(chosen) == 5  # one run per variant by default
     charts = at.get("plotly_chart")
-    assert len(charts) == 5 + 1  # one matrix per run and the difference
+    assert len(charts) == 1 + 1  # every run's matrix in one figure, and the difference
+    grid = json.loads(charts[0].proto.spec)
+    assert [t["type"] for t in grid["data"]] == ["heatmap"] * 5
     at.toggle(key="cm_norm").set_value(False).run()
     _no_exception(at)
     at.radio(key="cm_split").set_value("val").run()
@@ -282,6 +284,11 @@ def test_f1_page_with_seed_aggregation_and_deltas(runs_root):
     assert len(overall) == 5  # two baseline seeds aggregated into one row
     assert "[" in overall["macro-F1"].iloc[0]  # interval shown with the value
     assert len(at.get("plotly_chart")) == 1  # only the open tab (scores) is built
+    bars = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert {t["xaxis"] for t in bars["data"]} == {"x"}  # F1 alone by default: one panel
+    at.multiselect(key="f1_metrics").set_value(["f1", "recall"]).run()
+    bars = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert {t["xaxis"] for t in bars["data"]} == {"x", "x2"}
     at.session_state["f1_section"] = "Differences against the reference"
     at.run()
     _no_exception(at)
@@ -333,6 +340,54 @@ def test_conflict_page(runs_root):
         _no_exception(at)
         assert not at.error, (section, [e.value for e in at.error])
     assert at.session_state["gcm_group"] == "fire8"  # the matrices' choice survives the tabs
+
+
+def test_confusion_grid_shows_each_run_on_one_shared_scale():
+    from pages import figures as F
+
+    a = np.array([[3.0, 1.0], [0.0, 2.0]])
+    b = np.array([[2.0, 2.0], [1.0, 9.0]])
+    fig = F.confusion_grid({"a": a, "b": b}, ["x", "y"], normalize=True, cols=3)
+    ha, hb = fig.data
+    np.testing.assert_allclose(ha.z, [[0.75, 0.25], [0.0, 1.0]])  # rows sum to one
+    assert ha.text[0][1] == "0.25<br>(1)"  # rate and count
+    assert ha.coloraxis == hb.coloraxis == "coloraxis"
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0, 1)
+    assert [x.text for x in fig.layout.annotations] == ["a (n=6)", "b (n=14)"]
+    counts = F.confusion_grid({"a": a, "b": b}, ["x", "y"], normalize=False, zmax=9.0)
+    np.testing.assert_allclose(counts.data[1].z, b)
+    assert counts.layout.coloraxis.cmax == 9.0 and counts.data[1].text[1][1] == "9"
+    # the second matrix sits in the second column of the first row
+    assert counts.data[1].xaxis == "x2" and counts.data[1].yaxis == "y2"
+
+
+def test_attribution_numbers_stack_one_run_in_one_figure():
+    from pages import figures as F
+
+    report = {
+        "classes": ["a", "b", "c"],
+        "probs": np.array([0.2, 0.7, 0.1]),
+        "branch_logits": np.array([[1.0, -2.0, 0.5], [0.0, 1.0, 0.0], [0.5, 0.5, -0.5]]),
+        "branch_labels": ["branch 1", "branch 2", "branch 3"],
+        "attention": np.full((3, 8), 0.5),
+    }
+    fig = F.attribution_numbers(report, 2)
+    bar, logits, att = fig.data
+    assert (bar.type, logits.type, att.type) == ("bar", "heatmap", "heatmap")
+    assert list(bar.marker.color) == ["#1f77b4", "#1f77b4", "#d62728"]  # the explained class
+    assert (logits.zmin, logits.zmax) == (-2.0, 2.0)  # centred on zero
+    assert [a.text for a in fig.layout.annotations][:2] == ["Probabilities", "Branch logits"]
+    for trace, axis in ((logits, "yaxis2"), (att, "yaxis3")):  # each bar beside its own panel
+        lo, hi = fig.layout[axis].domain
+        assert lo <= trace.colorbar.y <= hi and trace.colorbar.len == pytest.approx(hi - lo)
+    heads = report | {
+        "branch_logits": np.array([[0.3], [1.2], [-0.4]]),
+        "branch_labels": ["head a", "head b", "head c"],
+        "attention": None,
+    }
+    fig = F.attribution_numbers(heads, 1)
+    assert len(fig.data) == 2 and list(fig.data[1].y) == ["a", "b", "c"]
+    assert list(fig.data[1].x) == ["own logit"] and fig.layout.annotations[1].text == "Head logits"
 
 
 def test_conflict_colour_scale_is_centred_and_red_for_conflict():
