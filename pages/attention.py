@@ -10,6 +10,7 @@ from pages.common import (
     diagnostics_of,
     download_df,
     download_fig,
+    plotly_chart,
     run_labels,
     sections,
     select_runs,
@@ -74,7 +75,7 @@ def attention_section(with_att, labels) -> None:
         branch_names=bnames,
         deviation=deviation,
     )
-    st.plotly_chart(fig, width="stretch", key="att_heat")
+    plotly_chart(fig, width="stretch", key="att_heat")
     download_fig(fig, f"attention_{name}")
     rows = [
         {"class": c, "branch": bnames[b], **{f"ch{j}": mean[ci, b, j] for j in range(d)}}
@@ -124,7 +125,7 @@ def overlap_section(with_att, labels) -> None:
                     what=what,
                     branch_names=branch_names(info.meta, len(m)),
                 )
-                st.plotly_chart(fig, width="stretch", key=f"ov_{key}_{name}")
+                plotly_chart(fig, width="stretch", key=f"ov_{key}_{name}")
                 download_fig(fig, f"overlap_{key}_{name}")
 
 
@@ -153,7 +154,7 @@ def angles_section(diagnosed, labels) -> None:
             mean, _ = F.off_diagonal_stats(m)
             with col:
                 fig = FIG.angle_heatmap(m, classes, title=name, zmax=zmax)
-                st.plotly_chart(fig, width="stretch", key=f"ang_{name}")
+                plotly_chart(fig, width="stretch", key=f"ang_{name}")
                 st.caption(f"mean off-diagonal angle **{mean:.1f}°**")
                 download_fig(fig, f"class_angles_{name}")
             rows.append(

@@ -38,7 +38,7 @@ from csba.data import IMAGE_EXTENSIONS, DataError, ImageLoadError, load_dataset,
 from csba.typicality import JSON_FILE, TypicalityError, TypicalityResult, score_image
 from csba.workqueue import WorkQueue, redraw_due
 from pages import figures as F
-from pages.common import download_df, get_run, run_labels, select_runs
+from pages.common import download_df, get_run, plotly_chart, run_labels, select_runs
 
 MAX_RUNS = 5  # columns side by side (the paper's five variants)
 SHOW_PX = 176  # display size of the small images (nearest-neighbour upscaling, no blur)
@@ -403,7 +403,7 @@ def _show_run(info, e: ImageExplanation, true_class: str | None, t: _RunTasks) -
         else:
             st.caption(typ.message)
     fig = F.attribution_numbers(e.report, e.target)  # probabilities, branch logits, attention
-    st.plotly_chart(fig, key=f"numbers_{info.path}", config={"displaylogo": False})
+    plotly_chart(fig, key=f"numbers_{info.path}")
     if r["attention"] is None:
         st.caption(f"{info.meta['variant']}: no attention gates.")
     else:

@@ -50,6 +50,7 @@ __all__ = [
     "image_size",
     "not_diagnosed",
     "parameter_table",
+    "plotly_chart",
     "run_label",
     "run_labels",
     "run_stamp",
@@ -577,6 +578,14 @@ def sections(names: Sequence[str], key: str, keep: Sequence[str] = ()):
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "download"
+
+
+def plotly_chart(fig, key: str, **kwargs) -> None:
+    """``st.plotly_chart`` drawn with the figure's own template (pages.figures: plotly_white,
+    our font) rather than Streamlit's theme, which the browser merges into every figure before
+    drawing it: about a quarter of a chart's drawing time (benchmarks/bench_dashboard.py, the
+    'cpu' column). No plotly logo in the toolbar."""
+    st.plotly_chart(fig, key=key, theme=None, config={"displaylogo": False}, **kwargs)
 
 
 def download_df(df: pd.DataFrame, name: str, *, index: bool = False) -> None:

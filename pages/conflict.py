@@ -18,6 +18,7 @@ from pages.common import (
     download_df,
     download_fig,
     image_size,
+    plotly_chart,
     run_labels,
     sections,
     select_runs,
@@ -71,7 +72,7 @@ def heatmaps_section(diagnosed, labels, group) -> dict:
             with col:
                 b = blocks[name]
                 fig = FIG.conflict_heatmap(b["matrix"], b["classes"], title=name)
-                st.plotly_chart(fig, width="stretch", key=f"gcm_{group}_{name}")
+                plotly_chart(fig, width="stretch", key=f"gcm_{group}_{name}")
                 st.caption(f"mean off-diagonal cos **{b['mean']:+.3f}**, std {b['std']:.3f}")
                 download_fig(fig, f"gcm_{group}_{name}")
     if blocks:
@@ -127,7 +128,7 @@ def difference_section(blocks, group) -> None:
     )
     left, right = st.columns([2, 1])
     with left:
-        st.plotly_chart(fig, width="stretch", key="gcm_diff")
+        plotly_chart(fig, width="stretch", key="gcm_diff")
         download_fig(fig, f"gcm_diff_{a}_minus_{b}")
     with right:
         st.markdown(
@@ -153,7 +154,7 @@ def history_section(runs, labels) -> None:
         )
         return
     fig = FIG.conflict_history_figure(hist)
-    st.plotly_chart(fig, width="stretch", key="gcm_hist")
+    plotly_chart(fig, width="stretch", key="gcm_hist")
     download_fig(fig, "gcm_history")
     c1, c2 = st.columns([1, 2])
     name = c1.selectbox("Run", list(hist), key="gcm_hist_run")
@@ -177,7 +178,7 @@ def history_section(runs, labels) -> None:
     fig = FIG.conflict_heatmap(m, classes, title=f"{name}, epoch {epoch}")
     left, right = st.columns([1, 1])
     with left:
-        st.plotly_chart(fig, width="stretch", key="gcm_hist_mat")
+        plotly_chart(fig, width="stretch", key="gcm_hist_mat")
         download_fig(fig, f"gcm_{name}_epoch{epoch}")
     with right:
         st.metric("mean off-diagonal cos", f"{mean:+.3f}")
@@ -216,7 +217,7 @@ def shares_section(diagnosed, labels) -> None:
             branches = [f"branch {k + 1}" for k in range(s.shape[1])]
         with cols[shown % COLS]:
             fig = FIG.shares_heatmap(s, classes, branches, title=name)
-            st.plotly_chart(fig, width="stretch", key=f"shares_{name}")
+            plotly_chart(fig, width="stretch", key=f"shares_{name}")
             download_fig(fig, f"branch_shares_{name}")
         shown += 1
     if not shown:
@@ -311,7 +312,7 @@ def conflict_gain_section(runs) -> None:
     for backbone, e in res["backbones"].items():
         st.markdown(e["sentence"])
         fig = FIG.conflict_gain_scatter(e["methods"], f"{backbone}: change against the baseline")
-        st.plotly_chart(fig, width="stretch", key=f"gain_{backbone}")
+        plotly_chart(fig, width="stretch", key=f"gain_{backbone}")
     download_df(pd.DataFrame(res["runs"]), "conflict-gain-runs.csv")
 
 

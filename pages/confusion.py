@@ -3,7 +3,7 @@
 import streamlit as st
 
 from pages import figures as F
-from pages.common import FIG, download_df, download_fig, run_labels, select_runs
+from pages.common import FIG, download_df, download_fig, plotly_chart, run_labels, select_runs
 
 COLS = 3  # matrices per row
 
@@ -42,7 +42,7 @@ def main() -> None:
     fig = FIG.confusion_grid(
         mats, classes, normalize=normalize, zmax=zmax, cols=min(COLS, len(mats))
     )
-    st.plotly_chart(fig, width="stretch", key="cm_grid")
+    plotly_chart(fig, width="stretch", key="cm_grid")
     c1, c2 = st.columns(2)
     with c1:
         download_fig(fig, f"confusion_{split}")
@@ -62,7 +62,7 @@ def main() -> None:
     fig = FIG.confusion_difference(mats[a], mats[b], classes, normalize=normalize, names=(a, b))
     left, right = st.columns([2, 1])
     with left:
-        st.plotly_chart(fig, width="stretch", key="cm_diff")
+        plotly_chart(fig, width="stretch", key="cm_diff")
         download_fig(fig, f"confusion_diff_{a}_minus_{b}")
     with right:
         st.markdown(

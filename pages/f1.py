@@ -13,6 +13,7 @@ from pages.common import (
     download_df,
     download_fig,
     image_size,
+    plotly_chart,
     run_labels,
     sections,
     seed_mean_bootstrap,
@@ -232,7 +233,7 @@ def _scores(overall_df, summary, bars, classes, metrics, points_df, aggregate, t
         title="Per-class scores with 95% bootstrap intervals"
         + (" (seed means; circles: single seeds)" if aggregate else ""),
     )
-    st.plotly_chart(fig, width="stretch", key="f1_bars")
+    plotly_chart(fig, width="stretch", key="f1_bars")
     download_fig(fig, "per_class_bars")
     table = st.expander("Table (paper Tables 7, 12, 13)", key="f1_table", on_change="rerun")
     if table.open:  # built only when opened
@@ -300,7 +301,7 @@ def _deltas(tables, reference, aggregate, members, labels, classes, metrics, n_r
         forest_metric,
         title=f"Δ {F.METRIC_TITLES[forest_metric]} with paired 95% intervals",
     )
-    st.plotly_chart(fig, width="stretch", key="f1_forest_fig")
+    plotly_chart(fig, width="stretch", key="f1_forest_fig")
     download_fig(fig, f"delta_{forest_metric}")
     shown = deltas[deltas["metric"].isin(metrics + list(OVERALL))].copy()
     shown["metric"] = shown["metric"].map(lambda m: OVERALL.get(m, F.METRIC_TITLES.get(m, m)))

@@ -32,7 +32,10 @@ FONT = {"size": 13}
 # One template, built once: plotly_white with our font. Set as the default, every new figure
 # takes it unvalidated; naming a template per figure (update_layout(template=...)) validated and
 # deep-copied it each time, about a third of a page's script time (benchmarks/bench_dashboard.py).
-pio.templates["csba"] = go.layout.Template(pio.templates["plotly_white"], layout={"font": FONT})
+# (Template(base, layout=...) would replace the base's layout, automargin and all: update it.)
+_TEMPLATE = go.layout.Template(pio.templates["plotly_white"])
+_TEMPLATE.layout.update(font=FONT)
+pio.templates["csba"] = _TEMPLATE
 pio.templates.default = "csba"
 
 
@@ -274,12 +277,16 @@ def confusion_grid(
     n_rows = max(1, math.ceil(len(names) / cols))
     top = 1.0 if normalize else float(zmax or max(float(m.max()) for m in mats.values()) or 1)
     titles = [f"{name} (n={int(np.asarray(mats[name]).sum())})" for name in names]
+    per_row = max(220, 60 * len(classes))  # plot height per row (px)
+    gap = 130  # px between rows: tilted class names and the next row's titles
+    height = per_row * n_rows + gap * (n_rows - 1) + 60
     fig = make_subplots(
         rows=n_rows,
         cols=cols,
         subplot_titles=titles,
-        horizontal_spacing=0.06,
-        vertical_spacing=min(0.12, 0.5 / n_rows),
+        shared_yaxes=True,  # class names once, left of each row
+        horizontal_spacing=0.03,
+        vertical_spacing=gap / height,
     )
     for k, name in enumerate(names):
         counts = np.asarray(mats[name], dtype=float)
@@ -314,12 +321,8 @@ def confusion_grid(
     fig.update_yaxes(autorange="reversed", type="category")
     tilt = -30 if sum(len(str(c)) for c in classes) > 40 else 0
     fig.update_xaxes(type="category", tickangle=tilt)
-    for k in range(len(names)):  # axis titles on the left column and the bottom row only
-        r, c = k // cols + 1, k % cols + 1
-        if c == 1:
-            fig.update_yaxes(title_text="true", row=r, col=c)
-        if k + cols >= len(names):
-            fig.update_xaxes(title_text="predicted", row=r, col=c)
+    for k in range(max(0, len(names) - cols), len(names)):  # (rows: true class, in the caption)
+        fig.update_xaxes(title_text="predicted", row=k // cols + 1, col=k % cols + 1)
     fig.update_layout(
         coloraxis={
             "colorscale": SEQ_SCALE,
@@ -328,8 +331,7 @@ def confusion_grid(
             "colorbar": {"title": {"text": "rate" if normalize else "count"}, "thickness": 12},
         }
     )
-    per_row = max(260, 120 + 40 * len(classes))
-    return _layout(fig, None, 40 + per_row * n_rows)
+    return _layout(fig, None, height)
 
 
 def confusion_difference(
@@ -782,29 +784,47 @@ def branch_names(report: Mapping[str, Any]) -> tuple[list[str], str]:
     return names, "Branch logits"
 
 
+def _short(name: str, n: int = 11) -> str:
+    """A tick label at most n characters long ('possibly-d…'); the hover keeps the full name."""
+    return name if len(name) <= n else name[: n - 1] + "…"
+
+
 def attribution_numbers(report: Mapping[str, Any], target: int) -> go.Figure:
-    """One run's numbers for one image (csba.attributions report dict; ``target``: the
-    explained class) in one figure, stacked: probabilities (the explained
-    class red), per-branch (or per-head) logits and, for gated variants, the attention per
-    branch and channel. One chart per run rather than three: the browser draws a chart's frame
-    (axes, modebar, layout passes) once, which was most of the page's drawing time."""
+    """One run's numbers for one image (a csba.attributions report; ``target``: the explained
+    class) in one narrow figure, stacked: probabilities (the explained class red), the logits
+    each branch (or class head) adds, one row per class as in the bars above, and, for gated
+    variants, the attention per branch and channel. One chart per run rather than three: the
+    browser lays out and draws a chart's frame once (benchmarks/bench_dashboard.py)."""
     r = report
-    z = np.asarray(r["branch_logits"], float)  # (branches or heads, classes or 1)
+    classes = list(r["classes"])
+    z = np.asarray(r["branch_logits"], float)  # (branches, classes) or (heads, 1)
     att = None if r["attention"] is None else np.asarray(r["attention"], float)  # (B, channels)
     names, branch_title = branch_names(r)
-    heights = [40 + 28 * len(r["classes"]), 40 + 34 * z.shape[0]]
+    if z.shape[1] == len(classes):  # branches: (classes, branches), columns "1", "2", ...
+        z, cols = z.T, [n.removeprefix("branch ") for n in names]
+        hover = "%{y}, branch %{x}: %{z:.3f}<extra></extra>"
+    else:  # one head per class, each giving its own class's logit
+        z, cols = z, ["own logit"]
+        hover = "head %{y}: %{z:.3f}<extra></extra>"
+    plots = [28 * len(classes), 28 * len(classes)]  # plot heights (px)
     titles = ["Probabilities", branch_title]
     if att is not None:
-        heights.append(60 + 30 * att.shape[0])
-        titles.append(f"Attention (this image), channels of Z ({att.shape[1]})")
+        plots.append(24 * att.shape[0])
+        titles.append("Attention")  # (per channel of Z: in the hover)
+    gap = 70  # px between panels: the next title and this one's tick labels
+    height = sum(plots) + gap * (len(plots) - 1) + 60
     fig = make_subplots(
-        rows=len(heights), cols=1, row_heights=heights, subplot_titles=titles, vertical_spacing=0.1
+        rows=len(plots),
+        cols=1,
+        row_heights=plots,
+        subplot_titles=titles,
+        vertical_spacing=gap / height,
     )
-    colours = ["#d62728" if i == target else "#1f77b4" for i in range(len(r["classes"]))]
+    colours = ["#d62728" if i == target else "#1f77b4" for i in range(len(classes))]
     fig.add_trace(
         go.Bar(
             x=r["probs"],
-            y=r["classes"],
+            y=classes,
             orientation="h",
             marker_color=colours,
             text=[f"{p:.2f}" for p in r["probs"]],
@@ -818,22 +838,22 @@ def attribution_numbers(report: Mapping[str, Any], target: int) -> go.Figure:
     fig.update_xaxes(range=[0, 1], row=1, col=1)
     top = float(np.abs(z).max()) or 1.0
 
-    def bar(row: int) -> dict:  # a colour bar beside its own row only
-        lo, hi = fig.layout[f"yaxis{row if row > 1 else ''}"].domain
+    def bar(row: int) -> dict:  # a colour bar beside its own panel only
+        lo, hi = fig.layout[f"yaxis{row}"].domain
         return {"thickness": 10, "y": (lo + hi) / 2, "len": hi - lo, "yanchor": "middle"}
 
     fig.add_trace(
         go.Heatmap(
             z=z,
-            x=r["classes"] if z.shape[1] == len(r["classes"]) else ["own logit"],
-            y=names,
+            x=cols,
+            y=classes,
             zmin=-top,
             zmax=top,
             colorscale="RdBu",
             reversescale=True,
             text=[[f"{v:.2f}" for v in row] for row in z],
             texttemplate="%{text}",
-            hovertemplate="%{y} / %{x}: %{z:.3f}<extra></extra>",
+            hovertemplate=hover,
             colorbar=bar(2),
         ),
         row=2,
@@ -853,8 +873,19 @@ def attribution_numbers(report: Mapping[str, Any], target: int) -> go.Figure:
             row=3,
             col=1,
         )
-    for row in range(1, len(heights) + 1):
-        fig.update_yaxes(autorange="reversed", type="category", row=row, col=1)
-    fig.update_xaxes(type="category", row=2, col=1)
-    fig.update_layout(height=sum(heights) + 40, margin={"l": 10, "r": 10, "t": 30, "b": 10})
+        fig.update_xaxes(showticklabels=False, row=3, col=1)  # the channel is in the hover
+    rows = [classes, classes, names]
+    for row in range(1, len(plots) + 1):  # long names shortened: the column is narrow
+        fig.update_yaxes(
+            autorange="reversed",
+            type="category",
+            tickvals=rows[row - 1],
+            ticktext=[_short(str(c)) for c in rows[row - 1]],
+            automargin=False,  # (in a narrow column it left the longest name clipped)
+            row=row,
+            col=1,
+        )
+    fig.update_xaxes(type="category", tickvals=cols, row=2, col=1)  # every branch named
+    left = 8 * max(len(_short(str(c))) for c in [*classes, *names]) + 12  # px, font size 13
+    fig.update_layout(height=height, margin={"l": left, "r": 30, "t": 30, "b": 10})
     return fig

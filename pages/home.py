@@ -15,6 +15,7 @@ from pages.common import (
     download_df,
     download_fig,
     parameter_table,
+    plotly_chart,
     results_summary,
     run_labels,
     runs_root,
@@ -139,7 +140,7 @@ def dataset_section(good) -> int | None:
     cols = st.columns([3, 2])
     with cols[0]:
         fig = FIG.class_distribution_figure(dist, f"{ds}: images per class and split")
-        st.plotly_chart(fig, width="stretch", key="home_dist")
+        plotly_chart(fig, width="stretch", key="home_dist")
         download_fig(fig, f"class_distribution_{ds}")
     with cols[1]:
         st.dataframe(

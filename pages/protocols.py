@@ -16,6 +16,7 @@ from pages.common import (
     download_df,
     download_fig,
     pair_folders,
+    plotly_chart,
     runs_root,
 )
 
@@ -98,7 +99,7 @@ def main() -> None:
             st.caption(note)
 
     fig = FIG.paired_differences(res, SHOWN)
-    st.plotly_chart(fig, width="stretch", key="pair_fig")
+    plotly_chart(fig, width="stretch", key="pair_fig")
     download_fig(fig, "paired_differences")
 
     summary = pd.DataFrame(

@@ -20,7 +20,7 @@ from csba.data import DATASETS
 from csba.jobs import FINISHED, Job, JobManager, RunProgress, check_data_root, default_device
 from csba.options import train_option
 from csba.train import TrainConfig
-from pages.common import clear_run_caches, runs_root
+from pages.common import clear_run_caches, plotly_chart, runs_root
 from pages.common import data_root as allowed_data_root
 
 NEEDS_ROOT = {"imagefolder": "a folder of class folders", "cifar10-lt": "CIFAR-10 batches"}
@@ -310,7 +310,7 @@ def _show_running(job: Job, manager: JobManager) -> None:
         if r.note:
             st.caption(r.note)
     if any(r.batch_losses or r.history for r in job.runs):
-        st.plotly_chart(_curves(job), key=f"curves_{job.id}", config={"displaylogo": False})
+        plotly_chart(_curves(job), key=f"curves_{job.id}")
     else:
         st.caption("Loss and validation curves appear once the first batches are done.")
 
@@ -322,7 +322,7 @@ def _show_finished(job: Job, curves: bool = False) -> None:
         f"({_elapsed(job)}): {job.label}"
     )
     if curves and any(r.history for r in job.runs):
-        st.plotly_chart(_curves(job), key=f"curves_{job.id}", config={"displaylogo": False})
+        plotly_chart(_curves(job), key=f"curves_{job.id}")
     for r in job.runs:
         res = r.result
         if r.status == "failed":

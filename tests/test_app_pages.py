@@ -376,6 +376,9 @@ def test_attribution_numbers_stack_one_run_in_one_figure():
     assert (bar.type, logits.type, att.type) == ("bar", "heatmap", "heatmap")
     assert list(bar.marker.color) == ["#1f77b4", "#1f77b4", "#d62728"]  # the explained class
     assert (logits.zmin, logits.zmax) == (-2.0, 2.0)  # centred on zero
+    # one row per class, as the bars above it; one column per branch
+    np.testing.assert_allclose(logits.z, report["branch_logits"].T)
+    assert list(logits.y) == ["a", "b", "c"] and list(logits.x) == ["1", "2", "3"]
     assert [a.text for a in fig.layout.annotations][:2] == ["Probabilities", "Branch logits"]
     for trace, axis in ((logits, "yaxis2"), (att, "yaxis3")):  # each bar beside its own panel
         lo, hi = fig.layout[axis].domain
