@@ -3,7 +3,15 @@
 import streamlit as st
 
 from pages import figures as F
-from pages.common import FIG, download_df, download_fig, plotly_chart, run_labels, select_runs
+from pages.common import (
+    FIG,
+    download_df,
+    download_fig,
+    plotly_chart,
+    run_labels,
+    sections,
+    select_runs,
+)
 
 COLS = 3  # matrices per row
 
@@ -13,7 +21,7 @@ def main() -> None:
     st.caption(
         "Rows: true class; columns: predicted class. Row-normalised cells are the share of "
         "each true class (recall on the diagonal), so classes of different sizes compare; "
-        "hover a cell for its count and rate."
+        "a cell shows the rate (or the count); hover it for both."
     )
     runs = select_runs("confusion")
     if not runs:
@@ -37,6 +45,18 @@ def main() -> None:
     if not mats:
         return
     names = list(mats)
+    name, tab = sections(SECTIONS, key="cm_section", keep=("cm_a", "cm_b"))  # one tab is built
+    with tab:
+        if name == SECTIONS[0]:
+            _matrices(mats, classes, normalize, split)
+        else:
+            _difference(mats, names, classes, normalize)
+
+
+SECTIONS = ["Matrices", "Difference of two runs"]
+
+
+def _matrices(mats, classes, normalize: bool, split: str) -> None:
     zmax = max(float(m.max()) for m in mats.values()) or 1.0  # one count scale for all runs
     # every run in one figure: one chart for the browser to draw instead of one per run
     fig = FIG.confusion_grid(
@@ -49,7 +69,8 @@ def main() -> None:
     with c2:
         download_df(F.confusion_long(mats, classes), f"confusion_{split}")
 
-    st.subheader("Difference of two runs")
+
+def _difference(mats, names, classes, normalize: bool) -> None:
     if len(names) < 2:
         st.info("Choose at least two runs in the sidebar to see their difference.")
         return

@@ -291,11 +291,10 @@ def confusion_grid(
     for k, name in enumerate(names):
         counts = np.asarray(mats[name], dtype=float)
         rates = row_normalise(counts)
+        # one line per cell (the rate or the count; the hover gives both): half the text
         text = [
             [
-                f"{rates[i, j]:.2f}<br>({int(counts[i, j])})"
-                if normalize
-                else f"{int(counts[i, j])}"
+                f"{rates[i, j]:.2f}" if normalize else f"{int(counts[i, j])}"
                 for j in range(len(classes))
             ]
             for i in range(len(classes))

@@ -257,13 +257,19 @@ def test_confusion_page(runs_root):
     chosen = at.sidebar.multiselect(key="confusion_runs").value
     assert len(chosen) == 5  # one run per variant by default
     charts = at.get("plotly_chart")
-    assert len(charts) == 1 + 1  # every run's matrix in one figure, and the difference
+    assert len(charts) == 1  # every run's matrix in one figure; the difference's tab not built
     grid = json.loads(charts[0].proto.spec)
     assert [t["type"] for t in grid["data"]] == ["heatmap"] * 5
     at.toggle(key="cm_norm").set_value(False).run()
     _no_exception(at)
     at.radio(key="cm_split").set_value("val").run()
     _no_exception(at)
+    at.session_state["cm_section"] = "Difference of two runs"
+    at.run()
+    _no_exception(at)
+    assert len(at.get("plotly_chart")) == 1  # the difference only
+    diff = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert diff["zmin"] == -diff["zmax"]  # centred on no difference
     at.sidebar.multiselect(key="confusion_runs").set_value(chosen[:1]).run()
     _no_exception(at)
     assert any("at least two runs" in i.value for i in at.info)
@@ -350,7 +356,8 @@ def test_confusion_grid_shows_each_run_on_one_shared_scale():
     fig = F.confusion_grid({"a": a, "b": b}, ["x", "y"], normalize=True, cols=3)
     ha, hb = fig.data
     np.testing.assert_allclose(ha.z, [[0.75, 0.25], [0.0, 1.0]])  # rows sum to one
-    assert ha.text[0][1] == "0.25<br>(1)"  # rate and count
+    assert ha.text[0][1] == "0.25"  # the rate in the cell, the count in the hover
+    np.testing.assert_allclose(np.asarray(ha.customdata)[0, 1], [1.0, 0.25])
     assert ha.coloraxis == hb.coloraxis == "coloraxis"
     assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0, 1)
     assert [x.text for x in fig.layout.annotations] == ["a (n=6)", "b (n=14)"]
