@@ -37,8 +37,7 @@ from csba.attributions import METHODS, ImageExplanation, explain_image
 from csba.data import IMAGE_EXTENSIONS, DataError, ImageLoadError, load_dataset, load_image
 from csba.typicality import JSON_FILE, TypicalityError, TypicalityResult, score_image
 from csba.workqueue import WorkQueue, redraw_due
-from pages import figures as F
-from pages.common import download_df, get_run, plotly_chart, run_labels, select_runs
+from pages.common import FIG, download_df, get_run, plotly_chart, run_labels, select_runs
 
 MAX_RUNS = 5  # columns side by side (the paper's five variants)
 SHOW_PX = 176  # display size of the small images (nearest-neighbour upscaling, no blur)
@@ -351,6 +350,14 @@ def _runs_section(
             caption=f"as the model sees it: {s}x{s}{', grey' if grey else ''} ({', '.join(who)})",
         )
 
+    ready = [(labels[str(i.path)], results[str(i.path)]) for i in infos if str(i.path) in results]
+    if ready:  # every ready run's numbers in one chart (the same classes: see main)
+        st.subheader("Probabilities, branch logits and attention")
+        same = len({tuple(e.report["classes"]) for _, e in ready}) == 1
+        for part in [ready] if same else [[x] for x in ready]:
+            fig = FIG.attribution_grid([(label, e.report, e.target) for label, e in part])
+            plotly_chart(fig, width="stretch", key=f"attr_numbers_{part[0][0]}")
+
     st.subheader("Each run")
     st.caption(
         "Each column appears as soon as its run is explained. Integrated Gradients (baseline: "
@@ -402,8 +409,6 @@ def _show_run(info, e: ImageExplanation, true_class: str | None, t: _RunTasks) -
             st.warning(typ.message)
         else:
             st.caption(typ.message)
-    fig = F.attribution_numbers(e.report, e.target)  # probabilities, branch logits, attention
-    plotly_chart(fig, key=f"numbers_{info.path}")
     if r["attention"] is None:
         st.caption(f"{info.meta['variant']}: no attention gates.")
     else:

@@ -788,103 +788,126 @@ def _short(name: str, n: int = 11) -> str:
     return name if len(name) <= n else name[: n - 1] + "…"
 
 
-def attribution_numbers(report: Mapping[str, Any], target: int) -> go.Figure:
-    """One run's numbers for one image (a csba.attributions report; ``target``: the explained
-    class) in one narrow figure, stacked: probabilities (the explained class red), the logits
-    each branch (or class head) adds, one row per class as in the bars above, and, for gated
-    variants, the attention per branch and channel. One chart per run rather than three: the
-    browser lays out and draws a chart's frame once (benchmarks/bench_dashboard.py)."""
-    r = report
-    classes = list(r["classes"])
-    z = np.asarray(r["branch_logits"], float)  # (branches, classes) or (heads, 1)
-    att = None if r["attention"] is None else np.asarray(r["attention"], float)  # (B, channels)
-    names, branch_title = branch_names(r)
-    if z.shape[1] == len(classes):  # branches: (classes, branches), columns "1", "2", ...
-        z, cols = z.T, [n.removeprefix("branch ") for n in names]
-        hover = "%{y}, branch %{x}: %{z:.3f}<extra></extra>"
-    else:  # one head per class, each giving its own class's logit
-        z, cols = z, ["own logit"]
-        hover = "head %{y}: %{z:.3f}<extra></extra>"
-    plots = [28 * len(classes), 28 * len(classes)]  # plot heights (px)
-    titles = ["Probabilities", branch_title]
-    if att is not None:
-        plots.append(24 * att.shape[0])
-        titles.append("Attention")  # (per channel of Z: in the hover)
-    gap = 70  # px between panels: the next title and this one's tick labels
-    height = sum(plots) + gap * (len(plots) - 1) + 60
+def attribution_grid(runs: Sequence[tuple[str, Mapping[str, Any], int]]) -> go.Figure:
+    """Every run's numbers for one image in one figure: one column per run (label, a
+    csba.attributions report, the explained class), rows: probabilities (the explained class
+    red), the logits each branch (or class head) adds, one row per class as in the bars, and,
+    where any run has gates, its attention per branch and channel. One colour scale per row,
+    shared by the runs so they compare. One chart for all runs: the browser lays out and draws a
+    chart's frame once (five charts, one per run, were 40% of the page's drawing)."""
+    classes = [str(c) for c in runs[0][1]["classes"]]
+    n = len(runs)
+    gated = any(r["attention"] is not None for _, r, _ in runs)
+    logits = []  # (classes, branches) or (classes, 1), column names
+    for _, r, _ in runs:
+        z = np.asarray(r["branch_logits"], float)
+        if z.shape[1] == len(classes):  # branches: their logits for every class
+            logits.append((z.T, [str(k + 1) for k in range(z.shape[0])], "branch"))
+        else:  # one head per class, each giving its own class's logit
+            logits.append((z, ["own"], "head"))
+    branches = max(
+        (r["attention"].shape[0] for _, r, _ in runs if r["attention"] is not None), default=0
+    )
+    plots = [26 * len(classes), 26 * len(classes)] + ([max(60, 22 * branches)] if gated else [])
+    gap = 60  # px between rows: tick labels and the next row
+    height = sum(plots) + gap * (len(plots) - 1) + 70
     fig = make_subplots(
         rows=len(plots),
-        cols=1,
+        cols=n,
         row_heights=plots,
-        subplot_titles=titles,
+        column_titles=[label.replace(" (", "<br>(", 1) for label, _, _ in runs],  # 2 lines
+        horizontal_spacing=min(0.04, 0.3 / max(1, n - 1)) if n > 1 else 0.0,
         vertical_spacing=gap / height,
     )
-    colours = ["#d62728" if i == target else "#1f77b4" for i in range(len(classes))]
-    fig.add_trace(
-        go.Bar(
-            x=r["probs"],
-            y=classes,
-            orientation="h",
-            marker_color=colours,
-            text=[f"{p:.2f}" for p in r["probs"]],
-            textposition="auto",
-            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
-            showlegend=False,
-        ),
-        row=1,
-        col=1,
-    )
-    fig.update_xaxes(range=[0, 1], row=1, col=1)
-    top = float(np.abs(z).max()) or 1.0
-
-    def bar(row: int) -> dict:  # a colour bar beside its own panel only
-        lo, hi = fig.layout[f"yaxis{row}"].domain
-        return {"thickness": 10, "y": (lo + hi) / 2, "len": hi - lo, "yanchor": "middle"}
-
-    fig.add_trace(
-        go.Heatmap(
-            z=z,
-            x=cols,
-            y=classes,
-            zmin=-top,
-            zmax=top,
-            colorscale="RdBu",
-            reversescale=True,
-            text=[[f"{v:.2f}" for v in row] for row in z],
-            texttemplate="%{text}",
-            hovertemplate=hover,
-            colorbar=bar(2),
-        ),
-        row=2,
-        col=1,
-    )
-    if att is not None:
+    top = max(float(np.abs(z).max()) for z, _, _ in logits) or 1.0
+    for k, (label, r, target) in enumerate(runs, start=1):
+        colours = ["#d62728" if i == target else "#1f77b4" for i in range(len(classes))]
+        fig.add_trace(
+            go.Bar(
+                x=r["probs"],
+                y=classes,
+                orientation="h",
+                marker_color=colours,
+                text=[f"{p:.2f}" for p in r["probs"]],
+                textposition="auto",
+                hovertemplate=f"<b>{label}</b><br>%{{y}}: %{{x:.3f}}<extra></extra>",
+                showlegend=False,
+            ),
+            row=1,
+            col=k,
+        )
+        z, cols, kind = logits[k - 1]
         fig.add_trace(
             go.Heatmap(
-                z=att,
-                y=names,
-                zmin=0,
-                zmax=1,
-                colorscale="Viridis",
-                hovertemplate="%{y}, channel %{x}: %{z:.3f}<extra></extra>",
-                colorbar=bar(3),
+                z=z,
+                x=cols,
+                y=classes,
+                coloraxis="coloraxis",
+                text=[[f"{v:.1f}" for v in row] for row in z],
+                texttemplate="%{text}",
+                hovertemplate=f"<b>{label}</b><br>%{{y}}, {kind} %{{x}}: %{{z:.3f}}<extra></extra>",
             ),
-            row=3,
-            col=1,
+            row=2,
+            col=k,
         )
-        fig.update_xaxes(showticklabels=False, row=3, col=1)  # the channel is in the hover
-    rows = [classes, classes, names]
-    for row in range(1, len(plots) + 1):  # long names shortened: the column is narrow
-        fig.update_yaxes(
-            autorange="reversed",
-            type="category",
-            tickvals=rows[row - 1],
-            ticktext=[_short(str(c)) for c in rows[row - 1]],
-            automargin=False,  # (in a narrow column it left the longest name clipped)
-            row=row,
-            col=1,
+        fig.update_xaxes(
+            type="category", title_text=f"{kind}es" if kind == "branch" else "heads", row=2, col=k
         )
-    fig.update_xaxes(type="category", tickvals=cols, row=2, col=1)  # every branch named
-    left = 8 * max(len(_short(str(c))) for c in [*classes, *names]) + 12  # px, font size 13
-    fig.update_layout(height=height, margin={"l": left, "r": 30, "t": 30, "b": 10})
+        if r["attention"] is not None:
+            names = branch_names(r)[0]
+            fig.add_trace(
+                go.Heatmap(
+                    z=np.asarray(r["attention"], float),
+                    y=[_short(str(x).removeprefix("branch "), 6) for x in names],
+                    coloraxis="coloraxis2",
+                    customdata=np.broadcast_to(
+                        np.array(names, dtype=object)[:, None], np.shape(r["attention"])
+                    ),
+                    hovertemplate=f"<b>{label}</b><br>%{{customdata}}, channel %{{x}}: "
+                    "%{z:.3f}<extra></extra>",
+                ),
+                row=3,
+                col=k,
+            )
+            fig.update_xaxes(showticklabels=False, title_text="channel", row=3, col=k)
+        elif gated:  # a run without gates: its attention cell says so
+            fig.update_xaxes(visible=False, row=3, col=k)
+            fig.update_yaxes(visible=False, row=3, col=k)
+            cell = (len(plots) - 1) * n + k  # this cell's axes (hidden, so paper coordinates)
+            fig.add_annotation(
+                text="no gates",
+                showarrow=False,
+                x=sum(fig.layout[f"xaxis{cell}"].domain) / 2,
+                y=sum(fig.layout[f"yaxis{cell}"].domain) / 2,
+                xref="paper",
+                yref="paper",
+            )
+        for row in (1, 2):  # class names once per row, on the left
+            fig.update_yaxes(
+                autorange="reversed", type="category", showticklabels=k == 1, row=row, col=k
+            )
+        fig.update_yaxes(autorange="reversed", type="category", row=3, col=k)
+        fig.update_xaxes(range=[0, 1], tickvals=[0, 0.5, 1], row=1, col=k)
+
+    def bar(row: int, title: str) -> dict:  # a colour bar beside its own row only
+        lo, hi = fig.layout[f"yaxis{(row - 1) * n + 1}"].domain
+        return {"title": {"text": title}, "thickness": 10, "y": (lo + hi) / 2, "len": hi - lo}
+
+    fig.update_layout(
+        coloraxis={
+            "colorscale": "RdBu",
+            "reversescale": True,
+            "cmin": -top,
+            "cmax": top,
+            "colorbar": bar(2, "logit"),
+        },
+        height=height,
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    )
+    if gated:
+        fig.update_layout(
+            coloraxis2={"colorscale": "Viridis", "cmin": 0, "cmax": 1, "colorbar": bar(3, "gate")}
+        )
+    fig.update_yaxes(title_text="probability", row=1, col=1)
+    fig.update_yaxes(title_text="logits", row=2, col=1)
     return fig

@@ -11,6 +11,8 @@ import pytest
 from conftest import settle_attributions
 from streamlit.testing.v1 import AppTest
 
+NUMBERS = "Probabilities, branch logits and attention"  # the Attributions chart
+
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
 
@@ -57,7 +59,11 @@ def test_attributions_page_test_image(runs_root):
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     subheaders = [s.value for s in at.subheader]
-    assert subheaders == ["Input", "Each run"]
+    assert subheaders == ["Input", NUMBERS, "Each run"]
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1  # every run's numbers in one figure
+    grid = json.loads(charts[0].proto.spec)
+    assert [t["type"] for t in grid["data"]].count("bar") == 3  # one column per run
     captions = [c for img in at.image for c in img.captions]
     for title in ("Integrated Gradients", "Saliency", "Grad-CAM (fire8)", "Grad-CAM, branch 1"):
         assert any(title in c for c in captions), captions
@@ -106,7 +112,7 @@ def test_attributions_page_good_upload(runs_root, tiny_folder):
     at.run()
     settle_attributions(at)
     assert not at.exception and not at.error
-    assert [s.value for s in at.subheader] == ["Input", "Each run"]
+    assert [s.value for s in at.subheader] == ["Input", NUMBERS, "Each run"]
 
 
 def test_training_page_runs_a_job(runs_root, tiny_folder):

@@ -368,36 +368,46 @@ def test_confusion_grid_shows_each_run_on_one_shared_scale():
     assert counts.data[1].xaxis == "x2" and counts.data[1].yaxis == "y2"
 
 
-def test_attribution_numbers_stack_one_run_in_one_figure():
+def test_attribution_grid_puts_every_run_in_one_figure():
     from pages import figures as F
 
-    report = {
-        "classes": ["a", "b", "c"],
+    classes = ["a", "b", "c"]
+    gated = {
+        "classes": classes,
         "probs": np.array([0.2, 0.7, 0.1]),
         "branch_logits": np.array([[1.0, -2.0, 0.5], [0.0, 1.0, 0.0], [0.5, 0.5, -0.5]]),
         "branch_labels": ["branch 1", "branch 2", "branch 3"],
         "attention": np.full((3, 8), 0.5),
     }
-    fig = F.attribution_numbers(report, 2)
-    bar, logits, att = fig.data
-    assert (bar.type, logits.type, att.type) == ("bar", "heatmap", "heatmap")
-    assert list(bar.marker.color) == ["#1f77b4", "#1f77b4", "#d62728"]  # the explained class
-    assert (logits.zmin, logits.zmax) == (-2.0, 2.0)  # centred on zero
-    # one row per class, as the bars above it; one column per branch
-    np.testing.assert_allclose(logits.z, report["branch_logits"].T)
-    assert list(logits.y) == ["a", "b", "c"] and list(logits.x) == ["1", "2", "3"]
-    assert [a.text for a in fig.layout.annotations][:2] == ["Probabilities", "Branch logits"]
-    for trace, axis in ((logits, "yaxis2"), (att, "yaxis3")):  # each bar beside its own panel
-        lo, hi = fig.layout[axis].domain
-        assert lo <= trace.colorbar.y <= hi and trace.colorbar.len == pytest.approx(hi - lo)
-    heads = report | {
-        "branch_logits": np.array([[0.3], [1.2], [-0.4]]),
+    plain = gated | {"attention": None, "branch_logits": np.ones((3, 3)) * 0.5}
+    heads = gated | {
+        "branch_logits": np.array([[0.3], [4.0], [-0.4]]),
         "branch_labels": ["head a", "head b", "head c"],
-        "attention": None,
+        "attention": np.full((3, 8), 0.25),
     }
-    fig = F.attribution_numbers(heads, 1)
-    assert len(fig.data) == 2 and list(fig.data[1].y) == ["a", "b", "c"]
-    assert list(fig.data[1].x) == ["own logit"] and fig.layout.annotations[1].text == "Head logits"
+    fig = F.attribution_grid([("csba", gated, 2), ("base", plain, 1), ("heads", heads, 0)])
+    assert [a.text for a in fig.layout.annotations][:3] == ["csba", "base", "heads"]
+    bars = [t for t in fig.data if t.type == "bar"]
+    maps = [t for t in fig.data if t.type == "heatmap"]
+    assert len(bars) == 3 and len(maps) == 3 + 2  # logits for all, attention for the gated two
+    assert list(bars[0].marker.color) == ["#1f77b4", "#1f77b4", "#d62728"]  # explained class
+    assert bars[2].marker.color[0] == "#d62728"
+    csba_logits, csba_att, base_logits, head_logits, head_att = maps  # in run order
+    # one row per class, as the bars; one column per branch (heads: their own logit)
+    np.testing.assert_allclose(csba_logits.z, gated["branch_logits"].T)
+    assert list(csba_logits.y) == classes and list(csba_logits.x) == ["1", "2", "3"]
+    np.testing.assert_allclose(head_logits.z, heads["branch_logits"])
+    assert list(head_logits.x) == ["own"]
+    # one symmetric logit scale for every run (the largest |logit| of all: 4.0), one for gates
+    assert {m.coloraxis for m in (csba_logits, base_logits, head_logits)} == {"coloraxis"}
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (-4.0, 4.0)
+    assert csba_att.coloraxis == head_att.coloraxis == "coloraxis2"
+    assert list(csba_att.y) == ["1", "2", "3"] and list(head_att.y) == ["a", "b", "c"]
+    assert "no gates" in [a.text for a in fig.layout.annotations]  # the plain run
+    lo, hi = fig.layout.yaxis4.domain  # the logits row: its colour bar beside it
+    assert lo <= fig.layout.coloraxis.colorbar.y <= hi
+    one = F.attribution_grid([("base", plain, 0)])  # no run with gates: two rows
+    assert len(one.data) == 2 and "coloraxis2" not in one.to_plotly_json()["layout"]
 
 
 def test_conflict_colour_scale_is_centred_and_red_for_conflict():

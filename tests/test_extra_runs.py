@@ -20,6 +20,8 @@ from streamlit.testing.v1 import AppTest
 from csba.models import PAPER_VARIANTS, list_models
 from csba.report import render_results_markdown
 
+NUMBERS = "Probabilities, branch logits and attention"  # the Attributions chart
+
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
 RECORDS = ("pcgrad-s0", "csba-resnet18-s0")  # shipped as records: run.json, no weights
@@ -115,7 +117,7 @@ def test_attributions_page_offers_only_runs_with_weights(pages_env):
     at.run()
     settle_attributions(at)  # the second run's Integrated Gradients come on a later rerun
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert [s.value for s in at.subheader] == ["Input", "Each run"]
+    assert [s.value for s in at.subheader] == ["Input", NUMBERS, "Each run"]
     # Each chosen run has its own column, explained (a failed run shows an error instead).
     heads = [m.value for m in at.markdown if m.value.startswith("#### ")]
     assert heads == ["#### baseline-resnet18 s0 (32px)", "#### crt s0 (32px)"], heads
