@@ -28,7 +28,6 @@ import ctypes
 import ctypes.util
 import heapq
 import itertools
-import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -45,8 +44,6 @@ class WorkQueue:
         capacity: finished results kept (least recently submitted/asked dropped first).
         name: the worker thread's name (shows in profiles and ``py-spy dump``).
         after_task: called in the worker after every task (default :func:`release_memory`).
-        nice: added to the worker thread's scheduling niceness (Linux schedules threads on
-            their own): the computations yield the CPU to the threads that answer requests.
     """
 
     def __init__(
@@ -54,14 +51,12 @@ class WorkQueue:
         capacity: int = 256,
         name: str = "csba-work",
         after_task: Callable[[], object] | None = None,
-        nice: int = 0,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = int(capacity)
         self.name = name
         self._after = release_memory if after_task is None else after_task
-        self.nice = int(nice)
         self._cv = threading.Condition()
         self._heap: list[tuple[int, int, Hashable]] = []  # (priority, arrival, key)
         self._pending: dict[Hashable, tuple[Callable[[], object], int]] = {}  # key -> (fn, prio)
@@ -166,12 +161,6 @@ class WorkQueue:
                 return queued[0], self._futures[key]  # pending keys are never evicted
 
     def _work(self) -> None:
-        if self.nice:  # this thread only (a thread is a task to Linux); where not allowed: as is
-            with contextlib.suppress(OSError, AttributeError):
-                tid = threading.get_native_id()
-                os.setpriority(
-                    os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + self.nice
-                )
         while True:
             nxt = self._next()
             if nxt is None:

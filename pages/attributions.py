@@ -50,9 +50,6 @@ POLL_S = 1.0  # how often a page with computations in flight looks again (s)
 # rerun per finished computation made the last maps 3 s later). The first run's maps and the
 # last computation are shown at once.
 REDRAW_GAP_S = 2.0
-# The worker's niceness above the server's: page views and uploads are answered first while
-# attributions compute (benchmarks/bench_dashboard.py, 4 users; docs/performance.md).
-WORKER_NICE = 10
 
 
 def _wait_s() -> float:
@@ -74,7 +71,7 @@ def _test_split(name: str, size: int, data_root: str | None, split_seed: int):
 def _work_queue() -> WorkQueue:
     """The server's one attribution worker (see the module docstring); results kept for 512
     (run, image, target, stage) keys."""
-    return WorkQueue(capacity=512, name="csba-attributions", nice=WORKER_NICE)
+    return WorkQueue(capacity=512, name="csba-attributions")
 
 
 def _explain_job(model, meta: dict, data: bytes, target: int | None, methods) -> ImageExplanation:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -148,15 +147,3 @@ def test_redraw_due_batches_all_but_the_first_runs_and_the_last_computation():
     assert redraw_due(15, 14, 15, first_news=False, since_s=0.1, gap_s=2.0)
     assert not redraw_due(5, 3, 15, first_news=False, since_s=1.9, gap_s=2.0)
     assert redraw_due(5, 3, 15, first_news=False, since_s=2.0, gap_s=2.0)
-
-
-def test_the_worker_thread_runs_at_the_niceness_asked():
-    def niceness() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    here = niceness()
-    q = WorkQueue(capacity=4, name="nice-test", nice=3)
-    assert q.submit("k", niceness).result(timeout=10) == min(19, here + 3)
-    assert niceness() == here  # the caller's thread is untouched
-    plain = WorkQueue(capacity=4, name="plain-test")
-    assert plain.submit("k", niceness).result(timeout=10) == here
