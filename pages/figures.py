@@ -775,16 +775,8 @@ def conflict_gain_scatter(methods: Sequence[Mapping[str, Any]], title: str) -> g
 # --------------------------------------------------------------------------------------------
 
 
-def branch_names(report: Mapping[str, Any]) -> tuple[list[str], str]:
-    """Row names of an attribution report's branch logits and the panel's title."""
-    names = list(report["branch_labels"])
-    if all(n.startswith("head ") for n in names):
-        return [n.removeprefix("head ") for n in names], "Head logits"
-    return names, "Branch logits"
-
-
-def _short(name: str, n: int = 11) -> str:
-    """A tick label at most n characters long ('possibly-d…'); the hover keeps the full name."""
+def _short(name: str, n: int = 6) -> str:
+    """A tick label at most n characters long ('possi…'); the hover keeps the full name."""
     return name if len(name) <= n else name[: n - 1] + "…"
 
 
@@ -854,11 +846,11 @@ def attribution_grid(runs: Sequence[tuple[str, Mapping[str, Any], int]]) -> go.F
             type="category", title_text=f"{kind}es" if kind == "branch" else "heads", row=2, col=k
         )
         if r["attention"] is not None:
-            names = branch_names(r)[0]
+            names = [str(x) for x in r["branch_labels"]]  # "branch 1" ... or "head <class>"
             fig.add_trace(
                 go.Heatmap(
                     z=np.asarray(r["attention"], float),
-                    y=[_short(str(x).removeprefix("branch "), 6) for x in names],
+                    y=[_short(x.removeprefix("branch ").removeprefix("head ")) for x in names],
                     coloraxis="coloraxis2",
                     customdata=np.broadcast_to(
                         np.array(names, dtype=object)[:, None], np.shape(r["attention"])
