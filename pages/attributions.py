@@ -50,6 +50,15 @@ POLL_S = 1.0  # how often a page with computations in flight looks again (s)
 # rerun per finished computation made the last maps 3 s later). The first run's maps and the
 # last computation are shown at once.
 REDRAW_GAP_S = 2.0
+INTERACTIVE_HELP = (
+    "The same chart in plotly: hover for each channel's gate and each cell's exact value, zoom. "
+    "Off by default: the picture is drawn once on the server, the interactive chart costs the "
+    "browser about 0.3 s of drawing per view."
+)
+BRANCH_CAMS_HELP = (
+    "Grad-CAM of the explained class on each branch's last layer, under the run's maps (off by "
+    "default: three more images per run)."
+)
 
 
 def _wait_s() -> float:
@@ -353,16 +362,24 @@ def _runs_section(
     ready = [(labels[str(i.path)], results[str(i.path)]) for i in infos if str(i.path) in results]
     if ready:  # every ready run's numbers in one chart (the same classes: see main)
         st.subheader("Probabilities, branch logits and attention")
+        interactive = st.toggle("Interactive chart", key="attr_interactive", help=INTERACTIVE_HELP)
         same = len({tuple(e.report["classes"]) for _, e in ready}) == 1
         for part in [ready] if same else [[x] for x in ready]:
-            fig = FIG.attribution_grid([(label, e.report, e.target) for label, e in part])
-            plotly_chart(fig, width="stretch", key=f"attr_numbers_{part[0][0]}")
+            grid = [(label, e.report, e.target) for label, e in part]
+            if interactive:
+                fig = FIG.attribution_grid(grid)
+                plotly_chart(fig, width="stretch", key=f"attr_numbers_{part[0][0]}")
+            else:  # built once per (runs, image, target): FIG caches it like any figure
+                st.image(FIG.attribution_grid_png(grid))
 
     st.subheader("Each run")
     st.caption(
         "Each column appears as soon as its run is explained. Integrated Gradients (baseline: "
         "the training mean image), Saliency |d logit / d x| and Grad-CAM for the explained "
         "class; red = more evidence."
+    )
+    branch_cams = any(k.startswith("gradcam_") for e in results.values() for k in e.maps) and (
+        st.toggle("Grad-CAM per branch", key="attr_branch_cams", help=BRANCH_CAMS_HELP)
     )
     rows = []
     for col, info in zip(st.columns(len(infos)), infos):
@@ -381,7 +398,7 @@ def _runs_section(
                 else:
                     st.info(_queue_note(t.keys["quick"], "Prediction and maps"))
                 continue
-            _show_run(info, e, true_class, t)
+            _show_run(info, e, true_class, t, branch_cams)
             r = e.report
             rows += [
                 {"run": label, "class": c, "probability": float(p)}
@@ -391,45 +408,62 @@ def _runs_section(
         download_df(pd.DataFrame(rows), f"probabilities_{digest[:8]}")
 
 
-def _show_run(info, e: ImageExplanation, true_class: str | None, t: _RunTasks) -> None:
-    """One run's column: prediction, typicality, probabilities, branches, attention, maps."""
+def _show_run(info, e: ImageExplanation, true_class: str | None, t: _RunTasks, branch_cams: bool):
+    """One run's column: prediction, typicality, branch overlap, then the maps as one image list
+    (one element, not one per map: the browser lays out each element; PNGs encoded once per
+    result, see _shown)."""
     r = e.report
     pred = r["classes"][r["pred"]]
     verdict = ""
     if true_class is not None:
         verdict = " (correct)" if pred == true_class else f" (true: {true_class})"
-    st.markdown(f"Predicted **{pred}**, p = {r['probs'][r['pred']]:.2f}{verdict}")
+    st.markdown(
+        f"Predicted **{pred}**, p = {r['probs'][r['pred']]:.2f}{verdict}  \n"
+        f"Explaining **{r['classes'][e.target]}**"
+    )
+    notes = []
     if not t.typicality.done():
-        st.caption(_queue_note(t.keys["typicality"], "Typicality"))
+        notes.append(_queue_note(t.keys["typicality"], "Typicality"))
     else:
         typ = _failure(t.typicality) or t.typicality.result()
         if isinstance(typ, str):
-            st.caption(typ if typ.startswith("typicality") else f"typicality: {typ}")
+            notes.append(typ if typ.startswith("typicality") else f"typicality: {typ}")
         elif typ.outside:
             st.warning(typ.message)
         else:
-            st.caption(typ.message)
+            notes.append(typ.message)
     if r["attention"] is None:
-        st.caption(f"{info.meta['variant']}: no attention gates.")
+        notes.append(f"{info.meta['variant']}: no attention gates.")
     else:
-        st.caption(_overlap_text(e))
-    st.markdown(f"Explaining **{r['classes'][e.target]}**")
-    overlays, titles = dict(e.overlays), dict(e.titles)
+        notes.append(_overlap_text(e))
+    overlays, titles, made_by = dict(e.overlays), dict(e.titles), dict.fromkeys(e.overlays, "quick")
     if not t.slow.done():
-        st.caption(_queue_note(t.keys["slow"], "Integrated Gradients"))
+        notes.append(_queue_note(t.keys["slow"], "Integrated Gradients"))
     elif problem := _failure(t.slow):
-        st.caption(f"Integrated Gradients: {problem}")
+        notes.append(f"Integrated Gradients: {problem}")
     else:
         overlays |= t.slow.result().overlays
         titles |= t.slow.result().titles
-    for key in METHODS:
-        if key in overlays:
-            st.image(_big(overlays[key]), width=SHOW_PX, caption=titles[key])
-    branches = [k for k in e.maps if k.startswith("gradcam_") and k in overlays]
-    if branches:
-        st.markdown("**Grad-CAM per branch**")
-        for key in branches:
-            st.image(_big(overlays[key]), width=SHOW_PX, caption=titles[key])
+        made_by |= dict.fromkeys(t.slow.result().overlays, "slow")
+    st.caption("  \n".join(notes))
+    shown = [k for k in METHODS if k in overlays]
+    if branch_cams:
+        shown += [k for k in e.maps if k.startswith("gradcam_") and k in overlays]
+    if shown:
+        st.image(
+            [_shown(t.keys[made_by[k]], k, overlays[k]) for k in shown],
+            width=SHOW_PX,
+            caption=[titles[k] for k in shown],
+        )
+
+
+@st.cache_resource(show_spinner=False, max_entries=2048)
+def _shown(key: tuple, name: str, _pixels: np.ndarray) -> bytes:
+    """PNG of a map's display copy, encoded once per (computation key, map name), not on every
+    rerun (a column's maps are redrawn on each of the page's reruns while others compute)."""
+    buf = io.BytesIO()
+    _big(_pixels).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 main()

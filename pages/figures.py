@@ -903,3 +903,119 @@ def attribution_grid(runs: Sequence[tuple[str, Mapping[str, Any], int]]) -> go.F
     fig.update_yaxes(title_text="probability", row=1, col=1)
     fig.update_yaxes(title_text="logits", row=2, col=1)
     return fig
+
+
+def attribution_grid_png(
+    runs: Sequence[tuple[str, Mapping[str, Any], int]], dpi: int = 100
+) -> bytes:
+    """:func:`attribution_grid` drawn once on the server as a PNG (matplotlib, see
+    :func:`attribution_grid_static`). The browser decodes one image instead of laying out a
+    15-subplot plotly chart (about 40% of the Attributions page's browser time,
+    benchmarks/bench_dashboard.py), so it is the page's default."""
+    import io
+
+    buf = io.BytesIO()
+    attribution_grid_static(runs, dpi).savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def attribution_grid_static(runs: Sequence[tuple[str, Mapping[str, Any], int]], dpi: int = 100):
+    """:func:`attribution_grid` as a matplotlib Figure: the same rows and columns, each value
+    printed in its cell, one logit colour scale for all runs (symmetric, the largest |logit|),
+    gates on 0..1; no hover."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, safe in any thread
+
+    classes = [str(c) for c in runs[0][1]["classes"]]
+    n, nc = len(runs), len(classes)
+    gated = any(r["attention"] is not None for _, r, _ in runs)
+    logits = []  # (rows = classes, columns = branches or one head), column names, axis name
+    for _, r, _ in runs:
+        z = np.asarray(r["branch_logits"], float)
+        if z.shape[1] == nc:
+            logits.append((z.T, [str(k + 1) for k in range(z.shape[0])], "branches"))
+        else:
+            logits.append((z, ["own"], "heads"))
+    top = max(float(np.abs(z).max()) for z, _, _ in logits) or 1.0
+    branches = max(
+        (r["attention"].shape[0] for _, r, _ in runs if r["attention"] is not None), default=0
+    )
+    heights = [0.3 * nc + 0.2, 0.3 * nc + 0.2] + ([max(0.7, 0.22 * branches)] if gated else [])
+    width, height = 1.9 * n + 1.9, sum(heights) + 0.55 * len(heights) + 0.5  # inches
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    grid = fig.add_gridspec(
+        len(heights), n + 1, height_ratios=heights, width_ratios=[1] * n + [0.06]
+    )
+    grid.update(  # margins in inches: class names on the left, colour bars on the right
+        left=1.3 / width,
+        right=1 - 0.45 / width,
+        top=1 - 0.5 / height,
+        bottom=0.35 / height,
+        hspace=0.55 * len(heights) / sum(heights),
+        wspace=0.2,
+    )
+    small = {"fontsize": 8}
+    logit_img = gate_img = None
+    for k, (label, r, target) in enumerate(runs):
+        ax = fig.add_subplot(grid[0, k])
+        probs = np.asarray(r["probs"], float)
+        colours = ["#d62728" if i == target else "#1f77b4" for i in range(nc)]
+        ax.barh(range(nc), probs, color=colours)
+        for i, p in enumerate(probs):  # inside a long bar, after a short one
+            inside = p > 0.75
+            ax.text(
+                p - 0.02 if inside else p + 0.02,
+                i,
+                f"{p:.2f}",
+                va="center",
+                ha="right" if inside else "left",
+                color="white" if inside else "black",
+                **small,
+            )
+        ax.set_xlim(0, 1)
+        ax.set_xticks([0, 0.5, 1], ["0", ".5", "1"])
+        ax.set_ylim(nc - 0.5, -0.5)
+        ax.set_yticks(range(nc), classes if k == 0 else [""] * nc, **small)
+        ax.tick_params(labelsize=8)
+        ax.set_title(label.replace(" (", "\n(", 1), fontsize=9)
+        if k == 0:
+            ax.set_ylabel("probability", fontsize=9)
+        z, cols, kind = logits[k]
+        ax = fig.add_subplot(grid[1, k])
+        logit_img = ax.imshow(z, cmap="RdBu_r", vmin=-top, vmax=top, aspect="auto")
+        for (i, j), v in np.ndenumerate(z):
+            ax.text(
+                j,
+                i,
+                f"{v:.1f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if abs(v) > 0.6 * top else "black",
+            )
+        ax.set_xticks(range(len(cols)), cols, fontsize=8)
+        ax.set_yticks(range(nc), classes if k == 0 else [""] * nc, fontsize=8)
+        ax.set_xlabel(kind, fontsize=8)
+        if k == 0:
+            ax.set_ylabel("logits", fontsize=9)
+        if gated:
+            ax = fig.add_subplot(grid[2, k])
+            if r["attention"] is None:
+                ax.axis("off")
+                ax.text(
+                    0.5, 0.5, "no gates", ha="center", va="center", transform=ax.transAxes, **small
+                )
+                continue
+            a = np.asarray(r["attention"], float)
+            gate_img = ax.imshow(
+                a, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest"
+            )
+            names = [
+                str(x).removeprefix("branch ").removeprefix("head ") for x in r["branch_labels"]
+            ]
+            ax.set_yticks(range(len(names)), [_short(x) for x in names], fontsize=7)
+            ax.set_xticks([])
+            ax.set_xlabel("channel", fontsize=8)
+    fig.colorbar(logit_img, cax=fig.add_subplot(grid[1, n])).ax.tick_params(labelsize=7)
+    if gate_img is not None:
+        fig.colorbar(gate_img, cax=fig.add_subplot(grid[2, n])).ax.tick_params(labelsize=7)
+    return fig

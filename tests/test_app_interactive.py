@@ -60,13 +60,26 @@ def test_attributions_page_test_image(runs_root):
     assert not at.error, [e.value for e in at.error]
     subheaders = [s.value for s in at.subheader]
     assert subheaders == ["Input", NUMBERS, "Each run"]
+    assert at.get("plotly_chart") == []  # the numbers as one picture by default
+    assert not at.toggle(key="attr_interactive").value
+    at.toggle(key="attr_interactive").set_value(True)
+    at.run()
+    settle_attributions(at)
     charts = at.get("plotly_chart")
     assert len(charts) == 1  # every run's numbers in one figure
     grid = json.loads(charts[0].proto.spec)
     assert [t["type"] for t in grid["data"]].count("bar") == 3  # one column per run
     captions = [c for img in at.image for c in img.captions]
-    for title in ("Integrated Gradients", "Saliency", "Grad-CAM (fire8)", "Grad-CAM, branch 1"):
+    for title in ("Integrated Gradients", "Saliency", "Grad-CAM (fire8)"):
         assert any(title in c for c in captions), captions
+    assert not any("Grad-CAM, branch" in c for c in captions)  # behind the toggle
+    maps = len(captions)
+    at.toggle(key="attr_branch_cams").set_value(True)
+    at.run()
+    settle_attributions(at)
+    captions = [c for img in at.image for c in img.captions]
+    assert any("Grad-CAM, branch 1" in c for c in captions), captions
+    assert len(captions) > maps
     assert any("head of" in c for c in captions)  # class_heads: the explained class's head
     assert any("as the model sees it: 32x32" in c for c in captions)
     # another test image and an explicit target still render without error
@@ -232,8 +245,16 @@ def test_attributions_page_does_not_wait_for_the_computations(runs_root, monkeyp
     assert not at.exception and not at.error
     assert not [i.value for i in at.info]
     captions = [c for img in at.image for c in img.captions]
-    for title in ("Integrated Gradients", "Saliency", "Grad-CAM (fire8)", "Grad-CAM, branch 1"):
+    for title in ("Integrated Gradients", "Saliency", "Grad-CAM (fire8)"):
         assert any(title in c for c in captions), captions
+    assert not any("Grad-CAM, branch" in c for c in captions)  # behind the toggle
+    maps = len(captions)
+    at.toggle(key="attr_branch_cams").set_value(True)
+    at.run()
+    settle_attributions(at)
+    captions = [c for img in at.image for c in img.captions]
+    assert any("Grad-CAM, branch 1" in c for c in captions), captions
+    assert len(captions) > maps
     assert "computing" not in _texts(at)
 
 

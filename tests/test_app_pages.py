@@ -410,6 +410,49 @@ def test_attribution_grid_puts_every_run_in_one_figure():
     assert len(one.data) == 2 and "coloraxis2" not in one.to_plotly_json()["layout"]
 
 
+def test_attribution_grid_static_draws_the_same_numbers():
+    import io
+
+    from matplotlib.colors import to_hex
+    from PIL import Image
+
+    from pages import figures as F
+
+    gated = {
+        "classes": ["a", "b", "c"],
+        "probs": np.array([0.2, 0.7, 0.1]),
+        "branch_logits": np.array([[1.0, -2.0, 0.5], [0.0, 1.0, 0.0], [0.5, 0.5, -0.5]]),
+        "branch_labels": ["branch 1", "branch 2", "branch 3"],
+        "attention": np.linspace(0, 1, 24).reshape(3, 8),
+    }
+    plain = gated | {"attention": None, "branch_logits": np.ones((3, 3)) * 0.5}
+    heads = gated | {"branch_logits": np.array([[0.3], [4.0], [-0.4]])}
+    runs = [("csba", gated, 2), ("base", plain, 1), ("heads", heads, 0)]
+    fig = F.attribution_grid_static(runs)
+    plots = [ax for ax in fig.axes if ax.get_title() or ax.images or ax.patches]
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["csba", "base", "heads"]
+    bars = [ax for ax in fig.axes if ax.patches]
+    widths = [[p.get_width() for p in ax.patches] for ax in bars]
+    np.testing.assert_allclose(widths[0], gated["probs"])
+    colours = [to_hex(p.get_facecolor()) for p in bars[0].patches]
+    assert colours == ["#1f77b4", "#1f77b4", "#d62728"]  # the explained class red
+    images = [ax.images[0] for ax in plots if ax.images]
+    # in run order: csba logits, csba gates, base logits, heads logits, heads gates
+    np.testing.assert_allclose(images[0].get_array(), gated["branch_logits"].T)
+    np.testing.assert_allclose(images[3].get_array(), heads["branch_logits"])
+    np.testing.assert_allclose(images[1].get_array(), gated["attention"])
+    assert {im.get_clim() for im in (images[0], images[2], images[3])} == {(-4.0, 4.0)}
+    assert images[1].get_clim() == images[4].get_clim() == (0.0, 1.0)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert "no gates" in texts and "0.70" in texts and "-2.0" in texts  # values in the cells
+    png = F.attribution_grid_png(runs)
+    assert Image.open(io.BytesIO(png)).size == (
+        round(fig.get_figwidth() * 100),
+        round(fig.get_figheight() * 100),
+    )
+
+
 def test_conflict_colour_scale_is_centred_and_red_for_conflict():
     from pages import figures as F
 
