@@ -238,6 +238,47 @@ def class_distribution_figure(dist: pd.DataFrame, title: str) -> go.Figure:
     return _layout(fig, title, 380)
 
 
+def class_distribution_png(dist: pd.DataFrame, title: str, dpi: int = 100) -> bytes:
+    """:func:`class_distribution_figure` as a picture drawn once on the server (matplotlib): the
+    Runs page's first sight. A plotly chart costs the browser about 0.2 s of drawing per view
+    whatever its size (benchmarks/bench_dashboard.py); the HTML download stays interactive."""
+    return png(class_distribution_static(dist, title, dpi))
+
+
+def class_distribution_static(dist: pd.DataFrame, title: str, dpi: int = 100):
+    """The class distribution as a matplotlib Figure: grouped bars per split, counts on them."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, safe in any thread
+
+    fig = Figure(figsize=(6.4, 3.6), dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(dist))
+    for k, split in enumerate(("train", "val", "test")):
+        counts = pd.to_numeric(dist[split], errors="coerce").astype(float).fillna(0).to_numpy()
+        bars = ax.bar(x + (k - 1) * 0.27, counts, 0.27, label=split, color=_mpl_colour(PALETTE[k]))
+        ax.bar_label(bars, [f"{c:.0f}" for c in counts], fontsize=7, padding=1)
+    ax.set_xticks(x, [str(c) for c in dist["class"]], fontsize=8)
+    ax.set_ylabel("images", fontsize=9)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=8, ncols=3, frameon=False, loc="lower right", bbox_to_anchor=(1, 1))
+    ax.set_title(title, fontsize=10, loc="left")
+    return fig
+
+
+def _mpl_colour(c: str) -> tuple[float, float, float]:
+    """plotly's 'rgb(r, g, b)' as matplotlib's (r, g, b) in 0..1 (the same palette on both)."""
+    return tuple(int(v) / 255 for v in c.removeprefix("rgb(").removesuffix(")").split(","))
+
+
+def png(fig) -> bytes:
+    """A matplotlib figure's PNG bytes."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 # --------------------------------------------------------------------------------------------
 # Confusion matrices
 # --------------------------------------------------------------------------------------------
@@ -912,11 +953,7 @@ def attribution_grid_png(
     :func:`attribution_grid_static`). The browser decodes one image instead of laying out a
     15-subplot plotly chart (about 40% of the Attributions page's browser time,
     benchmarks/bench_dashboard.py), so it is the page's default."""
-    import io
-
-    buf = io.BytesIO()
-    attribution_grid_static(runs, dpi).savefig(buf, format="png")
-    return buf.getvalue()
+    return png(attribution_grid_static(runs, dpi))
 
 
 def attribution_grid_static(runs: Sequence[tuple[str, Mapping[str, Any], int]], dpi: int = 100):

@@ -15,7 +15,6 @@ from pages.common import (
     download_df,
     download_fig,
     parameter_table,
-    plotly_chart,
     results_summary,
     run_labels,
     runs_root,
@@ -139,9 +138,9 @@ def dataset_section(good) -> int | None:
     )
     cols = st.columns([3, 2])
     with cols[0]:
-        fig = FIG.class_distribution_figure(dist, f"{ds}: images per class and split")
-        plotly_chart(fig, width="stretch", key="home_dist")
-        download_fig(fig, f"class_distribution_{ds}")
+        title = f"{ds}: images per class and split"
+        st.image(FIG.class_distribution_png(dist, title))  # a picture: see the builder
+        download_fig(FIG.class_distribution_figure(dist, title), f"class_distribution_{ds}")
     with cols[1]:
         st.dataframe(
             dist,

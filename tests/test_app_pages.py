@@ -127,7 +127,25 @@ def test_home_lists_every_run_and_the_broken_one(runs_root):
     got = params.loc[params["variant"] == "csba", "on resnet18"].iloc[0]
     assert got == want["resnet18"]["csba"] == 11_377_737  # 3 classes: 11,176,512 + 201,225
     assert params.loc[params["variant"] == "baseline", "parameters"].iloc[0] > 0
-    assert len(at.get("plotly_chart")) == 1
+    assert at.get("plotly_chart") == [] and len(at.image) == 1  # the distribution: a picture
+
+
+def test_class_distribution_picture_draws_the_counts():
+    from pages import figures as F
+
+    meta = {
+        "classes": ["a", "b"],
+        "dataset": {"counts": {"train": [90, 10], "val": [9, 1], "test": [30, 3]}},
+    }
+    dist = F.class_distribution(meta)
+    assert F.class_distribution_png(dist, "t")[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = F.class_distribution_static(dist, "t")
+    ax = fig.axes[0]
+    heights = [p.get_height() for p in ax.patches]  # train a, b; val a, b; test a, b
+    assert heights == [90, 10, 9, 1, 30, 3]
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == ["90", "10", "9", "1", "30", "3"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", "val", "test"]
 
 
 def test_home_states_the_verdict_of_the_runs(runs_root):
