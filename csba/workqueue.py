@@ -44,6 +44,10 @@ class WorkQueue:
         capacity: finished results kept (least recently submitted/asked dropped first).
         name: the worker thread's name (shows in profiles and ``py-spy dump``).
         after_task: called in the worker after every task (default :func:`release_memory`).
+        threads: torch's intra-op threads for each task (``torch.set_num_threads``, restored
+            after the task); None leaves torch's setting. The dashboard uses 1: on two cores
+            a second thread made Integrated Gradients no faster and cost 20-35% more CPU,
+            which the browsers and scripts need (docs/performance.md).
     """
 
     def __init__(
@@ -51,12 +55,14 @@ class WorkQueue:
         capacity: int = 256,
         name: str = "csba-work",
         after_task: Callable[[], object] | None = None,
+        threads: int | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = int(capacity)
         self.name = name
         self._after = release_memory if after_task is None else after_task
+        self.threads = threads
         self._cv = threading.Condition()
         self._heap: list[tuple[int, int, Hashable]] = []  # (priority, arrival, key)
         self._pending: dict[Hashable, tuple[Callable[[], object], int]] = {}  # key -> (fn, prio)
@@ -169,7 +175,8 @@ class WorkQueue:
             try:
                 if fut.set_running_or_notify_cancel():
                     try:
-                        fut.set_result(fn())
+                        with _torch_threads(self.threads):
+                            fut.set_result(fn())
                     except BaseException as e:  # handed to whoever waits on the future
                         fut.set_exception(e)
             finally:
@@ -188,6 +195,23 @@ def redraw_due(
     or the last of `total`, or the page was last drawn `since_s` >= `gap_s` seconds ago. Each
     redraw costs the CPU the worker computes with, so the others are batched."""
     return done != shown and (first_news or done == total or since_s >= gap_s)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """torch's intra-op threads set to n for one task, then restored: torch copies the last
+    value set into threads it starts later (a training job's), so it must not stay set."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _shutdown_at_exit(ref: weakref.ref) -> None:

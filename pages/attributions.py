@@ -79,8 +79,8 @@ def _test_split(name: str, size: int, data_root: str | None, split_seed: int):
 @st.cache_resource(show_spinner=False)
 def _work_queue() -> WorkQueue:
     """The server's one attribution worker (see the module docstring); results kept for 512
-    (run, image, target, stage) keys."""
-    return WorkQueue(capacity=512, name="csba-attributions")
+    (run, image, target, stage) keys; torch on one thread there (csba.workqueue.WorkQueue)."""
+    return WorkQueue(capacity=512, name="csba-attributions", threads=1)
 
 
 def _explain_job(model, meta: dict, data: bytes, target: int | None, methods) -> ImageExplanation:

@@ -91,6 +91,18 @@ def test_after_task_runs_after_every_task_and_its_failure_is_harmless():
     assert q.submit(3, lambda: "z").result(10) == "z"
 
 
+def test_threads_sets_torch_threads_in_the_worker_only():
+    import torch
+
+    before = torch.get_num_threads()
+    q = WorkQueue(threads=1)
+    assert q.submit("n", torch.get_num_threads).result(timeout=30) == 1
+    assert torch.get_num_threads() == before  # the caller's threads are untouched
+    # restored after the task: a thread started later (a training job's) gets torch's setting
+    default = WorkQueue()
+    assert default.submit("n", torch.get_num_threads).result(timeout=30) == before
+
+
 def test_capacity_must_be_positive():
     with pytest.raises(ValueError, match="capacity"):
         WorkQueue(capacity=0)
