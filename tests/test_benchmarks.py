@@ -204,3 +204,16 @@ def test_bench_dashboard_wait_finished_reads_the_last_run_after_the_click():
     assert abs(bench_dashboard._served(ended, 10.0, 0.9) - 0.5) < 1e-9
     assert abs(bench_dashboard._served(ended, 10.0, 0.96) - 1.0) < 1e-9
     assert bench_dashboard._served(ended, 11.0, 2.0) is None
+
+
+def test_bench_worker_threads_times_both_settings(tiny_runs, capsys):
+    """The worker-threads benchmark runs the Attributions job under both thread settings."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench_worker_threads
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    out = bench_worker_threads.main(["--run", str(tiny_runs["csba"]), "--images", "1"])
+    assert set(out) == {"1 thread", "default"}
+    assert all(v["wall_s"] > 0 and v["cpu_s"] > 0 for v in out.values())
+    assert "default / 1 thread: wall" in capsys.readouterr().out
