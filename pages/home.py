@@ -142,19 +142,22 @@ def dataset_section(good) -> int | None:
         st.image(FIG.class_distribution_png(dist, title))  # a picture: see the builder
         download_fig(FIG.class_distribution_figure(dist, title), f"class_distribution_{ds}")
     with cols[1]:
-        st.dataframe(
-            dist,
-            hide_index=True,
-            width="stretch",
-            column_config={"train share": st.column_config.NumberColumn(format="percent")},
-        )
-        download_df(dist, f"class_distribution_{ds}")
+        shares = ", ".join(f"{c} {v:.0%}" for c, v in zip(dist["class"], dist["train share"]))
         st.caption(
             f"{len(dist)} classes; imbalance (largest / smallest training class) {ratio}; "
-            f"split seed {info.get('split_seed', '?')}; fingerprint "
+            f"training shares: {shares}; split seed {info.get('split_seed', '?')}; fingerprint "
             f"`{str(info.get('fingerprint', '?'))[:12]}`; counts from run "
             f"`{latest.path.parent.name}/{latest.path.name}`."
         )
+        table = st.expander("As a table", key="home_dist_table", on_change="rerun")
+        if table.open:  # built when opened: each data grid costs the browser a redraw
+            table.dataframe(
+                dist,
+                hide_index=True,
+                width="stretch",
+                column_config={"train share": st.column_config.NumberColumn(format="percent")},
+            )
+        download_df(dist, f"class_distribution_{ds}")
         if len(splits) > 1:
             st.warning(
                 f"Runs of {ds} use {len(splits)} different split seeds "
@@ -166,7 +169,15 @@ def dataset_section(good) -> int | None:
 
 @st.fragment  # its widgets rerun this section only, not the runs table and charts above
 def parameter_section(num_classes: int | None) -> None:
-    st.subheader("Parameters (paper Table 2)")
+    box = st.expander(
+        "Parameters of every variant (paper Table 2)", key="home_params", on_change="rerun"
+    )
+    if box.open:  # built when opened (a data grid, a model built per variant)
+        with box:
+            _parameter_table(num_classes)
+
+
+def _parameter_table(num_classes: int | None) -> None:
     c = num_classes or st.columns(4)[0].number_input(
         "Number of classes", 2, 1000, 4, key="home_classes"
     )

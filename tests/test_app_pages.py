@@ -116,7 +116,12 @@ def test_home_lists_every_run_and_the_broken_one(runs_root):
     tiny = runs["protocol"][runs["variant"] == "baseline"].iloc[0]
     assert tiny == "epochs 1, batch_size 16", tiny
     assert any("is not valid JSON" in e.value for e in at.error)
-    # class distribution and parameter table (paper Table 2)
+    # class distribution and parameter table (paper Table 2): built when opened
+    assert len(at.dataframe) == 1
+    assert "training shares: " in " ".join(c.value for c in at.caption)
+    at.session_state["home_dist_table"] = True
+    at.session_state["home_params"] = True
+    at.run()
     dist = at.dataframe[1].value
     assert list(dist.columns[:4]) == ["class", "train", "val", "test"]
     params = at.dataframe[2].value
