@@ -46,8 +46,9 @@ class WorkQueue:
         after_task: called in the worker after every task (default :func:`release_memory`).
         threads: torch's intra-op threads for each task (``torch.set_num_threads``, restored
             after the task); None leaves torch's setting. The dashboard uses 1: on two cores
-            a second thread made Integrated Gradients no faster and cost 20-35% more CPU,
-            which the browsers and scripts need (docs/performance.md).
+            loaded by other work (browsers, scripts) a second thread made an attribution no
+            faster and cost 14% more CPU; on an idle machine it is 18% faster
+            (benchmarks/bench_worker_threads.py, docs/performance.md).
     """
 
     def __init__(
