@@ -169,8 +169,11 @@ def dataset_section(good) -> int | None:
 
 @st.fragment  # its widgets rerun this section only, not the runs table and charts above
 def parameter_section(num_classes: int | None) -> None:
-    box = st.expander(
-        "Parameters of every variant (paper Table 2)", key="home_params", on_change="rerun"
+    box = st.expander(  # open at first when there are no runs: then it is all there is
+        "Parameters of every variant (paper Table 2)",
+        expanded=num_classes is None,
+        key="home_params",
+        on_change="rerun",
     )
     if box.open:  # built when opened (a data grid, a model built per variant)
         with box:
