@@ -52,6 +52,22 @@ def _choose_runs(at: AppTest, variants: list[str]) -> None:
     at.run()
 
 
+def _maps_then_branch_cams(at: AppTest) -> list[str]:
+    """The maps each run shows, then with the per-branch Grad-CAM toggle on: every caption."""
+    captions = [c for img in at.image for c in img.captions]
+    for title in ("Integrated Gradients", "Saliency", "Grad-CAM (fire8)"):
+        assert any(title in c for c in captions), captions
+    assert not any("Grad-CAM, branch" in c for c in captions)  # behind the toggle
+    maps = len(captions)
+    at.toggle(key="attr_branch_cams").set_value(True)
+    at.run()
+    settle_attributions(at)
+    captions = [c for img in at.image for c in img.captions]
+    assert any("Grad-CAM, branch 1" in c for c in captions), captions
+    assert len(captions) > maps
+    return captions
+
+
 def test_attributions_page_test_image(runs_root):
     at = _page("pages/attributions.py")
     _choose_runs(at, ["baseline", "csba", "class_heads"])
@@ -69,17 +85,7 @@ def test_attributions_page_test_image(runs_root):
     assert len(charts) == 1  # every run's numbers in one figure
     grid = json.loads(charts[0].proto.spec)
     assert [t["type"] for t in grid["data"]].count("bar") == 3  # one column per run
-    captions = [c for img in at.image for c in img.captions]
-    for title in ("Integrated Gradients", "Saliency", "Grad-CAM (fire8)"):
-        assert any(title in c for c in captions), captions
-    assert not any("Grad-CAM, branch" in c for c in captions)  # behind the toggle
-    maps = len(captions)
-    at.toggle(key="attr_branch_cams").set_value(True)
-    at.run()
-    settle_attributions(at)
-    captions = [c for img in at.image for c in img.captions]
-    assert any("Grad-CAM, branch 1" in c for c in captions), captions
-    assert len(captions) > maps
+    captions = _maps_then_branch_cams(at)
     assert any("head of" in c for c in captions)  # class_heads: the explained class's head
     assert any("as the model sees it: 32x32" in c for c in captions)
     # another test image and an explicit target still render without error
@@ -244,17 +250,7 @@ def test_attributions_page_does_not_wait_for_the_computations(runs_root, monkeyp
     settle_attributions(at)  # the script waits for the first run's maps only
     assert not at.exception and not at.error
     assert not [i.value for i in at.info]
-    captions = [c for img in at.image for c in img.captions]
-    for title in ("Integrated Gradients", "Saliency", "Grad-CAM (fire8)"):
-        assert any(title in c for c in captions), captions
-    assert not any("Grad-CAM, branch" in c for c in captions)  # behind the toggle
-    maps = len(captions)
-    at.toggle(key="attr_branch_cams").set_value(True)
-    at.run()
-    settle_attributions(at)
-    captions = [c for img in at.image for c in img.captions]
-    assert any("Grad-CAM, branch 1" in c for c in captions), captions
-    assert len(captions) > maps
+    _maps_then_branch_cams(at)
     assert "computing" not in _texts(at)
 
 
