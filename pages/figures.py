@@ -265,9 +265,9 @@ def class_distribution_static(dist: pd.DataFrame, title: str, dpi: int = 100):
     return fig
 
 
-def _mpl_colour(c: str) -> tuple[float, float, float]:
+def _mpl_colour(c: str) -> tuple[float, ...]:
     """plotly's 'rgb(r, g, b)' as matplotlib's (r, g, b) in 0..1 (the same palette on both)."""
-    return tuple(int(v) / 255 for v in c.removeprefix("rgb(").removesuffix(")").split(","))
+    return tuple(v / 255 for v in px.colors.unlabel_rgb(c))
 
 
 def png(fig) -> bytes:
@@ -821,6 +821,26 @@ def _short(name: str, n: int = 6) -> str:
     return name if len(name) <= n else name[: n - 1] + "…"
 
 
+def _grid_parts(runs: Sequence[tuple[str, Mapping[str, Any], int]]):
+    """What both attribution grids draw: the classes; per run its logits (rows = classes,
+    columns = branches, or one column for class heads), column names and kind ('branch' or
+    'head'); the largest |logit| of all runs (one symmetric scale); the most gated branches
+    (0: no run has gates)."""
+    classes = [str(c) for c in runs[0][1]["classes"]]
+    logits = []
+    for _, r, _ in runs:
+        z = np.asarray(r["branch_logits"], float)
+        if z.shape[1] == len(classes):  # branches: their logits for every class
+            logits.append((z.T, [str(k + 1) for k in range(z.shape[0])], "branch"))
+        else:  # one head per class, each giving its own class's logit
+            logits.append((z, ["own"], "head"))
+    top = max(float(np.abs(z).max()) for z, _, _ in logits) or 1.0
+    branches = max(
+        (r["attention"].shape[0] for _, r, _ in runs if r["attention"] is not None), default=0
+    )
+    return classes, logits, top, branches
+
+
 def attribution_grid(runs: Sequence[tuple[str, Mapping[str, Any], int]]) -> go.Figure:
     """Every run's numbers for one image in one figure: one column per run (label, a
     csba.attributions report, the explained class), rows: probabilities (the explained class
@@ -828,19 +848,9 @@ def attribution_grid(runs: Sequence[tuple[str, Mapping[str, Any], int]]) -> go.F
     where any run has gates, its attention per branch and channel. One colour scale per row,
     shared by the runs so they compare. One chart for all runs: the browser lays out and draws a
     chart's frame once (five charts, one per run, were 40% of the page's drawing)."""
-    classes = [str(c) for c in runs[0][1]["classes"]]
+    classes, logits, top, branches = _grid_parts(runs)
     n = len(runs)
-    gated = any(r["attention"] is not None for _, r, _ in runs)
-    logits = []  # (classes, branches) or (classes, 1), column names
-    for _, r, _ in runs:
-        z = np.asarray(r["branch_logits"], float)
-        if z.shape[1] == len(classes):  # branches: their logits for every class
-            logits.append((z.T, [str(k + 1) for k in range(z.shape[0])], "branch"))
-        else:  # one head per class, each giving its own class's logit
-            logits.append((z, ["own"], "head"))
-    branches = max(
-        (r["attention"].shape[0] for _, r, _ in runs if r["attention"] is not None), default=0
-    )
+    gated = branches > 0
     plots = [26 * len(classes), 26 * len(classes)] + ([max(60, 22 * branches)] if gated else [])
     gap = 60  # px between rows: tick labels and the next row
     height = sum(plots) + gap * (len(plots) - 1) + 70
@@ -852,7 +862,6 @@ def attribution_grid(runs: Sequence[tuple[str, Mapping[str, Any], int]]) -> go.F
         horizontal_spacing=min(0.04, 0.3 / max(1, n - 1)) if n > 1 else 0.0,
         vertical_spacing=gap / height,
     )
-    top = max(float(np.abs(z).max()) for z, _, _ in logits) or 1.0
     for k, (label, r, target) in enumerate(runs, start=1):
         colours = ["#d62728" if i == target else "#1f77b4" for i in range(len(classes))]
         fig.add_trace(
@@ -962,20 +971,9 @@ def attribution_grid_static(runs: Sequence[tuple[str, Mapping[str, Any], int]], 
     gates on 0..1; no hover."""
     from matplotlib.figure import Figure  # no pyplot: no global state, safe in any thread
 
-    classes = [str(c) for c in runs[0][1]["classes"]]
+    classes, logits, top, branches = _grid_parts(runs)
     n, nc = len(runs), len(classes)
-    gated = any(r["attention"] is not None for _, r, _ in runs)
-    logits = []  # (rows = classes, columns = branches or one head), column names, axis name
-    for _, r, _ in runs:
-        z = np.asarray(r["branch_logits"], float)
-        if z.shape[1] == nc:
-            logits.append((z.T, [str(k + 1) for k in range(z.shape[0])], "branches"))
-        else:
-            logits.append((z, ["own"], "heads"))
-    top = max(float(np.abs(z).max()) for z, _, _ in logits) or 1.0
-    branches = max(
-        (r["attention"].shape[0] for _, r, _ in runs if r["attention"] is not None), default=0
-    )
+    gated = branches > 0
     heights = [0.3 * nc + 0.2, 0.3 * nc + 0.2] + ([max(0.7, 0.22 * branches)] if gated else [])
     width, height = 1.9 * n + 1.9, sum(heights) + 0.55 * len(heights) + 0.5  # inches
     fig = Figure(figsize=(width, height), dpi=dpi)
@@ -1031,7 +1029,7 @@ def attribution_grid_static(runs: Sequence[tuple[str, Mapping[str, Any], int]], 
             )
         ax.set_xticks(range(len(cols)), cols, fontsize=8)
         ax.set_yticks(range(nc), classes if k == 0 else [""] * nc, fontsize=8)
-        ax.set_xlabel(kind, fontsize=8)
+        ax.set_xlabel(f"{kind}es" if kind == "branch" else "heads", fontsize=8)
         if k == 0:
             ax.set_ylabel("logits", fontsize=9)
         if gated:
