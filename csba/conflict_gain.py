@@ -26,6 +26,7 @@ import numpy as np
 __all__ = [
     "MIN_METHODS",
     "conflict_gain",
+    "match_key",
     "method_label",
     "run_deltas",
     "spearman",
@@ -54,7 +55,9 @@ def _backbone_key(meta: Mapping[str, Any]) -> str:
     return backbone + ("" if not pre else "-imagenet" if pre == "imagenet" else "-pretrained")
 
 
-def _match_key(meta: Mapping[str, Any]) -> tuple:
+def match_key(meta: Mapping[str, Any]) -> tuple:
+    """What a run shares with the baseline it is measured against: dataset, image size, split
+    seed, backbone (and pretraining), kind of device and training seed."""
     ds = meta.get("dataset") or {}
     device = str((meta.get("runtime") or {}).get("device", "cpu")).split(":")[0]
     return (
@@ -107,12 +110,12 @@ def run_deltas(metas: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     baselines = {}
     for meta in metas:
         if meta.get("variant") == "baseline":
-            baselines[_match_key(meta)] = meta
+            baselines[match_key(meta)] = meta
     out = []
     for meta in metas:
         if meta.get("variant") == "baseline":
             continue
-        base = baselines.get(_match_key(meta))
+        base = baselines.get(match_key(meta))
         a = _conflict_numbers(meta)
         b = _conflict_numbers(base) if base is not None else None
         if a is None or b is None:

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import streamlit as st
 
-from csba.conflict_gain import conflict_gain
+from csba.conflict_gain import conflict_gain, match_key
 from csba.diagnostics.training import conflict_change
 from pages import figures as F
 from pages.common import (
@@ -231,12 +231,8 @@ def opt_gen_section(runs, labels) -> None:
     def baseline_mean(meta):
         for j in every:
             m = j.meta
-            if (
-                m["variant"] == "baseline"
-                and dataset_name(m) == dataset_name(meta)
-                and image_size(m) == image_size(meta)
-                and m["config"].get("seed") == meta["config"].get("seed")
-            ):
+            # the same-seed baseline of the same backbone, size and kind of device
+            if m["variant"] == "baseline" and match_key(m) == match_key(meta):
                 b = gcm_block(m, WHOLE)
                 return b["mean"] if b else None
         return None
@@ -276,8 +272,9 @@ def opt_gen_section(runs, labels) -> None:
     st.caption(
         "Generalisation gap: validation minus training loss at the kept epoch. Mean conflict: "
         "mean off-diagonal cosine of the whole-model matrix (higher = less conflict); Δ: this "
-        "run minus the baseline of the same dataset, image size and seed (positive = less "
-        "conflict than the baseline; empty when that baseline is missing or undiagnosed). "
+        "run minus the baseline of the same dataset, image size, backbone, kind of device and "
+        "seed (positive = less conflict than the baseline; empty when that baseline is missing "
+        "or undiagnosed). "
         "Focal runs train with a different loss, so their loss gap is on another scale."
     )
     download_df(df, "optimisation_generalisation")

@@ -106,6 +106,24 @@ def test_conflict_page_draws_the_conflict_gain_scatter_per_backbone(pages_env):
     assert "Spearman" in text or "rank correlation" in text, text
 
 
+def test_conflict_change_is_against_the_baseline_of_the_same_backbone(pages_env):
+    at = _open("pages/conflict.py")
+    _select_all(at, pages_env)
+    at.session_state["gcm_section"] = "Optimisation and generalisation"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    df = next(d.value for d in at.dataframe if "Δ vs baseline (same seed)" in d.value.columns)
+    mean = dict(zip(df["run"], df["mean conflict (cos)"], strict=True))
+    change = dict(zip(df["run"], df["Δ vs baseline (same seed)"], strict=True))
+    got = change["csba-resnet18 s0 (32px)"]
+    assert got == pytest.approx(
+        mean["csba-resnet18 s0 (32px)"] - mean["baseline-resnet18 s0 (32px)"]
+    )
+    assert change["pcgrad s0 (32px)"] == pytest.approx(
+        mean["pcgrad s0 (32px)"] - mean["baseline s0 (32px)"]
+    )
+
+
 def test_attributions_page_offers_only_runs_with_weights(pages_env):
     at = _open("pages/attributions.py")
     box = at.sidebar.multiselect(key="attributions_runs")
@@ -198,6 +216,8 @@ def test_report_and_pair_group_by_method(extra_root, tmp_path):
     for label in [*NEW, "baseline-resnet18", "csba-resnet18"]:
         assert f"| {label} " in text, label
     assert "#### Every method against the baseline" in text
+    assert "| csba-resnet18 | baseline-resnet18 | 1 |" in text  # its own backbone's baseline
+    assert "| baseline-resnet18 | baseline | 1 |" in text  # the backbones' family
     assert "#### Does reducing gradient conflict help the minority class?" in text
     # the shipping bar holds the paper's five on trifire only (here: baseline)
     assert info["bar"]["runs"] == 1 and set(info["bar"]["variants"]) == {"baseline"}

@@ -139,7 +139,8 @@ def _render(
         pts = points[v]
         b = boots[v]
         delta = "-"
-        if v != "baseline" and "baseline" in groups:
+        ref_name = rs[0].reference  # the baseline of the run's own backbone
+        if ref_name is not None and ref_name in groups:
             dres = stats.bootstrap_seed_mean(
                 y_true,
                 [r.y_pred for r in rs],
@@ -147,9 +148,11 @@ def _render(
                 n_resamples,
                 seed,
                 level,
-                reference=[r.y_pred for r in groups["baseline"]],
+                reference=[r.y_pred for r in groups[ref_name]],
             )
             delta = _fmt_ci(*_ci(dres["macro_f1"]), signed=True)
+            if v != rs[0].variant:  # another backbone: say which baseline
+                delta += f" vs {ref_name}"
         conflict = "-"
         if gcms[v]:
             conflict = _spread_cell([g["mean"] for g in gcms[v]], None)
@@ -278,9 +281,9 @@ def _render(
             f"\n\nOther methods ({', '.join(f'{m} x{n}' for m, n in others)}; experiments, "
             "not held to the bar): "
             + (
-                f"{', '.join(head)} beat{'s' if len(head) == 1 else ''} the baseline"
+                ", ".join(f"{v} beats {methods_info['methods'][v]['against']}" for v in head)
                 if head
-                else "none beats the baseline"
+                else "none beats its baseline"
             )
             + " after Holm's correction."
             + (f" {gain['sentence']}" if gain else "")
@@ -448,24 +451,28 @@ def _tradeoff_lines(
 ) -> list[str]:
     """Paper Table 6: validation accuracy, generalisation gap and conflict change vs baseline."""
     lines = ["", "#### Optimisation vs generalisation (paper Table 6)", ""]
-    base = [g["mean"] for g in gcms.get("baseline", []) if math.isfinite(g["mean"])]
-    base_mean = float(np.mean(base)) if base else None
     rows = []
     for v in variants:
         rs = groups[v]
+        ref_name = rs[0].reference  # the baseline of the run's own backbone
+        base = [g["mean"] for g in gcms.get(ref_name or "", []) if math.isfinite(g["mean"])]
+        base_mean = float(np.mean(base)) if base else None
         val = [
             _float_or_nan((r.meta.get("metrics") or {}).get("val", {}).get("accuracy")) for r in rs
         ]
         gap = [_float_or_nan(r.meta.get("generalisation_gap")) for r in rs]
         means = [g["mean"] for g in gcms.get(v, []) if math.isfinite(g["mean"])]
         change = "-"
-        if base_mean is not None and means and v != "baseline":
+        if base_mean is not None and means:
             change = _spread_cell([m - base_mean for m in means], None)
+            if v != rs[0].variant:  # another backbone: say which baseline
+                change += f" vs {ref_name}"
         rows.append([v, len(rs), _spread_cell(val, None), _spread_cell(gap, None), change])
     lines.append(
         "Validation accuracy (float32) and generalisation gap (validation minus training loss) "
-        "at the kept epoch, and the change of mean conflict against the baseline's seed mean "
-        "(positive: gradients more aligned than the baseline's); mean ± spread over seeds."
+        "at the kept epoch, and the change of mean conflict against the seed mean of the "
+        "baseline of the same backbone (positive: gradients more aligned than the baseline's); "
+        "mean ± spread over seeds."
     )
     lines.append("")
     lines.append(

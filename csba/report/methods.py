@@ -37,6 +37,27 @@ def _seed_se(a: list[float], b: list[float]) -> float | None:
     return math.sqrt(sa**2 / fa["n"] + sb**2 / fb["n"])
 
 
+def _families(
+    groups: Mapping[str, list[RunRecord]], baseline: str
+) -> dict[str, tuple[str, list[str]]]:
+    """Comparison families, name -> (reference method, methods compared with it), in the
+    groups' order: the methods of each backbone against that backbone's baseline (named after
+    the baseline), and the other backbones' baselines against ``baseline`` (named
+    ``backbones``). A method whose reference has no runs here is left out."""
+    fams: dict[str, tuple[str, list[str]]] = {}
+    for v, rs in groups.items():
+        ref = rs[0].reference
+        if ref is None or ref not in groups or ref == v:
+            continue
+        name = "backbones" if rs[0].variant == "baseline" else ref
+        fams.setdefault(name, (ref, []))[1].append(v)
+    # the default backbone's methods first, then each other backbone's, then the backbones
+    order = sorted(
+        fams, key=lambda f: (f != baseline, f == "backbones", list(groups).index(fams[f][0]))
+    )
+    return {f: fams[f] for f in order}
+
+
 def method_table(
     groups: Mapping[str, list[RunRecord]],
     y_true: np.ndarray,
@@ -46,93 +67,113 @@ def method_table(
     level: float,
     baseline: str = "baseline",
 ) -> tuple[list[str], dict[str, Any]]:
-    """Each method (group) against ``baseline`` on seed-mean macro-F1: the paired bootstrap
-    difference and interval, its two-sided bootstrap p-value, Holm's adjustment across the
-    methods, and the seed-spread check (|difference| > 2 seed standard errors). A method
-    beats the baseline only when its Holm-adjusted p <= ALPHA, the difference is positive and
-    the seed check does not fail."""
-    others = [v for v in groups if v != baseline]
-    if baseline not in groups or not others:
-        return [], {"baseline": baseline, "methods": {}, "beats": []}
-    base = groups[baseline]
-    base_f1 = [_macro_f1(r, num_classes) for r in base]
-    rows, info = [], {}
-    for v in others:
-        res = stats.bootstrap_seed_mean(
-            y_true,
-            [r.y_pred for r in groups[v]],
-            num_classes,
-            n_resamples,
-            seed,
-            level,
-            reference=[r.y_pred for r in base],
-        )
-        d, lo, hi = _ci(res["macro_f1"])
-        f1 = [_macro_f1(r, num_classes) for r in groups[v]]
-        info[v] = {
-            "seeds": len(f1),
-            "macro_f1": float(np.mean(f1)),
-            "difference": d,
-            "ci": [lo, hi],
-            "p": res["p_value"]["macro_f1"],
-            "seed_se": _seed_se(f1, base_f1),
-        }
-    adjusted = stats.holm([info[v]["p"] for v in others])
-    beats = []
-    for v, p_adj in zip(others, adjusted, strict=True):
-        e = info[v]
-        e["p_holm"] = p_adj
-        seed_ok = e["seed_se"] is None or abs(e["difference"]) > 2 * e["seed_se"]
-        if p_adj <= ALPHA and seed_ok:
-            e["verdict"] = "beats the baseline" if e["difference"] > 0 else "worse than baseline"
-        else:
-            e["verdict"] = "not resolved"
-        if e["verdict"] == "beats the baseline":
-            beats.append(v)
-        se = "-" if e["seed_se"] is None else _fmt(e["seed_se"])
-        rows.append(
-            [
-                v,
-                e["seeds"],
-                _fmt(e["macro_f1"]),
-                f"{e['difference']:+.3f} [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}]",
-                f"{e['p']:.3f}",
-                f"{p_adj:.3f}",
-                se,
-                e["verdict"],
-            ]
-        )
+    """Each method (group) against the baseline of its own backbone on seed-mean macro-F1: the
+    paired bootstrap difference and interval, its two-sided bootstrap p-value, Holm's
+    adjustment within the family of methods sharing that baseline, and the seed-spread check
+    (|difference| > 2 seed standard errors). Baselines of other backbones form one more
+    family, against ``baseline`` (the default backbone's). A method beats its baseline only
+    when its Holm-adjusted p <= ALPHA, the difference is positive and the seed check does not
+    fail."""
+    families = _families(groups, baseline)
+    if not families:
+        return [], {"baseline": baseline, "methods": {}, "beats": [], "families": {}}
+    rows, info, beats = [], {}, []
+    for ref, members in families.values():
+        base = groups[ref]
+        base_f1 = [_macro_f1(r, num_classes) for r in base]
+        for v in members:
+            res = stats.bootstrap_seed_mean(
+                y_true,
+                [r.y_pred for r in groups[v]],
+                num_classes,
+                n_resamples,
+                seed,
+                level,
+                reference=[r.y_pred for r in base],
+            )
+            d, lo, hi = _ci(res["macro_f1"])
+            f1 = [_macro_f1(r, num_classes) for r in groups[v]]
+            info[v] = {
+                "against": ref,
+                "seeds": len(f1),
+                "macro_f1": float(np.mean(f1)),
+                "difference": d,
+                "ci": [lo, hi],
+                "p": res["p_value"]["macro_f1"],
+                "seed_se": _seed_se(f1, base_f1),
+            }
+        adjusted = stats.holm([info[v]["p"] for v in members])
+        for v, p_adj in zip(members, adjusted, strict=True):
+            e = info[v]
+            e["p_holm"] = p_adj
+            seed_ok = e["seed_se"] is None or abs(e["difference"]) > 2 * e["seed_se"]
+            if p_adj <= ALPHA and seed_ok:
+                e["verdict"] = f"beats {ref}" if e["difference"] > 0 else f"worse than {ref}"
+            else:
+                e["verdict"] = "not resolved"
+            if e["difference"] > 0 and e["verdict"] != "not resolved":
+                beats.append(v)
+            se = "-" if e["seed_se"] is None else _fmt(e["seed_se"])
+            rows.append(
+                [
+                    v,
+                    ref,
+                    e["seeds"],
+                    _fmt(e["macro_f1"]),
+                    f"{e['difference']:+.3f} [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}]",
+                    f"{e['p']:.3f}",
+                    f"{p_adj:.3f}",
+                    se,
+                    e["verdict"],
+                ]
+            )
     pct = round(100 * level)
     if beats:
-        head = f"{', '.join(beats)} beat{'s' if len(beats) == 1 else ''} the baseline"
+        head = ", ".join(f"{v} beats {info[v]['against']}" for v in beats)
     else:
-        head = "No method beats the baseline"
+        head = "No method beats its baseline"
+    fam_text = "; ".join(
+        f"{len(members)} {'backbone' if f == 'backbones' else 'method'}"
+        f"{'s' if len(members) != 1 else ''} against {ref}"
+        for f, (ref, members) in families.items()
+    )
     lines = [
         "",
         "#### Every method against the baseline",
         "",
-        f"{head} on seed-mean macro-F1 after Holm's correction across the {len(others)} "
-        f"methods (family-wise level {ALPHA:g}) and the seed-spread check. Difference: paired "
-        f"bootstrap of the seed means on one test set ({pct}% interval); p: two-sided bootstrap "
-        "p-value of no difference; seed SE: Welch standard error of the difference over seeds "
-        "(a win must also exceed twice it).",
+        f"{head} on seed-mean macro-F1 after Holm's correction within each family of "
+        f"comparisons ({fam_text}; family-wise level {ALPHA:g}) and the seed-spread check. "
+        "Each method is compared with the baseline of its own backbone; another backbone's "
+        "baseline with the default one's. Difference: paired bootstrap of the seed means on "
+        f"one test set ({pct}% interval); p: two-sided bootstrap p-value of no difference; "
+        "seed SE: Welch standard error of the difference over seeds (a win must also exceed "
+        "twice it).",
         "",
         _md_table(
             [
                 "method",
+                "against",
                 "seeds",
                 "macro-F1",
-                "difference vs baseline",
+                "difference",
                 "p",
                 "p (Holm)",
                 "seed SE",
                 "verdict",
             ],
             rows,
-            [False, True, True, True, True, True, True, False],
+            [False, False, True, True, True, True, True, True, False],
         ),
     ]
-    return lines, {"baseline": baseline, "methods": info, "beats": beats, "alpha": ALPHA}
+    return lines, {
+        "baseline": baseline,
+        "methods": info,
+        "beats": beats,
+        "families": {
+            f: {"against": ref, "methods": list(members)} for f, (ref, members) in families.items()
+        },
+        "alpha": ALPHA,
+    }
 
 
 def conflict_gain_lines(

@@ -58,6 +58,17 @@ class RunRecord:
         return method_label(self.meta)
 
     @property
+    def reference(self) -> str | None:
+        """The method this run is compared with: the baseline of its own backbone (and
+        pretraining), since conflict and accuracy move with the backbone; a non-default
+        backbone's baseline is compared with the default backbone's (``baseline``), the
+        default baseline with nothing (None)."""
+        suffix = self.method[len(self.variant) :]
+        if self.variant != "baseline":
+            return "baseline" + suffix
+        return "baseline" if suffix else None
+
+    @property
     def seed(self) -> int | None:
         seed = self.meta.get("config", {}).get("seed")
         return int(seed) if isinstance(seed, (int, float)) else None
