@@ -13,6 +13,7 @@ a record, and ``report`` includes it. Unfinished or undiagnosed runs are listed 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -20,6 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
 from csba.store import META, WEIGHTS, atomic_write_json, list_runs
+
+
+def _same_record(target: Path, meta: dict) -> bool:
+    """Whether ``target`` holds this very run.json already (a rerun ships nothing new)."""
+    try:
+        return json.loads((target / META).read_text(encoding="utf-8")) == meta
+    except (OSError, ValueError):
+        return False
 
 
 def ship(src: Path, dest: Path, dry_run: bool = False) -> tuple[list[str], list[str]]:
@@ -37,6 +46,9 @@ def ship(src: Path, dest: Path, dry_run: bool = False) -> tuple[list[str], list[
         target = dest / rel
         if (target / WEIGHTS).is_file():
             skipped.append(f"{name}: shipped with its weights already")
+            continue
+        if _same_record(target, info.meta):
+            skipped.append(f"{name}: shipped already, unchanged")
             continue
         shipped.append(name)
         if dry_run:

@@ -109,6 +109,11 @@ def test_ship_records_copies_run_json_and_log_of_finished_diagnosed_runs(tiny_ru
     assert sorted(p.name for p in (dest / "k" / "baseline-s0").iterdir()) == ["run.json"]
     assert (dest / "logs" / "k-baseline-s0.log").read_text() == "epoch 1\n"
     assert json.loads((dest / "k" / "baseline-s0" / "run.json").read_text())["diagnostics"]
+    again = subprocess.run(
+        [sys.executable, str(script), str(src), str(dest)], capture_output=True, text=True
+    )
+    assert "shipped 0 record(s)" in again.stdout  # a rerun ships nothing it shipped already
+    assert "k/baseline-s0: shipped already, unchanged" in again.stdout
 
 
 def test_bench_dashboard_summary_counts_timeouts_and_upload_stages():
