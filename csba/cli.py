@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "compare",
         help="compare runs: per-class tables with bootstrap intervals",
-        description="Per-class precision/recall/F1 with bootstrap 95%% intervals, "
+        description="Per-class precision/recall/F1 with bootstrap 95% intervals, "
         "deltas against the first run, seed aggregates and conflict tables.",
     )
     c.add_argument(

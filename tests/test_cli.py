@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import subprocess
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from csba.cli import main
+from csba.cli import build_parser, main
 
 
 def test_evaluate_json_parses(tiny_runs, capsys):
@@ -89,6 +90,16 @@ def test_help_explains_every_option():
         "--out",
     ):
         assert opt in out
+
+
+def test_every_help_text_renders_its_percent_signs():
+    """argparse %-formats help strings but prints descriptions as written: no '%%' shows."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"train", "compare", "report", "protocol", "pair"} <= set(sub.choices)
+    for name, cmd in sub.choices.items():
+        text = cmd.format_help()
+        assert "%%" not in text and "%(" not in text, name
 
 
 def test_real_elpv_train_and_evaluate(tmp_path):
