@@ -163,6 +163,9 @@ class _Net(nn.Module):
     # "logit_adjust" = its loss unweighted; "ldam_drw", "crt", "pcgrad", "class_sum": the
     # procedures of csba.train / csba.methods.
     method: str = "weighted"
+    # The variant that isolates what this one adds (report compares the two): PCGrad's control
+    # is the same per-class loss sum without projection. None: the baseline is the only reference.
+    control: str | None = None
 
     def __init__(self, num_classes: int, in_channels: int = 3, backbone: str = "trifire") -> None:
         super().__init__()
@@ -407,6 +410,7 @@ class PCGradNet(BaselineNet):
     variant = "pcgrad"
     loss = "class_mean"
     method = "pcgrad"
+    control = "pcgrad_control"
 
 
 class ClassSumNet(BaselineNet):
@@ -544,7 +548,8 @@ def parameter_counts(num_classes: int, backbones: list[str] | None = None) -> di
 
 
 def model_info(name: str) -> dict[str, str]:
-    """Short description and training loss of a variant, for tables and pickers."""
+    """Short description, training loss, training procedure and control variant (None when
+    the baseline is its only reference) of a variant, for tables and pickers."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown variant {name!r}; choose one of: {', '.join(list_models())}")
     cls = _REGISTRY[name]
@@ -553,4 +558,5 @@ def model_info(name: str) -> dict[str, str]:
         "description": _DESCRIPTIONS[name],
         "loss": cls.loss,
         "method": cls.method,
+        "control": cls.control,
     }

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from csba import stats
+from csba.models import model_info
 from csba.report.markdown import _tradeoff_lines
 from csba.report.methods import method_table
 from csba.report.records import RunRecord
@@ -93,6 +94,39 @@ def test_method_table_families_and_known_differences():
     assert "2 methods against baseline; 1 method against baseline-resnet18; " in text
     assert "1 backbone against baseline" in text
     assert "| csba-resnet18 | baseline-resnet18 | 1 |" in text
+
+
+def test_a_method_is_also_compared_with_its_control():
+    assert model_info("pcgrad")["control"] == "pcgrad_control"
+    assert model_info("csba")["control"] is None
+    recs = [
+        *(_rec("baseline", s, 10) for s in range(3)),
+        *(_rec("pcgrad", s, 2) for s in range(3)),
+        *(_rec("pcgrad_control", s, 6) for s in range(3)),
+    ]
+    groups = _groups(recs)
+    lines, info = method_table(groups, Y, C, 200, 0, 0.95)
+    fams = info["families"]
+    assert fams["baseline"]["methods"] == ["pcgrad", "pcgrad_control"]
+    assert fams["controls:pcgrad"] == {"against": "pcgrad_control", "methods": ["pcgrad"]}
+    # against its baseline in "methods", against its control in "controls": neither overwritten
+    assert info["methods"]["pcgrad"]["against"] == "baseline"
+    ctl = info["controls"]["pcgrad"]
+    assert ctl["against"] == "pcgrad_control" and ctl["p_holm"] == ctl["p"]
+    f1 = {
+        v: np.mean(
+            [stats.metrics_from_confusion(stats.confusion_from_predictions(Y, r.y_pred, C))
+             ["macro_f1"] for r in groups[v]]
+        )
+        for v in groups
+    }  # fmt: skip
+    assert ctl["difference"] == pytest.approx(f1["pcgrad"] - f1["pcgrad_control"], abs=1e-9)
+    assert info["methods"]["pcgrad"]["difference"] == pytest.approx(
+        f1["pcgrad"] - f1["baseline"], abs=1e-9
+    )
+    text = "\n".join(lines)
+    assert "| pcgrad | pcgrad_control | 3 |" in text and "| pcgrad | baseline | 3 |" in text
+    assert "pcgrad against pcgrad_control (PCGrad's control" in text
 
 
 def test_tradeoff_conflict_change_is_against_the_same_backbone():

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import stats
 from ..conflict_gain import conflict_gain
+from ..models import model_info
 from .fmt import _fmt, _md_table
 from .records import RunRecord, _ci
 
@@ -51,11 +52,33 @@ def _families(
             continue
         name = "backbones" if rs[0].variant == "baseline" else ref
         fams.setdefault(name, (ref, []))[1].append(v)
-    # the default backbone's methods first, then each other backbone's, then the backbones
-    order = sorted(
-        fams, key=lambda f: (f != baseline, f == "backbones", list(groups).index(fams[f][0]))
-    )
-    return {f: fams[f] for f in order}
+    # each method with a control (csba.models.model_info) against that control, same backbone
+    for v, rs in groups.items():
+        control = _control(rs[0])
+        if control is not None and control in groups:
+            fams[f"controls:{v}"] = (control, [v])
+    # the default backbone's methods first, then each other backbone's, the backbones, controls
+    kinds = {"backbones": 1}
+
+    def key(f: str) -> tuple:
+        kind = 2 if f.startswith("controls:") else kinds.get(f, 0)
+        return (kind, f != baseline, list(groups).index(fams[f][0]))
+
+    return {f: fams[f] for f in sorted(fams, key=key)}
+
+
+def _describe(r: RunRecord) -> str:
+    """The registry's one-line description of the run's variant."""
+    return model_info(r.variant)["description"]
+
+
+def _control(r: RunRecord) -> str | None:
+    """The method label of the run's control variant on its backbone, if the variant has one."""
+    try:
+        control = model_info(r.variant)["control"]
+    except ValueError:  # a variant this version does not know
+        return None
+    return None if control is None else control + r.method[len(r.variant) :]
 
 
 def method_table(
@@ -73,12 +96,21 @@ def method_table(
     (|difference| > 2 seed standard errors). Baselines of other backbones form one more
     family, against ``baseline`` (the default backbone's). A method beats its baseline only
     when its Holm-adjusted p <= ALPHA, the difference is positive and the seed check does not
-    fail."""
+    fail. A method with a control variant (``model_info(v)["control"]``) is also compared
+    with it, in a family of its own (``controls`` in the returned info)."""
     families = _families(groups, baseline)
     if not families:
-        return [], {"baseline": baseline, "methods": {}, "beats": [], "families": {}}
-    rows, info, beats = [], {}, []
-    for ref, members in families.values():
+        return [], {
+            "baseline": baseline,
+            "methods": {},
+            "controls": {},
+            "beats": [],
+            "families": {},
+        }
+    rows, info, controls, beats = [], {}, {}, []
+    for fam, (ref, members) in families.items():
+        # a method against its control is kept apart: info holds it against its baseline
+        out = controls if fam.startswith("controls:") else info
         base = groups[ref]
         base_f1 = [_macro_f1(r, num_classes) for r in base]
         for v in members:
@@ -93,7 +125,7 @@ def method_table(
             )
             d, lo, hi = _ci(res["macro_f1"])
             f1 = [_macro_f1(r, num_classes) for r in groups[v]]
-            info[v] = {
+            out[v] = {
                 "against": ref,
                 "seeds": len(f1),
                 "macro_f1": float(np.mean(f1)),
@@ -102,16 +134,16 @@ def method_table(
                 "p": res["p_value"]["macro_f1"],
                 "seed_se": _seed_se(f1, base_f1),
             }
-        adjusted = stats.holm([info[v]["p"] for v in members])
+        adjusted = stats.holm([out[v]["p"] for v in members])
         for v, p_adj in zip(members, adjusted, strict=True):
-            e = info[v]
+            e = out[v]
             e["p_holm"] = p_adj
             seed_ok = e["seed_se"] is None or abs(e["difference"]) > 2 * e["seed_se"]
             if p_adj <= ALPHA and seed_ok:
                 e["verdict"] = f"beats {ref}" if e["difference"] > 0 else f"worse than {ref}"
             else:
                 e["verdict"] = "not resolved"
-            if e["difference"] > 0 and e["verdict"] != "not resolved":
+            if out is info and e["difference"] > 0 and e["verdict"] != "not resolved":
                 beats.append(v)
             se = "-" if e["seed_se"] is None else _fmt(e["seed_se"])
             rows.append(
@@ -137,6 +169,17 @@ def method_table(
         f"{'s' if len(members) != 1 else ''} against {ref}"
         for f, (ref, members) in families.items()
     )
+    control_text = ""
+    if controls:
+        control_text = " A method that has a control variant is also compared with it, which " + (
+            "isolates what the method adds: "
+            + "; ".join(
+                f"{v} against {e['against']} ({_describe(groups[e['against']][0])}): "
+                f"{e['verdict']}, {e['difference']:+.3f} [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}]"
+                for v, e in controls.items()
+            )
+            + "."
+        )
     lines = [
         "",
         "#### Every method against the baseline",
@@ -144,7 +187,9 @@ def method_table(
         f"{head} on seed-mean macro-F1 after Holm's correction within each family of "
         f"comparisons ({fam_text}; family-wise level {ALPHA:g}) and the seed-spread check. "
         "Each method is compared with the baseline of its own backbone; another backbone's "
-        "baseline with the default one's. Difference: paired bootstrap of the seed means on "
+        "baseline with the default one's."
+        + control_text
+        + " Difference: paired bootstrap of the seed means on "
         f"one test set ({pct}% interval); p: two-sided bootstrap p-value of no difference; "
         "seed SE: Welch standard error of the difference over seeds (a win must also exceed "
         "twice it).",
@@ -168,6 +213,7 @@ def method_table(
     return lines, {
         "baseline": baseline,
         "methods": info,
+        "controls": controls,
         "beats": beats,
         "families": {
             f: {"against": ref, "methods": list(members)} for f, (ref, members) in families.items()
