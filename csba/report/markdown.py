@@ -27,6 +27,7 @@ from .records import (
     _labels_from,
     _select_runs,
     _variant_sort_key,
+    paired_seed_mean,
     protocol_changes,
 )
 from .verdict import _bar_flags, _per_run_lines, _verdict, shipping_bar_text
@@ -141,15 +142,7 @@ def _render(
         delta = "-"
         ref_name = rs[0].reference  # the baseline of the run's own backbone
         if ref_name is not None and ref_name in groups:
-            dres = stats.bootstrap_seed_mean(
-                y_true,
-                [r.y_pred for r in rs],
-                c,
-                n_resamples,
-                seed,
-                level,
-                reference=[r.y_pred for r in groups[ref_name]],
-            )
+            dres = paired_seed_mean(rs, groups[ref_name], y_true, c, n_resamples, seed, level)
             delta = _fmt_ci(*_ci(dres["macro_f1"]), signed=True)
             if v != rs[0].variant:  # another backbone: say which baseline
                 delta += f" vs {ref_name}"

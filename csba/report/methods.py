@@ -13,7 +13,7 @@ from .. import stats
 from ..conflict_gain import conflict_gain
 from ..models import model_info
 from .fmt import _fmt, _md_table
-from .records import RunRecord, _ci
+from .records import RunRecord, _ci, paired_seed_mean
 
 __all__ = ["conflict_gain_lines", "method_table"]
 
@@ -57,11 +57,10 @@ def _families(
         control = _control(rs[0])
         if control is not None and control in groups:
             fams[f"controls:{v}"] = (control, [v])
-    # the default backbone's methods first, then each other backbone's, the backbones, controls
-    kinds = {"backbones": 1}
 
+    # the default backbone's methods first, then each other backbone's, the backbones, controls
     def key(f: str) -> tuple:
-        kind = 2 if f.startswith("controls:") else kinds.get(f, 0)
+        kind = 2 if f.startswith("controls:") else 1 if f == "backbones" else 0
         return (kind, f != baseline, list(groups).index(fams[f][0]))
 
     return {f: fams[f] for f in sorted(fams, key=key)}
@@ -114,15 +113,7 @@ def method_table(
         base = groups[ref]
         base_f1 = [_macro_f1(r, num_classes) for r in base]
         for v in members:
-            res = stats.bootstrap_seed_mean(
-                y_true,
-                [r.y_pred for r in groups[v]],
-                num_classes,
-                n_resamples,
-                seed,
-                level,
-                reference=[r.y_pred for r in base],
-            )
+            res = paired_seed_mean(groups[v], base, y_true, num_classes, n_resamples, seed, level)
             d, lo, hi = _ci(res["macro_f1"])
             f1 = [_macro_f1(r, num_classes) for r in groups[v]]
             out[v] = {

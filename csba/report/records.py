@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import stats
 from ..diagnostics import sorted_pairs
 from ..store import RunError, list_runs, read_run_json
 
@@ -405,3 +406,25 @@ def protocol_changes(meta: Mapping[str, Any]) -> dict[str, Any]:
     pinned = TrainConfig()
     config = meta.get("config") or {}
     return {k: config[k] for k in PROTOCOL_KEYS if k in config and config[k] != getattr(pinned, k)}
+
+
+def paired_seed_mean(
+    records: Sequence[RunRecord],
+    reference: Sequence[RunRecord],
+    y_true: np.ndarray,
+    num_classes: int,
+    n_resamples: int,
+    seed: int,
+    level: float,
+) -> dict:
+    """``stats.bootstrap_seed_mean`` of ``records`` paired with the ``reference`` runs on the
+    one test set ``y_true``: the difference of seed means and its interval per metric."""
+    return stats.bootstrap_seed_mean(
+        y_true,
+        [r.y_pred for r in records],
+        num_classes,
+        n_resamples,
+        seed,
+        level,
+        reference=[r.y_pred for r in reference],
+    )

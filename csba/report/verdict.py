@@ -12,7 +12,7 @@ from ..bar import shipping_bar
 from ..models import PAPER_VARIANTS
 from .fmt import _fmt, _fmt_ci, _int_or_dash, _md_table
 from .methods import _seed_se
-from .records import RunRecord, _ci
+from .records import RunRecord, _ci, paired_seed_mean
 
 
 def _verdict(
@@ -40,15 +40,7 @@ def _verdict(
         )
         return sentence, {"decided": False, "reason": "missing variant", "missing": missing}
     a, b = groups["csba"], groups["baseline"]
-    res = stats.bootstrap_seed_mean(
-        y_true,
-        [r.y_pred for r in a],
-        num_classes,
-        n_resamples,
-        seed,
-        level,
-        reference=[r.y_pred for r in b],
-    )
+    res = paired_seed_mean(a, b, y_true, num_classes, n_resamples, seed, level)
     d, lo, hi = _ci(res["macro_f1"])
 
     def f1s(rs: list[RunRecord]) -> list[float]:
