@@ -7,7 +7,9 @@ run there that is completed and diagnosed, and not already under DEST_ROOT with 
 copied as ``DEST_ROOT/<dataset>/<run>/run.json`` (atomically) plus its log
 ``DEST_ROOT/logs/<dataset>-<run>.log``; its weights, typicality reference and resume state stay
 behind, so ``checkpoints/`` keeps its size cap. Every dashboard page but Attributions reads such
-a record, and ``report`` includes it. Unfinished or undiagnosed runs are listed and skipped.
+a record, and ``report`` includes it. Unfinished or undiagnosed runs are listed and skipped. The
+stored conflict changes under DEST_ROOT are then refreshed: a run's matched baseline may live
+there rather than beside it in SRC_ROOT.
 """
 
 from __future__ import annotations
@@ -20,15 +22,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
+from csba.diagnostics.run import refresh_conflict_changes
 from csba.store import META, WEIGHTS, atomic_write_json, list_runs
 
 
+def _without_change(meta: dict) -> dict:
+    # diagnostics.conflict_change depends on which baselines sit beside the run, not on the run
+    diag = {k: v for k, v in (meta.get("diagnostics") or {}).items() if k != "conflict_change"}
+    return {**meta, "diagnostics": diag}
+
+
 def _same_record(target: Path, meta: dict) -> bool:
-    """Whether ``target`` holds this very run.json already (a rerun ships nothing new)."""
+    """Whether ``target`` holds this very run already (a rerun ships nothing new)."""
     try:
-        return json.loads((target / META).read_text(encoding="utf-8")) == meta
+        shipped = json.loads((target / META).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    return _without_change(shipped) == _without_change(meta)
 
 
 def ship(src: Path, dest: Path, dry_run: bool = False) -> tuple[list[str], list[str]]:
@@ -59,6 +69,8 @@ def ship(src: Path, dest: Path, dry_run: bool = False) -> tuple[list[str], list[
         if log.is_file():
             (dest / "logs").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(log, dest / "logs" / log.name)
+    if shipped and not dry_run:
+        refresh_conflict_changes(dest)
     return shipped, skipped
 
 

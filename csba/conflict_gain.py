@@ -25,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "MIN_METHODS",
+    "baselines_by_key",
     "conflict_gain",
     "match_key",
     "method_label",
@@ -70,6 +71,12 @@ def match_key(meta: Mapping[str, Any]) -> tuple:
     )
 
 
+def baselines_by_key(metas: Sequence[Mapping[str, Any]]) -> dict[tuple, Mapping[str, Any]]:
+    """The baseline runs among ``metas`` by :func:`match_key`: ``out.get(match_key(run))`` is
+    the baseline a run is measured against (None without one)."""
+    return {match_key(m): m for m in metas if m.get("variant") == "baseline"}
+
+
 def _minority(meta: Mapping[str, Any]) -> int:
     counts = ((meta.get("dataset") or {}).get("counts") or {}).get("train")
     if not counts:
@@ -107,10 +114,7 @@ def _conflict_numbers(meta: Mapping[str, Any]) -> dict[str, float] | None:
 def run_deltas(metas: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per non-baseline run with a matched, diagnosed baseline: its label, backbone, seed and
     the four changes against that baseline. Runs without a match are left out."""
-    baselines = {}
-    for meta in metas:
-        if meta.get("variant") == "baseline":
-            baselines[match_key(meta)] = meta
+    baselines = baselines_by_key(metas)
     out = []
     for meta in metas:
         if meta.get("variant") == "baseline":

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import streamlit as st
 
-from csba.conflict_gain import conflict_gain, match_key
+from csba.conflict_gain import baselines_by_key, conflict_gain, match_key
 from csba.diagnostics.training import conflict_change
 from pages import figures as F
 from pages.common import (
@@ -226,16 +226,13 @@ def shares_section(diagnosed, labels) -> None:
 
 def opt_gen_section(runs, labels) -> None:
     st.subheader("Optimisation and generalisation")
-    every = [i for i in all_runs() if i.meta is not None]
+    # the same-seed baseline of the same backbone, size and kind of device
+    baselines = baselines_by_key([i.meta for i in all_runs() if i.meta is not None])
 
     def baseline_mean(meta):
-        for j in every:
-            m = j.meta
-            # the same-seed baseline of the same backbone, size and kind of device
-            if m["variant"] == "baseline" and match_key(m) == match_key(meta):
-                b = gcm_block(m, WHOLE)
-                return b["mean"] if b else None
-        return None
+        b = baselines.get(match_key(meta))
+        b = gcm_block(b, WHOLE) if b is not None else None
+        return b["mean"] if b else None
 
     rows = []
     for i in runs:

@@ -7,6 +7,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pack_runs.py"
 
 
@@ -94,8 +96,8 @@ def test_ship_records_copies_run_json_and_log_of_finished_diagnosed_runs(tiny_ru
     src, dest = tmp_path / "runs", tmp_path / "checkpoints"
     for v in ("baseline", "csba", "focal"):
         shutil.copytree(tiny_runs[v], src / "k" / f"{v}-s0")
-    _edit(src / "k" / "baseline-s0", diagnostics={"gcm": {}})
-    _edit(src / "k" / "csba-s0", diagnostics={"gcm": {}}, status="interrupted")
+    _edit(src / "k" / "baseline-s0", diagnostics={"gcm": {"mean": -0.30}})
+    _edit(src / "k" / "csba-s0", diagnostics={"gcm": {"mean": -0.10}}, status="interrupted")
     (src / "logs").mkdir()
     (src / "logs" / "k-baseline-s0.log").write_text("epoch 1\n")
     script = SCRIPT.parent / "ship_records.py"
@@ -114,6 +116,19 @@ def test_ship_records_copies_run_json_and_log_of_finished_diagnosed_runs(tiny_ru
     )
     assert "shipped 0 record(s)" in again.stdout  # a rerun ships nothing it shipped already
     assert "k/baseline-s0: shipped already, unchanged" in again.stdout
+    # csba-s0 finishes; its baseline was shipped before: its conflict change is filled in dest,
+    # and that stored change alone does not make the record differ from its source
+    _edit(src / "k" / "csba-s0", status="completed")
+    third = subprocess.run(
+        [sys.executable, str(script), str(src), str(dest)], capture_output=True, text=True
+    )
+    assert "shipped 1 record(s): k/csba-s0" in third.stdout, third.stderr
+    diag = json.loads((dest / "k" / "csba-s0" / "run.json").read_text())["diagnostics"]
+    assert diag["conflict_change"] == pytest.approx(0.20)
+    fourth = subprocess.run(
+        [sys.executable, str(script), str(src), str(dest)], capture_output=True, text=True
+    )
+    assert "shipped 0 record(s)" in fourth.stdout
 
 
 def test_bench_dashboard_summary_counts_timeouts_and_upload_stages():

@@ -518,3 +518,32 @@ def test_refresh_conflict_changes_fills_runs_diagnosed_before_their_baseline(tin
     assert csba["conflict_change"] == pytest.approx(0.20) and csba["gcm"]["mean"] == -0.10
     assert read_run_json(root / "ds" / "baseline-s0")["diagnostics"]["conflict_change"] == 0.0
     assert refresh_conflict_changes(root) == []  # idempotent
+
+
+def test_conflict_change_is_against_the_baseline_of_the_same_backbone(tiny_runs, tmp_path):
+    # csba-resnet18-s0 is measured against baseline-resnet18-s0, never trifire's baseline-s0;
+    # without a baseline of its own backbone it has no change (None).
+    import shutil
+
+    from csba.diagnostics.run import refresh_conflict_changes
+    from csba.store import read_run_json, update_run_json
+
+    ds = tmp_path / "runs" / "ds"
+    for name, v, backbone, mean in (
+        ("baseline-s0", "baseline", "trifire", -0.30),
+        ("baseline-resnet18-s0", "baseline", "resnet18", -0.50),
+        ("csba-resnet18-s0", "csba", "resnet18", -0.10),
+        ("csba-resnet50-s0", "csba", "resnet50", -0.20),
+    ):
+        shutil.copytree(tiny_runs[v], ds / name)
+        cfg = read_run_json(ds / name)["config"]
+        update_run_json(
+            ds / name,
+            config={**cfg, "backbone": backbone},
+            diagnostics={"gcm": {"mean": mean}, "conflict_change": None},
+        )
+    refresh_conflict_changes(ds.parent)
+    change = {p.name: read_run_json(p)["diagnostics"]["conflict_change"] for p in ds.iterdir()}
+    assert change["csba-resnet18-s0"] == pytest.approx(0.40)
+    assert change["csba-resnet50-s0"] is None
+    assert change["baseline-s0"] == change["baseline-resnet18-s0"] == 0.0

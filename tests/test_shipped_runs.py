@@ -78,6 +78,23 @@ def test_shipped_runs_are_complete_and_diagnosed():
     assert len(MODELS) == 15
 
 
+def test_shipped_conflict_changes_are_against_the_matched_baselines(tmp_path):
+    # a refresh over a copy of every run.json changes nothing: each stored change is against the
+    # same-seed baseline of its own backbone (benchmarks/ship_records.py refreshes after shipping)
+    import shutil
+
+    from csba.diagnostics.run import refresh_conflict_changes
+
+    for info in RUNS:
+        rel = info.path.relative_to(SHIPPED)
+        (tmp_path / rel).mkdir(parents=True)
+        shutil.copyfile(info.path / "run.json", tmp_path / rel / "run.json")
+    assert refresh_conflict_changes(tmp_path) == []
+    changes = {i.path.name: i.meta["diagnostics"]["conflict_change"] for i in RUNS}
+    assert changes["baseline-resnet18-s0"] == 0.0
+    assert changes["csba-resnet18-s0"] is not None and changes["csba-resnet18-s0"] > 0
+
+
 @pytest.fixture(scope="module")
 def elpv_bundles():
     """ELPV bundles by image size, decoded once for the module."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..conflict_gain import baselines_by_key, match_key
 from ..progress import progress_bar
 from .report import diagnose
 from .training import conflict_change, generalisation_gap
@@ -23,16 +24,16 @@ __all__ = ["diagnose_run", "refresh_conflict_changes"]
 BATCH_SIZE = 64  # images per forward pass; the matrix does not depend on it
 
 
-def _baseline_mean(run_path: Path, seed: int) -> float | None:
-    """Mean conflict of the diagnosed baseline run with the same seed beside this run, if any."""
-    from ..store import RunError, read_run_json
+def _baseline_means(root: Path) -> dict[tuple, float | None]:
+    """Stored mean conflict of every baseline run under ``root``, by ``match_key``: a run is
+    measured against the same-seed baseline of its backbone, image size and device kind."""
+    from ..store import list_runs
 
-    try:
-        meta = read_run_json(run_path.parent / f"baseline-s{seed}")
-    except RunError:
-        return None
-    gcm = (meta.get("diagnostics") or {}).get("gcm") or {}
-    return gcm.get("mean")
+    metas = [i.meta for i in list_runs(root) if i.meta is not None]
+    return {
+        key: ((m.get("diagnostics") or {}).get("gcm") or {}).get("mean")
+        for key, m in baselines_by_key(metas).items()
+    }
 
 
 def diagnose_run(
@@ -51,8 +52,9 @@ def diagnose_run(
 
     The result is :func:`csba.diagnostics.diagnose`'s dict plus "split", "generalisation_gap"
     (val minus train loss at the kept epoch, from the run's history) and "conflict_change"
-    (mean conflict minus that of the diagnosed ``baseline-s<seed>`` run beside it; None without
-    one). ``per_class``: None or 0 for the whole split. Stored under "diagnostics" in run.json,
+    (mean conflict minus that of the diagnosed same-seed baseline of the same backbone, image
+    size and device kind beside it, :func:`csba.conflict_gain.match_key`; None without one).
+    ``per_class``: None or 0 for the whole split. Stored under "diagnostics" in run.json,
     and the run's typicality reference (:mod:`csba.typicality`) is written beside it.
     ``progress``: a tqdm bar on stderr for each pass over the split. ``distributed``: under
     torchrun, the conflict matrix is computed across the ranks (store on rank 0 only).
@@ -96,7 +98,11 @@ def diagnose_run(
         out["generalisation_gap"] = generalisation_gap(run.meta["history"], run.meta["best_epoch"])
     except (KeyError, TypeError, ValueError):
         out["generalisation_gap"] = None
-    change = conflict_change(out["gcm"]["mean"], _baseline_mean(Path(run.path), run.seed))
+    if run.meta.get("variant") == "baseline":
+        base = out["gcm"]["mean"]  # itself, as just measured
+    else:
+        base = _baseline_means(Path(run.path).parent).get(match_key(run.meta))
+    change = conflict_change(out["gcm"]["mean"], base)
     out["conflict_change"] = None if math.isnan(change) else change
     if store:
         update_run_json(run.path, diagnostics=out)
@@ -112,20 +118,19 @@ def diagnose_run(
 def refresh_conflict_changes(root: str | os.PathLike) -> list[Path]:
     """Recompute the stored ``diagnostics.conflict_change`` of every diagnosed run under ``root``.
 
-    A run diagnosed before the ``baseline-s<seed>`` beside it (parallel protocol workers), or
+    A run diagnosed before its matched baseline (parallel protocol workers), or
     whose baseline was re-diagnosed later, holds a stale value; this rereads both stored means
     (no model is run) and rewrites only the run.json files whose value changes. Returns them.
     """
     from ..store import list_runs, update_run_json
 
     changed = []
+    means = _baseline_means(Path(root))
     for info in list_runs(root):
         diag = (info.meta or {}).get("diagnostics")
         if not isinstance(diag, dict) or not isinstance(diag.get("gcm"), dict):
             continue
-        seed = (info.meta.get("config") or {}).get("seed")
-        base = _baseline_mean(Path(info.path), seed) if seed is not None else None
-        value = conflict_change(diag["gcm"].get("mean"), base)
+        value = conflict_change(diag["gcm"].get("mean"), means.get(match_key(info.meta)))
         value = None if math.isnan(value) else value
         if value != diag.get("conflict_change"):
             update_run_json(info.path, diagnostics={**diag, "conflict_change": value})
