@@ -291,7 +291,12 @@ def load_run(run_dir: str | os.PathLike, *, verify: bool = True) -> Run:
     meta = read_run_json(run_dir)
     weights = run_dir / WEIGHTS
     if not weights.is_file():
-        raise RunError(f"'{weights}' is missing")
+        # a shipped experiment record (benchmarks/ship_records.py) is run.json alone on purpose
+        raise RunError(
+            f"'{weights}' is missing: a run.json without weights (a shipped run record) serves "
+            "the tables but cannot be evaluated, diagnosed or explained; retrain it "
+            "(docs/experiments.md)"
+        )
     if verify and meta.get("weights_sha256") and _sha256(weights) != meta["weights_sha256"]:
         raise RunError(f"'{weights}' does not match the checksum in {META} (altered or truncated)")
     try:

@@ -121,6 +121,7 @@ def _edit_json(path, **changes):
         (lambda p: _edit_json(p, num_classes=5, classes=list("abcde")), "does not fit"),
         (lambda p: (p / "run.json").write_text("{not json"), "not valid JSON"),
         (lambda p: (p / "run.json").unlink(), "run.json is missing"),
+        (lambda p: (p / "model.safetensors").unlink(), "missing: a run.json without weights"),
     ],
 )
 def test_damaged_runs_give_one_line_errors(run_copy, damage, msg):
