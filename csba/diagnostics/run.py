@@ -24,12 +24,10 @@ __all__ = ["diagnose_run", "refresh_conflict_changes"]
 BATCH_SIZE = 64  # images per forward pass; the matrix does not depend on it
 
 
-def _baseline_means(root: Path) -> dict[tuple, float | None]:
-    """Stored mean conflict of every baseline run under ``root``, by ``match_key``: a run is
-    measured against the same-seed baseline of its backbone, image size and device kind."""
-    from ..store import list_runs
-
-    metas = [i.meta for i in list_runs(root) if i.meta is not None]
+def _baseline_means(metas) -> dict[tuple, float | None]:
+    """Stored mean conflict of every baseline run among ``metas`` (run.json dicts), by
+    ``match_key``: a run is measured against the same-seed baseline of its backbone, image size
+    and device kind."""
     return {
         key: ((m.get("diagnostics") or {}).get("gcm") or {}).get("mean")
         for key, m in baselines_by_key(metas).items()
@@ -101,7 +99,10 @@ def diagnose_run(
     if run.meta.get("variant") == "baseline":
         base = out["gcm"]["mean"]  # itself, as just measured
     else:
-        base = _baseline_means(Path(run.path).parent).get(match_key(run.meta))
+        from ..store import list_runs
+
+        metas = [i.meta for i in list_runs(Path(run.path).parent) if i.meta is not None]
+        base = _baseline_means(metas).get(match_key(run.meta))
     change = conflict_change(out["gcm"]["mean"], base)
     out["conflict_change"] = None if math.isnan(change) else change
     if store:
@@ -124,10 +125,11 @@ def refresh_conflict_changes(root: str | os.PathLike) -> list[Path]:
     """
     from ..store import list_runs, update_run_json
 
+    runs = [i for i in list_runs(root) if i.meta is not None]  # each run.json read once
+    means = _baseline_means([i.meta for i in runs])
     changed = []
-    means = _baseline_means(Path(root))
-    for info in list_runs(root):
-        diag = (info.meta or {}).get("diagnostics")
+    for info in runs:
+        diag = info.meta.get("diagnostics")
         if not isinstance(diag, dict) or not isinstance(diag.get("gcm"), dict):
             continue
         value = conflict_change(diag["gcm"].get("mean"), means.get(match_key(info.meta)))
