@@ -24,6 +24,7 @@ import streamlit as st
 WARM_IMPORTS = (
     "pages.common",
     "pages.figures",
+    "pages.icons",
     "csba.attributions",
     "csba.conflict_gain",
     "csba.jobs",
@@ -47,12 +48,21 @@ def _warm_imports() -> tuple[str, ...]:
 _warm_imports()
 
 from pages.common import extra_runs_input  # noqa: E402 (after the one-thread import above)
+from pages.icons import PAGE_ICON  # noqa: E402
 
 st.set_page_config(
     page_title="CSBA Explorer",
-    page_icon=":material/hub:",
+    page_icon=PAGE_ICON,  # inline SVG: the browser fetches nothing (":material/hub:" asked gstatic)
     layout="wide",
     menu_items={"About": "CSBA Explorer: gradient conflict and class-specific branch attention."},
+)
+
+# Run labels in the sidebar's pickers wrap instead of being cut: Streamlit truncates a chip
+# ("class_heads s0 (128..."), which hid the seed. A constant style sheet, no user data.
+st.html(
+    "<style>[data-testid='stMultiSelectTagsContainer'] [data-tag]{max-width:100%;height:auto}"
+    "[data-testid='stMultiSelectTagsContainer'] [data-tag] span[title]{white-space:normal;"
+    "overflow:visible;text-overflow:clip;overflow-wrap:anywhere}</style>"
 )
 
 PAGES = {

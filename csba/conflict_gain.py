@@ -23,10 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from .identity import backbone_name, method_label
+
 __all__ = [
     "MIN_METHODS",
     "baselines_by_key",
     "conflict_gain",
+    "global_sentence",
     "match_key",
     "method_label",
     "run_deltas",
@@ -35,25 +38,6 @@ __all__ = [
 ]
 
 MIN_METHODS = 3  # fewer method points than this cannot rank anything
-
-
-def method_label(meta: Mapping[str, Any]) -> str:
-    """The name a run's method goes by in tables: its variant, plus the backbone when it is not
-    trifire and ``-imagenet`` / ``-pretrained`` for pretrained backbones."""
-    cfg = meta.get("config") or {}
-    backbone = cfg.get("backbone") or "trifire"
-    label = str(meta["variant"]) if backbone == "trifire" else f"{meta['variant']}-{backbone}"
-    pre = cfg.get("pretrained")
-    if pre:
-        label += "-imagenet" if pre == "imagenet" else "-pretrained"
-    return label
-
-
-def _backbone_key(meta: Mapping[str, Any]) -> str:
-    cfg = meta.get("config") or {}
-    backbone = cfg.get("backbone") or "trifire"
-    pre = cfg.get("pretrained")
-    return backbone + ("" if not pre else "-imagenet" if pre == "imagenet" else "-pretrained")
 
 
 def match_key(meta: Mapping[str, Any]) -> tuple:
@@ -65,7 +49,7 @@ def match_key(meta: Mapping[str, Any]) -> tuple:
         ds.get("name"),
         ds.get("image_size"),
         ds.get("split_seed"),
-        _backbone_key(meta),
+        backbone_name(meta),
         device,
         (meta.get("config") or {}).get("seed"),
     )
@@ -128,7 +112,7 @@ def run_deltas(metas: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             {
                 "method": method_label(meta),
                 "variant": meta["variant"],
-                "backbone": _backbone_key(meta),
+                "backbone": backbone_name(meta),
                 "seed": (meta.get("config") or {}).get("seed"),
                 "d_cos_minority": a["cos_minority"] - b["cos_minority"],
                 "d_conflict": a["conflict"] - b["conflict"],
@@ -215,6 +199,15 @@ def _sentence(backbone: str, res: Mapping[str, Any]) -> tuple[str, str]:
     )
 
 
+def global_sentence(res: Mapping[str, Any] | None) -> str:
+    """The global line under a backbone's sentence (report and dashboard print the same):
+    ``"Global: rho(d conflict, d macro-F1) -0.27 [-0.98, +0.56]."``; empty without a result."""
+    if not res:
+        return ""
+    lo, hi = res["ci"]
+    return f"Global: rho(d conflict, d macro-F1) {res['rho']:+.2f} [{lo:+.2f}, {hi:+.2f}]."
+
+
 def conflict_gain(
     metas: Sequence[Mapping[str, Any]],
     n_resamples: int = 2000,
@@ -222,7 +215,8 @@ def conflict_gain(
     level: float = 0.95,
 ) -> dict[str, Any]:
     """The whole analysis: ``{"runs": run_deltas, "backbones": {backbone: {"methods": [seed
-    means per method], "minority": {rho, ci, ...}, "global": {...}, "verdict", "sentence"}}}``.
+    means per method], "minority": {rho, ci, ...}, "global": {...}, "verdict", "sentence",
+    "global_sentence"}}}``.
 
     ``minority`` correlates d_cos_minority with d_f1_minority, ``global`` d_conflict with
     d_macro_f1; the verdict ("help", "hurt", "not resolved") reads the minority one only.
@@ -261,5 +255,6 @@ def conflict_gain(
             )
             entry["verdict"], entry["sentence"] = _sentence(backbone, entry["minority"])
         entry.setdefault("global", entry.pop("global_", None))
+        entry["global_sentence"] = global_sentence(entry["global"])
         out["backbones"][backbone] = entry
     return out

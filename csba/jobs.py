@@ -284,6 +284,17 @@ class JobManager:
         with self._lock:
             return copy.deepcopy(list(self._jobs.values()))
 
+    def busy_run_dirs(self) -> dict[str, str]:
+        """``{resolved run folder: status}`` of the runs still being written (``running`` or
+        ``diagnosing``): their run.json, if any, is not final yet. Cheap: no deep copy."""
+        with self._lock:
+            return {
+                str(Path(r.run_dir).resolve()): r.status
+                for j in self._jobs.values()
+                for r in j.runs
+                if r.run_dir and r.status in ("running", "diagnosing")
+            }
+
     def job(self, job_id: str) -> Job | None:
         with self._lock:
             job = self._jobs.get(job_id)

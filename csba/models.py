@@ -43,6 +43,7 @@ __all__ = [
     "TriFire",
     "count_parameters",
     "create_model",
+    "gated_variants",
     "list_models",
     "model_info",
     "parameter_counts",
@@ -166,6 +167,8 @@ class _Net(nn.Module):
     # The variant that isolates what this one adds (report compares the two): PCGrad's control
     # is the same per-class loss sum without projection. None: the baseline is the only reference.
     control: str | None = None
+    # Squeeze-excitation gates in front of its branches or heads (attention to inspect).
+    gated: bool = False
 
     def __init__(self, num_classes: int, in_channels: int = 3, backbone: str = "trifire") -> None:
         super().__init__()
@@ -279,6 +282,7 @@ class CSBANet(BaselineNet):
     """Baseline whose branch k sees a_k * Z, a_k an independent bias-free SE gate."""
 
     variant = "csba"
+    gated = True
 
     def __init__(
         self,
@@ -451,6 +455,7 @@ class ClassHeadsNet(_Net):
     """C independent heads; head c produces class c's logit (hard class-to-branch routing)."""
 
     variant = "class_heads"
+    gated = True
 
     def __init__(
         self,
@@ -514,6 +519,11 @@ PAPER_VARIANTS = ("baseline", "csba", "focal", "gradnorm", "class_heads")  # the
 def list_models() -> list[str]:
     """Names of the registered variants: the paper's five, then the long-tail methods."""
     return list(_REGISTRY)
+
+
+def gated_variants() -> list[str]:
+    """The registered variants with attention gates (the Attention page's subjects)."""
+    return [name for name, cls in _REGISTRY.items() if getattr(cls, "gated", False)]
 
 
 def create_model(name: str, num_classes: int, **kwargs) -> _Net:

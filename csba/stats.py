@@ -35,8 +35,10 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix
 
 __all__ = [
+    "BOOT_SEED",
     "DELTA_COLUMNS",
     "METRIC_NAMES",
+    "N_RESAMPLES",
     "OVERALL_METRICS",
     "PER_CLASS_METRICS",
     "aggregate_metric_dicts",
@@ -58,6 +60,11 @@ __all__ = [
 OVERALL_METRICS: tuple[str, ...] = ("accuracy", "macro_f1", "balanced_accuracy")
 PER_CLASS_METRICS: tuple[str, ...] = ("precision", "recall", "f1")
 METRIC_NAMES: tuple[str, ...] = OVERALL_METRICS + PER_CLASS_METRICS
+
+# The published numbers' bootstrap (report, compare, pair; docs/results.md): pages default to
+# the same resample count and seed, so a number on a page equals the one in the docs.
+N_RESAMPLES = 2000
+BOOT_SEED = 0
 
 # Upper bound on the number of (resample, example) cells handled at once when building the batch
 # of confusion matrices: keeps temporaries to a few tens of MB even for 10,000 test images.

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from csba.models import gated_variants, list_models
 from pages import figures as F
 from pages.common import (
     FIG,
@@ -16,7 +17,20 @@ from pages.common import (
     select_runs,
 )
 
-ATTENTION_VARIANTS = ("csba", "class_heads")
+ATTENTION_VARIANTS = tuple(gated_variants())  # ("csba", "class_heads") today
+
+
+def intro_text() -> str:
+    """Which registered variants have attention, from the registry (so none is left out)."""
+    gated = " and ".join(f"**{v}**" for v in ATTENTION_VARIANTS)
+    others = ", ".join(v for v in list_models() if v not in ATTENTION_VARIANTS)
+    return (
+        f"Only {gated} have attention (squeeze-excitation gates: one per branch in csba, one "
+        f"per class head in class_heads). The other variants ({others}) have none, so only "
+        "their class-mean angles are shown."
+    )
+
+
 COLS = 3
 
 
@@ -171,11 +185,7 @@ SECTIONS = ["Attention per class and branch", "Branch overlap", "Angles between 
 
 def main() -> None:
     st.title("Attention")
-    st.caption(
-        "Only the **csba** variant (one squeeze-excitation gate per branch) and **class_heads** "
-        "(one gate per class head) have attention; baseline, gradnorm and focal have none, so "
-        "only their class-mean angles are shown."
-    )
+    st.caption(intro_text())
     runs = select_runs("attention")
     if not runs:
         return

@@ -55,6 +55,7 @@ INTERACTIVE_HELP = (
     "Off by default: the picture is drawn once on the server, the interactive chart costs the "
     "browser about 0.3 s of drawing per view."
 )
+KEEP = ("attr_branch_cams", "attr_interactive")  # toggles drawn only in some runs (see main)
 BRANCH_CAMS_HELP = (
     "Grad-CAM of the explained class on each branch's last layer, under the run's maps (off by "
     "default: three more images per run)."
@@ -248,6 +249,11 @@ def _uploaded() -> tuple[bytes, str, None] | None:
 
 def main() -> None:
     st.title("Attributions")
+    # The toggles keep their state through a run that does not draw them (an early return
+    # below, e.g. an upload not chosen yet): Streamlit forgets a widget a run did not draw.
+    for k in KEEP:
+        if k in st.session_state:
+            st.session_state[k] = st.session_state[k]
     st.caption(
         "One image through each chosen run: prediction, per-branch logits and attention, and "
         "where the evidence lies (Captum Integrated Gradients, Saliency, Grad-CAM on the last "
@@ -378,9 +384,10 @@ def _runs_section(
         "the training mean image), Saliency |d logit / d x| and Grad-CAM for the explained "
         "class; red = more evidence."
     )
-    branch_cams = any(k.startswith("gradcam_") for e in results.values() for k in e.maps) and (
-        st.toggle("Grad-CAM per branch", key="attr_branch_cams", help=BRANCH_CAMS_HELP)
-    )
+    # Always drawn (also while the maps compute): Streamlit forgets a widget not drawn in a run.
+    branch_cams = st.toggle("Grad-CAM per branch", key="attr_branch_cams", help=BRANCH_CAMS_HELP)
+    if branch_cams and (note := _no_branch_cams_note(infos, labels, results)):
+        st.caption(note)
     rows = []
     for col, info in zip(st.columns(len(infos)), infos):
         label = labels[str(info.path)]
@@ -406,6 +413,26 @@ def _runs_section(
             ]
     if rows and all_done:
         download_df(pd.DataFrame(rows), f"probabilities_{digest[:8]}")
+
+
+def _no_branch_cams_note(infos, labels, results: dict[str, ImageExplanation]) -> str | None:
+    """One line naming the explained runs that have no per-branch Grad-CAM, and why; None when
+    every explained run has it. csba.attributions.explain makes per-branch maps only for heads
+    with attention gates (csba: one per branch; class_heads: the explained class's head)."""
+    without = [
+        labels[str(i.path)]
+        for i in infos
+        if str(i.path) in results
+        and not any(k.startswith("gradcam_") for k in results[str(i.path)].maps)
+    ]
+    if not without:
+        return None
+    them = "its head has" if len(without) == 1 else "their heads have"
+    return (
+        f"No per-branch Grad-CAM for {', '.join(without)}: {them} no attention gates. "
+        "Per-branch Grad-CAM is made only for gated heads (csba: one map per branch; "
+        "class_heads: the explained class's head)."
+    )
 
 
 def _show_run(info, e: ImageExplanation, true_class: str | None, t: _RunTasks, branch_cams: bool):

@@ -28,9 +28,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from csba.conflict_gain import method_label
+from csba.identity import DEFAULT_BACKBONE, backbone_name, run_status
+from csba.identity import run_label as identity_label
+from csba.jobs import JobManager
 from csba.models import list_models
 from csba.paired import DEFAULT_BAR
+from csba.stats import BOOT_SEED, N_RESAMPLES
 from csba.store import WEIGHTS, Run, RunError, RunInfo, list_runs, load_run, read_run_json
 from pages import figures as _figures
 
@@ -42,12 +45,16 @@ __all__ = [
     "clear_run_caches",
     "compare",
     "dataset_name",
+    "default_runs",
+    "default_size",
     "diagnostics_of",
     "download_df",
     "download_fig",
     "extra_runs_input",
     "get_run",
     "image_size",
+    "is_usable",
+    "job_manager",
     "not_diagnosed",
     "parameter_table",
     "plotly_chart",
@@ -238,38 +245,105 @@ def _seed(meta: dict) -> int:
         return 0
 
 
-def backbone_of(meta: dict) -> str:
-    """The run's backbone (runs from before backbones were an option: trifire)."""
-    return str((meta.get("config") or {}).get("backbone") or "trifire")
+@st.cache_resource(show_spinner=False)
+def job_manager() -> JobManager:
+    """The process-wide training job queue (shared by every tab and session)."""
+    return JobManager()
 
 
-def run_label(info: RunInfo) -> str:
-    """``"<variant>[-<backbone>] s<seed> (<size>px)"``; the backbone when it is not trifire."""
+def busy_runs() -> dict[str, str]:
+    """``{resolved run folder: "running" | "diagnosing"}``: runs the Training page is still
+    writing (their run.json, if any, is not final)."""
+    return job_manager().busy_run_dirs()
+
+
+def run_state(info: RunInfo, busy: dict[str, str] | None = None) -> str:
+    """``completed`` for a run that ran to its end; else why not: ``cancelled``,
+    ``interrupted``, ``running`` or ``diagnosing`` (still being written by the Training page)."""
+    busy = busy_runs() if busy is None else busy
+    state = busy.get(str(Path(info.path).resolve()))
+    return state or run_status(info.meta or {})
+
+
+def is_usable(info: RunInfo, busy: dict[str, str] | None = None) -> bool:
+    """The run finished and nothing is writing it: the only kind a page chooses by default."""
+    return info.meta is not None and run_state(info, busy) == "completed"
+
+
+def run_label(info: RunInfo, *, protocol: bool = False, busy: dict[str, str] | None = None) -> str:
+    """``"baseline s0 (resnet18, 128px)"`` (csba.identity.run_label): the seed always, the
+    backbone when not the default, ``[cancelled]`` / ``[running]`` for a run not finished."""
     m = info.meta or {}
-    size = image_size(m)
-    name = method_label(m) if "variant" in m else "?"
-    return f"{name} s{_seed(m)}" + (f" ({size}px)" if size else "")
+    if "variant" not in m:
+        return f"? s{_seed(m)}"
+    state = run_state(info, busy)  # the stored status, or the Training page's live one
+    label = identity_label({**m, "status": "completed"}, protocol=protocol)
+    return label if state == "completed" else f"{label} [{state}]"
 
 
 def run_labels(infos: Sequence[RunInfo]) -> dict[str, str]:
-    """Path -> label, made unique by appending the parent folder name where labels collide."""
-    labels = {str(i.path): run_label(i) for i in infos}
-    counts = pd.Series(list(labels.values())).value_counts()
-    for i in infos:
-        lab = labels[str(i.path)]
-        if counts.get(lab, 0) > 1:
-            labels[str(i.path)] = f"{lab} [{Path(i.path).parent.name}/{Path(i.path).name}]"
+    """Path -> label, unique: runs that share a label are told apart by their protocol
+    settings, then by their parent folder."""
+    busy = busy_runs()
+    labels = {str(i.path): run_label(i, busy=busy) for i in infos}
+
+    def clashes() -> set[str]:
+        counts = pd.Series(list(labels.values())).value_counts()
+        return {lab for lab, n in counts.items() if n > 1}
+
+    for pass_ in ("protocol", "folder"):
+        dup = clashes()
+        if not dup:
+            break
+        for i in infos:
+            lab = labels[str(i.path)]
+            if lab not in dup:
+                continue
+            if pass_ == "protocol":
+                labels[str(i.path)] = run_label(i, protocol=True, busy=busy)
+            else:
+                labels[str(i.path)] = f"{lab} [{Path(i.path).parent.name}/{Path(i.path).name}]"
     return labels
 
 
 def sort_key(info: RunInfo):
-    """Variant in the registry's order, trifire before other backbones, then seed, image size
-    and path."""
+    """Variant in the registry's order, the default backbone before others, then seed, image
+    size and path."""
     m = info.meta or {}
     v = m.get("variant", "")
     order = VARIANT_ORDER.index(v) if v in VARIANT_ORDER else len(VARIANT_ORDER)
-    bb = method_label(m) if v else ""
-    return (order, v, bb != v, bb, _seed(m), image_size(m) or 0, str(info.path))
+    bb = backbone_name(m) if v else ""
+    return (order, v, bb != DEFAULT_BACKBONE, bb, _seed(m), image_size(m) or 0, str(info.path))
+
+
+def default_size(infos: Sequence[RunInfo], busy: dict[str, str] | None = None) -> int | None:
+    """The image size whose runs a page shows by default: the size ``report`` summarises
+    (docs/results.md), i.e. the one with the most finished runs, ties to the larger."""
+    busy = busy_runs() if busy is None else busy
+    counts: dict[int, int] = {}
+    for i in infos:
+        size = image_size(i.meta or {})
+        if size and is_usable(i, busy):
+            counts[size] = counts.get(size, 0) + 1
+    if not counts:
+        return None
+    return max(counts, key=lambda s: (counts[s], s))
+
+
+def default_runs(infos: Sequence[RunInfo], *, every: bool = False) -> list[RunInfo]:
+    """The runs a picker starts with: finished runs at :func:`default_size`; ``every`` gives all
+    of them, else one per variant (the default backbone and the smallest seed first)."""
+    busy = busy_runs()
+    size = default_size(infos, busy)
+    pool = [i for i in infos if is_usable(i, busy) and image_size(i.meta) == size]
+    if every:
+        return pool
+    out, seen = [], set()
+    for i in sorted(pool, key=sort_key):
+        if i.meta["variant"] not in seen:
+            seen.add(i.meta["variant"])
+            out.append(i)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,21 +362,8 @@ def has_weights(info: RunInfo) -> bool:
     return (Path(info.path) / WEIGHTS).is_file()
 
 
-def select_runs(
-    key: str,
-    *,
-    multi: bool = True,
-    label: str = "Runs",
-    default_all: bool = False,
-    needs_weights: bool = False,
-) -> list[RunInfo]:
-    """Sidebar dataset picker, then the runs of that dataset (sorted by variant, seed, size).
-
-    ``needs_weights``: offer only runs whose folder holds the model (the page rebuilds it); the
-    sidebar says how many run records without weights it left out. Returns the chosen
-    :class:`RunInfo` objects (all with metadata), or ``[]`` after showing an ``st.info`` when
-    there is no usable run.
-    """
+def _dataset_runs(key: str, needs_weights: bool) -> list[RunInfo]:
+    """The sidebar's dataset picker: the readable runs of the chosen dataset, sorted."""
     good = sorted((i for i in all_runs() if i.meta is not None), key=sort_key)
     if needs_weights:
         records = [i for i in good if not has_weights(i)]
@@ -321,26 +382,53 @@ def select_runs(
     else:
         ds = datasets[0]
         st.sidebar.caption(f"Dataset: **{ds}**")
-    runs = [i for i in good if dataset_name(i.meta) == ds]
+    return [i for i in good if dataset_name(i.meta) == ds]
+
+
+def select_runs(
+    key: str,
+    *,
+    multi: bool = True,
+    label: str = "Runs",
+    default_all: bool = False,
+    needs_weights: bool = False,
+) -> list[RunInfo]:
+    """Sidebar dataset picker, then the runs of that dataset (sorted by variant, backbone,
+    seed, size).
+
+    The default choice is what docs/results.md reports: finished runs at the most common image
+    size (:func:`default_runs`; ``default_all``: all of them, else one per variant). Runs that
+    did not finish are listed with their state in brackets and never chosen by default.
+    ``needs_weights``: offer only runs whose folder holds the model (the page rebuilds it); the
+    sidebar says how many run records without weights it left out. Returns the chosen
+    :class:`RunInfo` objects (all with metadata), or ``[]`` after showing an ``st.info`` when
+    there is no usable run.
+    """
+    runs = _dataset_runs(key, needs_weights)
+    if not runs:
+        return []
     labels = run_labels(runs)
     options = [str(i.path) for i in runs]
     by_path = {str(i.path): i for i in runs}
+    default = [str(i.path) for i in default_runs(runs, every=default_all)]
     if not multi:
         chosen = st.sidebar.selectbox(
-            label, options, format_func=labels.__getitem__, key=f"{key}_run"
+            label,
+            options,
+            index=options.index(default[0]) if default else 0,
+            format_func=labels.__getitem__,
+            key=f"{key}_run",
         )
         return [by_path[chosen]] if chosen else []
-    if default_all:
-        default = options
-    else:  # one run per variant, smallest seed and size first
-        default, seen = [], set()
-        for i in runs:
-            if i.meta["variant"] not in seen:
-                seen.add(i.meta["variant"])
-                default.append(str(i.path))
     chosen = st.sidebar.multiselect(
         label, options, default=default, format_func=labels.__getitem__, key=f"{key}_runs"
     )
+    unfinished = sum(not is_usable(i) for i in runs)
+    if unfinished:
+        st.sidebar.caption(
+            f"{unfinished} run(s) that did not finish are listed with their state in brackets "
+            "and not chosen by default."
+        )
     if not chosen:
         st.info("Choose at least one run in the sidebar.")
     return [by_path[p] for p in chosen]
@@ -433,7 +521,9 @@ def _compare(stamps: tuple[tuple[str, int], ...], n_resamples: int, seed: int) -
     return compare_runs([p for p, _ in stamps], n_resamples=n_resamples, seed=seed)
 
 
-def compare(paths: Sequence[str | os.PathLike], n_resamples: int = 1000, seed: int = 0) -> dict:
+def compare(
+    paths: Sequence[str | os.PathLike], n_resamples: int = N_RESAMPLES, seed: int = BOOT_SEED
+) -> dict:
     """:func:`csba.report.compare_runs` (first path = reference), cached on the runs' mtimes.
 
     Raises RunError / ValueError like compare_runs (the page shows them in one line)."""
@@ -451,7 +541,7 @@ def _results(root: str, dataset: str, stamps, n_resamples: int) -> tuple[str, di
     return render_results_markdown(root, dataset, n_resamples=n_resamples, bar=bar)
 
 
-def results_summary(dataset: str, n_resamples: int = 2000) -> tuple[str, dict]:
+def results_summary(dataset: str, n_resamples: int = N_RESAMPLES) -> tuple[str, dict]:
     """:func:`csba.report.render_results_markdown` for the runs of ``dataset`` under
     :func:`runs_root` (the README's results section, verdict included), cached on the runs'
     mtimes. Raises ValueError when there are no usable runs of ``dataset``."""
@@ -471,7 +561,7 @@ def pair_folders(
     folder_b: str | os.PathLike,
     dataset: str,
     bar: tuple[float, float],
-    n_resamples: int = 2000,
+    n_resamples: int = N_RESAMPLES,
 ) -> dict:
     """:func:`csba.paired.compare_protocols` of two run folders, cached until a run changes."""
     stamps = _scan([Path(folder_a), Path(folder_b)])
@@ -508,8 +598,8 @@ def _seed_mean(stamps, ref_stamps, n_resamples: int, seed: int) -> dict:
 
 def seed_mean_bootstrap(
     infos: Sequence[RunInfo | str],
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = BOOT_SEED,
     reference: Sequence[RunInfo | str] | None = None,
 ) -> dict:
     """Bootstrap interval of the metrics averaged over ``infos`` (the seeds of one variant on one

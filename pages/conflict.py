@@ -9,15 +9,19 @@ import streamlit as st
 
 from csba.conflict_gain import baselines_by_key, conflict_gain, match_key
 from csba.diagnostics.training import conflict_change
+from csba.identity import backbone_name
+from csba.stats import BOOT_SEED, N_RESAMPLES
 from pages import figures as F
 from pages.common import (
     FIG,
     all_runs,
     dataset_name,
+    default_size,
     diagnostics_of,
     download_df,
     download_fig,
     image_size,
+    is_usable,
     plotly_chart,
     run_labels,
     sections,
@@ -62,11 +66,17 @@ def heatmaps_section(diagnosed, labels, group) -> dict:
     for i in diagnosed:
         b = gcm_block(i.meta, group)
         if b is not None:
-            blocks[labels[str(i.path)]] = b
+            blocks[labels[str(i.path)]] = b | {"backbone": backbone_name(i.meta)}
     missing = [labels[str(i.path)] for i in diagnosed if labels[str(i.path)] not in blocks]
     if missing:
         st.warning(f"No '{group}' matrix stored for: {', '.join(missing)}")
     names = list(blocks)
+    backbones = sorted({b["backbone"] for b in blocks.values()})
+    if group != WHOLE and len(backbones) > 1:
+        st.info(
+            f"'{group}' names a different set of layers in each backbone "
+            f"({', '.join(backbones)}): compare its matrices only within one backbone."
+        )
     for start in range(0, len(names), COLS):
         for col, name in zip(st.columns(COLS), names[start : start + COLS]):
             with col:
@@ -119,6 +129,20 @@ def difference_section(blocks, group) -> None:
     if blocks[a]["classes"] != blocks[b]["classes"]:
         st.error(f"{a} and {b} have different classes; no difference shown")
         return
+    if blocks[a]["backbone"] != blocks[b]["backbone"]:
+        what = f"{blocks[a]['backbone']} and {blocks[b]['backbone']}"
+        if group != WHOLE:
+            st.warning(
+                f"{a} and {b} have different backbones ({what}): their '{group}' groups are "
+                "different layers that share a name, so no difference is shown. Choose two runs "
+                "of one backbone, or the whole model."
+            )
+            return
+        st.info(
+            f"{a} and {b} have different backbones ({what}): the two matrices are measured on "
+            "different parameters; the difference compares how the classes' gradients relate, "
+            "not the same layers."
+        )
     fig = FIG.conflict_difference(
         blocks[a]["matrix"],
         blocks[b]["matrix"],
@@ -227,20 +251,26 @@ def shares_section(diagnosed, labels) -> None:
 def opt_gen_section(runs, labels) -> None:
     st.subheader("Optimisation and generalisation")
     # the same-seed baseline of the same backbone, size and kind of device
-    baselines = baselines_by_key([i.meta for i in all_runs() if i.meta is not None])
+    baselines = baselines_by_key([i.meta for i in all_runs() if is_usable(i)])
 
     def baseline_mean(meta):
         b = baselines.get(match_key(meta))
         b = gcm_block(b, WHOLE) if b is not None else None
         return b["mean"] if b else None
 
+    def change_cell(meta, mean) -> str:
+        """'-' for a baseline against itself (as in docs/results.md), '' without a baseline."""
+        if baselines.get(match_key(meta)) is meta:
+            return "-"
+        change = conflict_change(mean, baseline_mean(meta))
+        return "" if change is None or math.isnan(change) else f"{change:+.3f}"
+
     rows = []
     for i in runs:
         m = i.meta
         b = gcm_block(m, WHOLE)
         mean = b["mean"] if b else None
-        base = baseline_mean(m)
-        change = conflict_change(mean, base)
+        change = change_cell(m, mean)
         test = (m.get("metrics") or {}).get("test") or {}
         rows.append(
             {
@@ -262,7 +292,6 @@ def opt_gen_section(runs, labels) -> None:
         column_config={
             "generalisation gap": st.column_config.NumberColumn(format="%+.3f"),
             "mean conflict (cos)": st.column_config.NumberColumn(format="%+.3f"),
-            "Δ vs baseline (same seed)": st.column_config.NumberColumn(format="%+.3f"),
             "macro-F1": st.column_config.NumberColumn(format="%.3f"),
         },
     )
@@ -271,7 +300,7 @@ def opt_gen_section(runs, labels) -> None:
         "mean off-diagonal cosine of the whole-model matrix (higher = less conflict); Δ: this "
         "run minus the baseline of the same dataset, image size, backbone, kind of device and "
         "seed (positive = less conflict than the baseline; empty when that baseline is missing "
-        "or undiagnosed). "
+        "or undiagnosed; '-' for the baseline itself). "
         "Focal runs train with a different loss, so their loss gap is on another scale."
     )
     download_df(df, "optimisation_generalisation")
@@ -279,35 +308,81 @@ def opt_gen_section(runs, labels) -> None:
 
 @st.cache_resource(show_spinner="Ranking methods by their conflict change...", max_entries=16)
 def _gain(stamps: tuple, _metas: list[dict]) -> dict:
-    """csba.conflict_gain over the runs; keyed by the runs' (path, mtime) stamps."""
+    """csba.conflict_gain over the runs, with the resamples and seed of docs/results.md; keyed
+    by the runs' (path, mtime) stamps."""
     del stamps
-    return conflict_gain(_metas, n_resamples=1000)
+    return conflict_gain(_metas, n_resamples=N_RESAMPLES, seed=BOOT_SEED)
+
+
+def _gain_pool(runs) -> tuple[list, int | None]:
+    """Every finished run of the selection's dataset at one image size (picked here, by default
+    the size docs/results.md reports), and that size."""
+    ds = dataset_name(runs[0].meta)
+    pool = [i for i in all_runs() if is_usable(i) and dataset_name(i.meta) == ds]
+    counts: dict[int, int] = {}
+    for i in pool:
+        if image_size(i.meta):
+            counts[image_size(i.meta)] = counts.get(image_size(i.meta), 0) + 1
+    if not counts:
+        return [], None
+    sizes = sorted(counts)
+    size = st.selectbox(
+        "Image size",
+        sizes,
+        index=sizes.index(default_size(pool)),
+        format_func=lambda x: f"{x}px ({counts[x]} runs)",
+        key="gain_size",
+        help="The analysis ranks methods over every finished run of one image size.",
+    )
+    st.caption(
+        f"Every finished **{ds}** run at **{size}px** ({counts[size]} runs), not only those "
+        f"chosen in the sidebar; {N_RESAMPLES} resamples over methods, seed {BOOT_SEED} "
+        "(as docs/results.md)."
+    )
+    return [i for i in pool if image_size(i.meta) == size], size
 
 
 def conflict_gain_section(runs) -> None:
-    """Does reducing conflict help the minority class? Every run of the selection's dataset
-    and image size, each method against its same-seed baseline (docs/diagnostics.md)."""
+    """Does reducing conflict help the minority class? Every finished run of one dataset and
+    image size, each method against its same-seed baseline (docs/diagnostics.md)."""
     st.subheader("Does reducing conflict help the minority class?")
-    ref = runs[0].meta
-    pool = [
-        i
-        for i in all_runs()
-        if i.meta
-        and dataset_name(i.meta) == dataset_name(ref)
-        and image_size(i.meta) == image_size(ref)
-    ]
+    pool, size = _gain_pool(runs)
+    if not pool:
+        st.info("No finished run with a recorded image size.")
+        return
     stamps = tuple(sorted((str(i.path), (i.path / "run.json").stat().st_mtime) for i in pool))
     res = _gain(stamps, [i.meta for i in pool])
     if not res["backbones"]:
         st.info(
-            "No method has a diagnosed same-seed baseline here yet (python -m csba diagnose RUN)."
+            f"No method at {size}px has a diagnosed same-seed baseline yet "
+            "(python -m csba diagnose RUN)."
         )
         return
     for backbone, e in res["backbones"].items():
-        st.markdown(e["sentence"])
+        st.markdown(f"**{backbone}.** {e['sentence']} {e['global_sentence']}".strip())
+        table = pd.DataFrame(e["methods"]).rename(columns=GAIN_COLUMNS)
+        st.dataframe(
+            table,
+            hide_index=True,
+            column_config={
+                c: st.column_config.NumberColumn(format="%+.3f")
+                for c in GAIN_COLUMNS.values()
+                if c not in ("method", "seeds")
+            },
+        )
         fig = FIG.conflict_gain_scatter(e["methods"], f"{backbone}: change against the baseline")
         plotly_chart(fig, width="stretch", key=f"gain_{backbone}")
     download_df(pd.DataFrame(res["runs"]), "conflict-gain-runs.csv")
+
+
+GAIN_COLUMNS = {  # conflict_gain's method keys -> the column names of docs/results.md
+    "method": "method",
+    "seeds": "seeds",
+    "d_cos_minority": "d cos minority",
+    "d_conflict": "d mean cos",
+    "d_f1_minority": "d F1 minority",
+    "d_macro_f1": "d macro-F1",
+}
 
 
 def matrices_tab(diagnosed, labels) -> None:

@@ -4,7 +4,9 @@
 import pandas as pd
 import streamlit as st
 
-from csba.stats import DELTA_COLUMNS
+from csba.identity import group_label as identity_group_label
+from csba.identity import group_names, identity
+from csba.stats import BOOT_SEED, DELTA_COLUMNS, N_RESAMPLES
 from csba.store import RunError
 from pages import figures as F
 from pages.common import (
@@ -12,7 +14,6 @@ from pages.common import (
     compare,
     download_df,
     download_fig,
-    image_size,
     plotly_chart,
     run_labels,
     sections,
@@ -25,20 +26,25 @@ METRICS = ["f1", "precision", "recall"]
 
 
 def group_keys(runs) -> dict[str, str]:
-    """Path -> seed-aggregation key: the variant, plus the image size when sizes differ."""
-    sizes = {image_size(i.meta) for i in runs}
-    return {
-        str(i.path): i.meta["variant"] + (f" @{image_size(i.meta)}px" if len(sizes) > 1 else "")
-        for i in runs
-    }
+    """Path -> seed-aggregation key: the name of the run's identity (csba.identity: dataset,
+    backbone, variant, image size, protocol), the same name ``compare``'s seed table uses."""
+    idents = {str(i.path): identity(i.meta) for i in runs}
+    names = group_names(list(idents.values()))
+    return {p: names[ident] for p, ident in idents.items()}
 
 
 def group_label(group: str, members: dict, labels: dict) -> str:
-    """A seed group's display name: the run's label for one run, else the mean of n seeds."""
+    """A seed group's display name: the run's label for one run, else
+    ``"baseline (resnet18, 128px; mean of 3 seeds)"``."""
     infos = members[group]
     if len(infos) == 1:
         return labels[str(infos[0].path)]
-    return f"{group} (mean of {len(infos)} seeds)"
+    idents = {identity(i.meta) for g in members.values() for i in g}
+    ident = identity(infos[0].meta)
+    clash = any(
+        o != ident and o.details() == ident.details() and o.variant == ident.variant for o in idents
+    )
+    return identity_group_label(ident, len(infos), protocol=clash)
 
 
 def boot_rows(group: str, classes, boot: dict) -> list[dict]:
@@ -87,8 +93,14 @@ def main() -> None:
     ref = c1.selectbox(
         "Reference run (deltas)", paths, index=ref_default, format_func=labels.get, key="f1_ref"
     )
-    n_res = c2.select_slider("Resamples", [200, 500, 1000, 2000, 5000], value=1000, key="f1_nres")
-    boot_seed = int(c3.number_input("Bootstrap seed", 0, 2**31 - 1, 0, key="f1_bseed"))
+    n_res = c2.select_slider(
+        "Resamples",
+        [200, 500, 1000, 2000, 5000],
+        value=N_RESAMPLES,
+        key="f1_nres",
+        help=f"{N_RESAMPLES} with seed {BOOT_SEED}, as in docs/results.md (python -m csba report)",
+    )
+    boot_seed = int(c3.number_input("Bootstrap seed", 0, 2**31 - 1, BOOT_SEED, key="f1_bseed"))
     metrics = c4.multiselect(  # F1 alone by default: a third of the bars for the browser
         "Metrics",
         METRICS,
@@ -104,7 +116,7 @@ def main() -> None:
         members.setdefault(keys[str(i.path)], []).append(i)
     has_seeds = any(len(v) > 1 for v in members.values())
     aggregate = has_seeds and st.toggle(
-        "Aggregate seeds (mean over the seeds of each variant)",
+        "Aggregate seeds (mean over the seeds of each variant, backbone and image size)",
         value=True,
         key="f1_agg",
         help="Bars: mean over seeds with the bootstrap interval of that mean (test-set "
@@ -288,7 +300,8 @@ def _deltas(tables, reference, aggregate, members, labels, classes, metrics, n_r
         )
         st.caption(
             f"Seed means against the mean over the {len(members[ref_group])} seed(s) of "
-            f"**{ref_group}**, paired over the same resampled test images."
+            f"**{group_label(ref_group, members, labels)}**, paired over the same resampled "
+            "test images."
         )
     if deltas.empty:
         st.info("Choose at least two runs to see differences.")

@@ -7,6 +7,8 @@ figure, so it is testable without a browser and the page files stay thin.
 from __future__ import annotations
 
 import math
+import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,6 +30,24 @@ DIFF_SCALE = px.colors.diverging.PRGn
 SEQ_SCALE = "Blues"
 PALETTE = px.colors.qualitative.Safe
 FONT = {"size": 13}
+
+# Layout assumptions (px). Streamlit's wide layout leaves about 1180 px of page beside the sidebar
+# on a 1600 px screen; the charts stretch to their column, but a heatmap's height, its cell
+# numbers and its tick labels are chosen here, for the width the page is expected to give it.
+PAGE_WIDTH = 1180  # a chart across the page (the confusion grid)
+HEATMAP_WIDTH = 380  # one of 3 columns (pages/conflict.py, pages/attention.py: COLS = 3)
+HALF_WIDTH = 580  # one of 2 columns (branch overlap)
+DIFF_WIDTH = 760  # the left of st.columns([2, 1]) (difference of two runs)
+CELL_FONT = 10  # cell numbers; plotly's own size follows the cell, down to ~5 px
+TICK_FONT = 11  # class names on heatmap axes
+TITLE_FONT = 14  # heatmap titles
+SUBTITLE_FONT = 12  # subplot titles of the confusion grid
+CHAR_EM = 0.6  # mean character width / font size (Open Sans, Arial): ~7 px at 12 px
+LINE_EM = 1.3  # line height / font size: the closest two stacked labels may sit
+LABEL_CHARS = 18  # longer class names are shortened on ticks (the hover gives the full name);
+# 18 keeps ELPV's "possibly-defective" whole
+COLORBAR_PX = 70  # a colour bar with its ticks and title, right of the plot
+MAX_HEIGHT = 900  # the tallest heatmap figure
 
 # One template, built once: plotly_white with our font. Set as the default, every new figure
 # takes it unvalidated; naming a template per figure (update_layout(template=...)) validated and
@@ -95,8 +115,111 @@ def _layout(fig: go.Figure, title: str | None = None, height: int | None = None)
     return fig
 
 
-def _matrix_height(n_rows: int, base: int = 180, per: int = 48) -> int:
-    return int(min(900, base + per * n_rows))
+def text_px(text: str, size: float) -> float:
+    """Estimated width (px) of one line of ``text`` at font ``size`` (px)."""
+    return len(text) * CHAR_EM * size
+
+
+def wrap(text: str, width: float, size: float) -> str:
+    """``text`` broken at spaces (a longer word cut) into '<br>'-joined lines of at most
+    ``width`` px at font ``size`` px."""
+    chars = max(4, int(width // (CHAR_EM * size)))
+    return "<br>".join(textwrap.wrap(text, chars, break_on_hyphens=False) or [text])
+
+
+def short_labels(names: Sequence[Any], limit: int = LABEL_CHARS) -> list[str]:
+    """Tick labels of at most ``limit`` characters, still distinct: names that fit as they are;
+    where some do not, a first word all share dropped ('head functional' -> 'functional'), the
+    words of longer ones cut to a common length ('possibly-defective' -> 'possi-defec'), a
+    single long word cut with '…'; numbered ('3.possibly…') where cuts would collide."""
+    names = [str(n) for n in names]
+    first = re.match(r"[^-_ ]+[-_ ]+", names[0]) if names else None
+    if first and any(len(n) > limit for n in names) and all(n.startswith(first[0]) for n in names):
+        names = [n.removeprefix(first[0]) or n for n in names]
+    out = [n if len(n) <= limit else _abbreviate(n, limit) for n in names]
+    if len(set(out)) < len(set(names)):
+        out = [n if len(n) <= limit else _short(f"{k}.{n}", limit) for k, n in enumerate(names)]
+    return out
+
+
+def _abbreviate(name: str, limit: int) -> str:
+    """``name`` in at most ``limit`` characters: every word (split at '-', '_', ' ') longer than
+    4 letters cut to the longest common length that fits ('head pos-def'), separators and short
+    words kept; a single word cut with '…'."""
+    parts = re.split(r"([-_ ]+)", name)  # words at even positions, separators at odd
+    words = parts[::2]
+    if len(words) > 1:
+        for k in range(max(len(w) for w in words) - 1, 1, -1):
+            cut = "".join(p if i % 2 or len(p) <= 4 else p[:k] for i, p in enumerate(parts))
+            if len(cut) <= limit:
+                return cut
+    return _short(name, limit)
+
+
+def category_ticks(
+    names: Sequence[Any], labels: Sequence[str], pitch: float, *, across: bool
+) -> tuple[dict, float]:
+    """Axis settings for category ticks ``pitch`` px apart, and the px the labels take across
+    the axis. An x axis (``across``) keeps its labels level while the longest fits a cell, tilts
+    them -45 degrees while tilted ones clear each other, else turns them vertical; where even
+    so neighbours would overlap (less than a line apart) only every ``step``-th is labelled.
+    The hover still names every cell in full."""
+    longest = max((text_px(v, TICK_FONT) for v in labels), default=0.0)
+    line = LINE_EM * TICK_FONT  # px: the least distance between two stacked labels
+    angle, extent, need = 0, longest + 8, line  # y: level labels, one line each
+    if across and longest + 6 <= pitch:
+        angle, extent, need = 0, line, longest + 6
+    elif across and pitch >= line * math.sqrt(2):  # tilted: neighbours pitch/sqrt(2) apart
+        angle, extent, need = -45, (longest + line) / math.sqrt(2), line * math.sqrt(2)
+    elif across:
+        angle, extent, need = -90, longest + 6, line
+    step = max(1, math.ceil(need / max(pitch, 1e-9)))
+    axis = {
+        "tickmode": "array",
+        "tickvals": list(names)[::step],
+        "ticktext": list(labels)[::step],
+        "tickangle": angle,
+        "tickfont": {"size": TICK_FONT},
+    }
+    return axis, extent
+
+
+def heatmap_layout(
+    x: Sequence[Any],
+    y: Sequence[Any],
+    *,
+    width: float,
+    text_chars: int,
+    square: bool,
+    title_lines: int = 0,
+    xlabel: bool = False,
+    ylabel: bool = False,
+) -> dict:
+    """How a heatmap of len(y) rows x len(x) columns fits ``width`` px (its column on the page):
+    ``cell`` (w, h) px, ``show_text`` (whether numbers of ``text_chars`` characters fit a cell
+    at CELL_FONT), the x and y tick settings (see :func:`category_ticks`), ``height`` and
+    ``margin`` of the figure. Square cells unless ``square`` is false, then as near as
+    MAX_HEIGHT allows."""
+    xs, ys = short_labels(x), short_labels(y)
+    left = max(text_px(v, TICK_FONT) for v in ys) + 8 + (20 if ylabel else 0)  # y ticks, title
+    plot_w = max(40.0, width - left - COLORBAR_PX - 20)  # 20: the side margins
+    cell_w = plot_w / len(x)
+    top = 20 + (title_lines * LINE_EM * TITLE_FONT + 10 if title_lines else 0)
+    xaxis, x_px = category_ticks(x, xs, cell_w, across=True)
+    bottom = 10 + x_px + (20 if xlabel else 0)
+    cell_h = cell_w
+    if not square:  # e.g. classes x 3 branches: no taller than MAX_HEIGHT
+        cell_h = min(cell_w, max(LINE_EM * TICK_FONT, (MAX_HEIGHT - top - bottom) / len(y)))
+    yaxis, _ = category_ticks(y, ys, cell_h, across=False)
+    fits = cell_w >= text_chars * CHAR_EM * CELL_FONT + 4 and cell_h >= LINE_EM * CELL_FONT
+    return {
+        "cell": (cell_w, cell_h),
+        "show_text": bool(text_chars) and fits,
+        "xaxis": xaxis,
+        "yaxis": yaxis,
+        "height": round(min(MAX_HEIGHT, top + cell_h * len(y) + bottom)),
+        "margin": {"l": 10, "r": 10, "t": round(top), "b": 10},
+    }
 
 
 def matrix_heatmap(
@@ -117,11 +240,29 @@ def matrix_heatmap(
     xlabel: str = "",
     ylabel: str = "",
     height: int | None = None,
+    width: float = HEATMAP_WIDTH,
+    square: bool | None = None,
 ) -> go.Figure:
-    """A square-ish annotated heatmap with the first row at the top."""
+    """An annotated heatmap with the first row at the top, laid out for ``width`` px (the
+    column the page gives it, see :func:`heatmap_layout`): square cells (``square``, by default
+    when x and y are alike), numbers at CELL_FONT px where they fit a cell and only in the hover
+    (``hover``, which should give %{z}) where not, long names shortened on the ticks."""
     z = np.asarray(z, dtype=float)
     if text is None and show_text:
         text = [["" if not np.isfinite(v) else f"{v:.{digits}f}" for v in row] for row in z]
+    square = list(x) == list(y) if square is None else square
+    title_text = wrap(title, width - 20, TITLE_FONT) if title else None
+    geo = heatmap_layout(
+        x,
+        y,
+        width=width,
+        text_chars=max((len(str(v)) for row in text for v in row), default=0) if show_text else 0,
+        square=square,
+        title_lines=title_text.count("<br>") + 1 if title_text else 0,
+        xlabel=bool(xlabel),
+        ylabel=bool(ylabel),
+    )
+    show = show_text and geo["show_text"]
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -130,8 +271,9 @@ def matrix_heatmap(
             zmin=zmin,
             zmax=zmax,
             colorscale=colorscale,
-            text=text if show_text else None,
-            texttemplate="%{text}" if show_text else None,
+            text=text if show else None,
+            texttemplate="%{text}" if show else None,
+            textfont={"size": CELL_FONT},
             customdata=customdata,
             hovertemplate=hover + "<extra></extra>",
             colorbar={"title": {"text": colorbar}, "thickness": 12},
@@ -140,11 +282,19 @@ def matrix_heatmap(
             ygap=1,
         )
     )
-    fig.update_yaxes(autorange="reversed", title_text=ylabel, type="category")
-    fig.update_xaxes(
-        title_text=xlabel, type="category", tickangle=-30 if sum(len(str(v)) for v in x) > 40 else 0
+    fig.update_yaxes(autorange="reversed", title_text=ylabel, type="category", **geo["yaxis"])
+    fig.update_xaxes(title_text=xlabel, type="category", **geo["xaxis"])
+    if square:  # one px per unit on both axes: square cells whatever width the page gives
+        fig.update_yaxes(scaleanchor="x", scaleratio=1, constrain="domain")
+        fig.update_xaxes(constrain="domain")
+    fig.update_layout(
+        title={"text": title_text, "x": 0, "xanchor": "left", "font": {"size": TITLE_FONT}}
+        if title_text
+        else None,
+        margin=geo["margin"],
+        height=height or geo["height"],
     )
-    return _layout(fig, title, height or _matrix_height(len(y)))
+    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,6 +327,7 @@ def runs_table(infos: Sequence[Any]) -> pd.DataFrame:
             {
                 "dataset": ds.get("name") or cfg.get("dataset"),
                 "variant": m.get("variant"),
+                "backbone": cfg.get("backbone") or "trifire",
                 "seed": cfg.get("seed"),
                 "image size": ds.get("image_size") or cfg.get("image_size"),
                 "parameters": m.get("parameters"),
@@ -303,6 +454,38 @@ def confusion_of(meta: Mapping[str, Any], split: str = "test") -> np.ndarray | N
     return cm
 
 
+def _grid_layout(titles: Sequence[str], classes: Sequence[str], cols: int, chars: int) -> dict:
+    """The confusion grid's layout across PAGE_WIDTH px, ``cols`` subplots per row: ``titles``
+    wrapped to a subplot's width at SUBTITLE_FONT (so neighbours never run into each other),
+    the tick settings of :func:`category_ticks`, whether cell numbers of ``chars`` characters
+    fit at CELL_FONT, the spacings (fractions of the plot area), margins and height (px)."""
+    n, rows = len(classes), max(1, math.ceil(len(titles) / cols))
+    labels = short_labels(classes)
+    spacing = 0.04  # of the plot width, between neighbouring subplots (and their titles)
+    left = max(text_px(v, TICK_FONT) for v in labels) + 8  # px: class names left of each row
+    sub_w = (PAGE_WIDTH - left - COLORBAR_PX - 20) * (1 - spacing * (cols - 1)) / cols  # px
+    wrapped = [wrap(t, sub_w, SUBTITLE_FONT) for t in titles]
+    title_px = max((t.count("<br>") + 1 for t in wrapped), default=1) * LINE_EM * SUBTITLE_FONT
+    per_row = max(220, 60 * n)  # plot height per row (px)
+    xaxis, x_px = category_ticks(classes, labels, sub_w / n, across=True)
+    yaxis, _ = category_ticks(classes, labels, per_row / n, across=False)
+    gap = x_px + 35 + title_px  # px between rows: class names, 'predicted', the next titles
+    plot_h = per_row * rows + gap * (rows - 1)
+    margin = {"l": 10, "r": 10, "t": round(18 + title_px), "b": round(x_px + 35)}
+    return {
+        "rows": rows,
+        "titles": wrapped,
+        "spacing": spacing,
+        "vertical_spacing": gap / plot_h if rows > 1 else 0.0,
+        "xaxis": xaxis,
+        "yaxis": yaxis,
+        "show_text": sub_w / n >= chars * CHAR_EM * CELL_FONT + 4
+        and per_row / n >= LINE_EM * CELL_FONT,
+        "margin": margin,
+        "height": round(plot_h + margin["t"] + margin["b"]),
+    }
+
+
 def confusion_grid(
     mats: Mapping[str, np.ndarray],
     classes: Sequence[str],
@@ -313,22 +496,23 @@ def confusion_grid(
 ) -> go.Figure:
     """Every run's confusion matrix in one figure (name -> counts (C, C)), ``cols`` per row, one
     shared colour scale (rates 0-1, or counts 0-zmax). One figure rather than one per run: the
-    browser draws one chart, a few times faster than as many charts as runs."""
+    browser draws one chart, a few times faster than as many charts as runs. Laid out for
+    PAGE_WIDTH: titles wrapped to their subplot's width, class names as in
+    :func:`heatmap_layout`, cell numbers only where they fit (always in the hover)."""
     names = list(mats)
-    n_rows = max(1, math.ceil(len(names) / cols))
     top = 1.0 if normalize else float(zmax or max(float(m.max()) for m in mats.values()) or 1)
     titles = [f"{name} (n={int(np.asarray(mats[name]).sum())})" for name in names]
-    per_row = max(220, 60 * len(classes))  # plot height per row (px)
-    gap = 130  # px between rows: tilted class names and the next row's titles
-    height = per_row * n_rows + gap * (n_rows - 1) + 60
+    geo = _grid_layout(titles, classes, cols, chars=4 if normalize else len(str(int(top))))
+    show = geo["show_text"]
     fig = make_subplots(
-        rows=n_rows,
+        rows=geo["rows"],
         cols=cols,
-        subplot_titles=titles,
+        subplot_titles=geo["titles"],
         shared_yaxes=True,  # class names once, left of each row
-        horizontal_spacing=0.03,
-        vertical_spacing=gap / height,
+        horizontal_spacing=geo["spacing"],
+        vertical_spacing=geo["vertical_spacing"],
     )
+    fig.update_annotations(font={"size": SUBTITLE_FONT})  # the subplot titles
     for k, name in enumerate(names):
         counts = np.asarray(mats[name], dtype=float)
         rates = row_normalise(counts)
@@ -346,8 +530,9 @@ def confusion_grid(
                 x=list(classes),
                 y=list(classes),
                 coloraxis="coloraxis",
-                text=text,
-                texttemplate="%{text}",
+                text=text if show else None,
+                texttemplate="%{text}" if show else None,
+                textfont={"size": CELL_FONT},
                 customdata=np.dstack([counts, rates]),
                 hovertemplate=f"<b>{name}</b><br>true %{{y}}<br>predicted %{{x}}"
                 "<br>count %{customdata[0]:.0f}<br>rate (of true row) %{customdata[1]:.3f}"
@@ -358,9 +543,8 @@ def confusion_grid(
             row=k // cols + 1,
             col=k % cols + 1,
         )
-    fig.update_yaxes(autorange="reversed", type="category")
-    tilt = -30 if sum(len(str(c)) for c in classes) > 40 else 0
-    fig.update_xaxes(type="category", tickangle=tilt)
+    fig.update_yaxes(autorange="reversed", type="category", **geo["yaxis"])
+    fig.update_xaxes(type="category", **geo["xaxis"])
     for k in range(max(0, len(names) - cols), len(names)):  # (rows: true class, in the caption)
         fig.update_xaxes(title_text="predicted", row=k // cols + 1, col=k % cols + 1)
     fig.update_layout(
@@ -369,9 +553,11 @@ def confusion_grid(
             "cmin": 0,
             "cmax": top,
             "colorbar": {"title": {"text": "rate" if normalize else "count"}, "thickness": 12},
-        }
+        },
+        margin=geo["margin"],
+        height=geo["height"],
     )
-    return _layout(fig, None, height)
+    return fig
 
 
 def confusion_difference(
@@ -399,6 +585,7 @@ def confusion_difference(
         f"<br>{names[1]}: %{{customdata[1]:{fmt}}}<br>difference %{{z:+{fmt}}}",
         xlabel="predicted",
         ylabel="true",
+        width=DIFF_WIDTH,
     )
 
 
@@ -624,6 +811,7 @@ def conflict_difference(
         customdata=np.dstack([a, b]),
         hover=f"%{{y}} / %{{x}}<br>{names[0]}: %{{customdata[0]:+.3f}}"
         f"<br>{names[1]}: %{{customdata[1]:+.3f}}<br>difference %{{z:+.3f}}",
+        width=DIFF_WIDTH,
     )
 
 
@@ -641,6 +829,7 @@ def conflict_history_figure(histories: Mapping[str, Sequence[Mapping[str, Any]]]
                     x=ep + ep[::-1],
                     y=np.concatenate([mean + std, (mean - std)[::-1]]),
                     fill="toself",
+                    mode="lines",  # unset: markers on a trace of < 20 points (the band: 2 an epoch)
                     line={"width": 0},
                     fillcolor=colour.replace("rgb(", "rgba(").replace(")", ",0.12)"),
                     hoverinfo="skip",
@@ -766,10 +955,13 @@ def overlap_heatmap(
         colorscale=SEQ_SCALE,
         colorbar=what,
         hover="%{y} / %{x}<br>" + what + " %{z:.3f}",
+        width=HALF_WIDTH,
     )
 
 
 def angle_heatmap(m: np.ndarray, classes: Sequence[str], *, title: str, zmax: float) -> go.Figure:
+    """Angles (degrees, 0..zmax) between class means, (C, C): square cells, the figure as tall
+    as a HEATMAP_WIDTH column makes them (the Attention page shows 3 per row)."""
     return matrix_heatmap(
         m,
         classes,
@@ -781,6 +973,7 @@ def angle_heatmap(m: np.ndarray, classes: Sequence[str], *, title: str, zmax: fl
         colorbar="degrees",
         digits=1,
         hover="%{y} / %{x}<br>angle %{z:.1f}°",
+        square=True,
     )
 
 

@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from csba.report import shipping_bar_parts
+from csba.stats import N_RESAMPLES
 from pages import figures as F
 from pages.common import (
     FIG,
@@ -74,7 +75,11 @@ def main() -> None:
     bar_acc = c3.number_input("Bar: test accuracy", 0.0, 1.0, 0.60, 0.01, key="pair_bar_acc")
     bar_f1 = c4.number_input("Bar: test macro-F1", 0.0, 1.0, 0.45, 0.01, key="pair_bar_f1")
     n_res = c5.select_slider(
-        "Bootstrap resamples", [200, 500, 1000, 2000], value=1000, key="pair_nres"
+        "Bootstrap resamples",
+        [200, 500, 1000, 2000, 5000],
+        value=N_RESAMPLES,
+        key="pair_nres",
+        help=f"{N_RESAMPLES}, as python -m csba pair (docs/performance.md)",
     )
     if a == b:
         st.info("Choose two different folders.")

@@ -20,7 +20,7 @@ from csba.data import DATASETS
 from csba.jobs import FINISHED, Job, JobManager, RunProgress, check_data_root, default_device
 from csba.options import train_option
 from csba.train import TrainConfig
-from pages.common import clear_run_caches, plotly_chart, runs_root
+from pages.common import clear_run_caches, job_manager, plotly_chart, runs_root
 from pages.common import data_root as allowed_data_root
 
 NEEDS_ROOT = {"imagefolder": "a folder of class folders", "cifar10-lt": "CIFAR-10 batches"}
@@ -39,12 +39,6 @@ ICON = {
     "failed": ":material/error:",
 }
 VERSION_KEY = "_training_runs_version"
-
-
-@st.cache_resource(show_spinner=False)
-def job_manager() -> JobManager:
-    """The process-wide job queue (shared by every tab and session)."""
-    return JobManager()
 
 
 @st.cache_resource(show_spinner=False)

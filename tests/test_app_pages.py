@@ -309,7 +309,7 @@ def test_f1_page_with_seed_aggregation_and_deltas(runs_root):
     _no_exception(at)
     assert not at.error, [e.value for e in at.error]
     overall = at.dataframe[0].value
-    assert "baseline (mean of 2 seeds)" in set(overall["variant / run"])
+    assert "baseline (32px; mean of 2 seeds)" in set(overall["variant / run"])
     assert len(overall) == 5  # two baseline seeds aggregated into one row
     assert "[" in overall["macro-F1"].iloc[0]  # interval shown with the value
     assert len(at.get("plotly_chart")) == 1  # only the open tab (scores) is built
@@ -322,7 +322,7 @@ def test_f1_page_with_seed_aggregation_and_deltas(runs_root):
     at.run()
     _no_exception(at)
     texts = _texts(at)
-    assert "Differences against baseline (mean of 2 seeds)" in texts
+    assert "Differences against baseline (32px; mean of 2 seeds)" in texts
     # per-run view: one row per run, deltas against the single reference run
     at.toggle(key="f1_agg").set_value(False).run()
     _no_exception(at)

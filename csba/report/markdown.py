@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from .. import stats
-from ..conflict_gain import method_label
 from ..diagnostics import sorted_pairs
+from ..identity import group_names, identity
 from ..models import PAPER_VARIANTS
 from .fmt import _fmt_ci, _md_table, _params_cell, _spread_cell
 from .methods import conflict_gain_lines, method_table
@@ -77,8 +77,9 @@ def _render(
     size = ref.image_size
     pct = round(100 * level)
     groups: dict[str, list[RunRecord]] = {}
-    for r in records:  # a method: its variant, with the backbone when not trifire
-        groups.setdefault(method_label(r.meta), []).append(r)
+    names = group_names([identity(r.meta) for r in records])
+    for r in records:  # seeds of one identity: variant, backbone (named when not trifire), ...
+        groups.setdefault(names[identity(r.meta)], []).append(r)
     variants = sorted(groups, key=_variant_sort_key)
 
     train_counts = ref.train_counts

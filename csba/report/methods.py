@@ -242,13 +242,7 @@ def conflict_gain_lines(
             ]
             for m in e["methods"]
         ]
-        g = e.get("global")
-        glob = (
-            f" Global: rho(d conflict, d macro-F1) {g['rho']:+.2f} [{g['ci'][0]:+.2f}, "
-            f"{g['ci'][1]:+.2f}]."
-            if g
-            else ""
-        )
+        glob = f" {e['global_sentence']}" if e["global_sentence"] else ""
         lines += [
             "",
             f"**{backbone}.** {e['sentence']}{glob}",

@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import stats
 from ..diagnostics import sorted_pairs
+from ..identity import PROTOCOL_KEYS, is_finished, protocol_changes, run_status  # noqa: F401
 from ..store import RunError, list_runs, read_run_json
 
 LEVEL = 0.95  # coverage of every interval
@@ -336,6 +337,9 @@ def _select_runs(
             continue
         if info.meta.get("dataset", {}).get("name") != dataset:
             continue
+        if not is_finished(info.meta):  # cancelled or interrupted: not a result
+            notes.append(f"skipped `{info.path}` (status {run_status(info.meta)}: did not finish)")
+            continue
         try:
             candidates.append(_record(info.path))
         except RunError as e:
@@ -376,36 +380,6 @@ def _select_runs(
     for r, n in zip(same, names, strict=True):
         r.name = n
     return same, notes
-
-
-# TrainConfig fields that make up the training protocol (docs/design.md §2); the rest name the run
-# (variant, seed, paths) or only change speed (device, precision, threads).
-PROTOCOL_KEYS = (
-    "epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "lr_schedule",
-    "lr_step",
-    "lr_gamma",
-    "keep",
-    "patience",
-    "ema_decay",
-    "focal_gamma",
-    "augment",
-)
-
-
-def protocol_changes(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The protocol settings of a run that differ from the pinned defaults of TrainConfig.
-
-    A run.json written before a setting existed lacks it and ran with its default.
-    """
-    from ..train import TrainConfig
-
-    pinned = TrainConfig()
-    config = meta.get("config") or {}
-    return {k: config[k] for k in PROTOCOL_KEYS if k in config and config[k] != getattr(pinned, k)}
 
 
 def paired_seed_mean(

@@ -29,18 +29,15 @@ TABLE_NAMES = ("summary", "per_class_f1", "per_class", "deltas", "seeds", "confl
 
 
 def _group_keys(records: Sequence[RunRecord]) -> list[str]:
-    """Seed-aggregation key of each run: its method (variant, plus the backbone when not
-    trifire), plus the image size when sizes differ.
+    """Seed-aggregation key of each run: the name of its :class:`csba.identity.RunIdentity`
+    (variant, plus the backbone when not trifire; plus the image size when sizes differ, plus
+    the protocol settings when runs differ only by those): runs averaged as seeds differ only by
+    their seed (:func:`csba.identity.group_names`)."""
+    from ..identity import group_names, identity
 
-    Runs at different resolutions are different experiments even with the same variant, so they
-    are not averaged together.
-    """
-    from ..conflict_gain import method_label
-
-    sizes = {r.image_size for r in records}
-    if len(sizes) <= 1:
-        return [method_label(r.meta) for r in records]
-    return [f"{method_label(r.meta)}@{r.image_size}px" for r in records]
+    idents = [identity(r.meta) for r in records]
+    names = group_names(idents)
+    return [names[i] for i in idents]
 
 
 def _optional_number(x: Any) -> float | None:

@@ -1,0 +1,289 @@
+"""A run's identity (csba.identity) and the pages' defaults that rest on it.
+
+* known answers for identity, labels, group names and statuses;
+* ``compare`` keeps two backbones of one variant apart as seed groups;
+* two backbones of the same variant through every page that picks runs: labels name the
+  backbone, Per-class F1 aggregates each backbone's seeds apart (mean and seed sd over the same
+  runs), the Runs page has a backbone column, a layer-group difference across backbones says
+  the layers differ instead of subtracting them;
+* a Training-page run cancelled after its first epoch: listed as cancelled, and no page's
+  default selection changes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from csba.identity import (
+    RunIdentity,
+    group_label,
+    group_names,
+    identity,
+    is_finished,
+    method_label,
+    protocol_changes,
+    run_label,
+)
+from csba.store import atomic_write_json, read_run_json
+
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app.py")
+PICKERS = {  # page -> the key of its run picker (multiselect)
+    "pages/confusion.py": "confusion_runs",
+    "pages/f1.py": "f1_runs",
+    "pages/conflict.py": "conflict_runs",
+    "pages/attention.py": "attention_runs",
+    "pages/attributions.py": "attributions_runs",
+}
+
+
+def _meta(variant="baseline", backbone=None, seed=0, size=128, status="completed", **cfg):
+    return {
+        "variant": variant,
+        "status": status,
+        "dataset": {"name": "elpv", "image_size": size},
+        "config": {"backbone": backbone, "seed": seed, **cfg},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# csba.identity: known answers
+# --------------------------------------------------------------------------------------------
+
+
+def test_labels_name_the_backbone_when_not_the_default_and_always_the_seed():
+    assert run_label(_meta()) == "baseline s0 (128px)"
+    assert run_label(_meta(backbone="trifire", seed=2)) == "baseline s2 (128px)"
+    assert run_label(_meta(backbone="resnet18")) == "baseline s0 (resnet18, 128px)"
+    pre = _meta("csba", backbone="resnet18", seed=1, pretrained="imagenet")
+    assert run_label(pre) == "csba s1 (resnet18-imagenet, 128px)"
+    assert method_label(pre) == "csba-resnet18-imagenet"
+    assert run_label(_meta(size=16, status="cancelled")) == "baseline s0 (16px) [cancelled]"
+    assert run_label(_meta(epochs=3), protocol=True) == "baseline s0 (128px, epochs 3)"
+
+
+def test_identity_is_everything_but_the_seed():
+    a, b = identity(_meta(seed=0)), identity(_meta(seed=5))
+    assert a == b and hash(a) == hash(b)
+    assert identity(_meta(backbone="resnet18")) != a  # backbone
+    assert identity(_meta(size=64)) != a  # image size
+    assert identity(_meta("csba")) != a  # variant
+    assert identity(_meta(epochs=3)) != a  # protocol
+    assert identity(_meta(epochs=3)).protocol == (("epochs", "3"),)
+    assert protocol_changes(_meta(seed=3, device="cuda")) == {}  # seed and device are not protocol
+    assert identity(_meta(backbone="trifire")) == a  # None and "trifire" are one backbone
+    assert isinstance(a, RunIdentity) and a.method == "baseline"
+
+
+def test_group_names_and_labels():
+    t, r = identity(_meta()), identity(_meta(backbone="resnet18"))
+    assert group_names([t, r, t]) == {t: "baseline", r: "baseline-resnet18"}
+    small = identity(_meta(size=64))
+    assert group_names([t, small]) == {t: "baseline@128px", small: "baseline@64px"}
+    short = identity(_meta(epochs=3))
+    assert group_names([t, short]) == {t: "baseline", short: "baseline [epochs 3]"}
+    assert group_label(r, 3) == "baseline (resnet18, 128px; mean of 3 seeds)"
+    assert group_label(short, 2, protocol=True) == "baseline (128px, epochs 3; mean of 2 seeds)"
+
+
+def test_status():
+    assert is_finished(_meta()) and is_finished({"variant": "x"})  # before statuses: finished
+    assert not is_finished(_meta(status="cancelled"))
+    assert not is_finished(_meta(status="interrupted"))
+
+
+# --------------------------------------------------------------------------------------------
+# compare: seed groups per backbone
+# --------------------------------------------------------------------------------------------
+
+
+def _add_seed(run_dir: Path, seed: int) -> Path:
+    """A copy of ``run_dir`` as seed ``seed`` (same predictions, so the test set matches)."""
+    dest = run_dir.parent / f"{run_dir.name.rsplit('-s', 1)[0]}-s{seed}"
+    shutil.copytree(run_dir, dest)
+    meta = read_run_json(dest)
+    meta["config"]["seed"] = seed
+    atomic_write_json(dest / "run.json", meta)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def two_backbones(tiny_extra_runs, tmp_path_factory) -> Path:
+    """baseline on trifire and on resnet18, seeds 0 and 1 each, csba on resnet18 seed 0."""
+    root = tmp_path_factory.mktemp("two_backbones") / "runs"
+    ds = root / next(iter(tiny_extra_runs.values())).parent.name
+    for name in ("baseline-s0", "baseline-resnet18-s0", "csba-resnet18-s0"):
+        shutil.copytree(tiny_extra_runs[name], ds / name)
+    _add_seed(ds / "baseline-s0", 1)
+    _add_seed(ds / "baseline-resnet18-s0", 1)
+    return root
+
+
+def test_compare_groups_seeds_per_backbone(two_backbones):
+    from csba.report import compare_runs
+
+    paths = sorted(str(p.parent) for p in two_backbones.rglob("run.json"))
+    seeds = compare_runs(paths, n_resamples=50)["tables"]["seeds"]
+    n = seeds[seeds["metric"] == "macro_f1"].set_index("variant")["n"].to_dict()
+    assert n == {"baseline": 2, "baseline-resnet18": 2}  # never one group of four
+
+
+# --------------------------------------------------------------------------------------------
+# Every page with two backbones of one variant
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def env(monkeypatch, tiny_folder):
+    def use(root: Path) -> Path:
+        monkeypatch.setenv("CSBA_RUNS_ROOT", str(root))
+        monkeypatch.setenv("CSBA_DATA_ROOT", str(tiny_folder.parent))
+        monkeypatch.chdir(REPO)
+        monkeypatch.syspath_prepend(str(REPO))
+        return root
+
+    return use
+
+
+def _open(path: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    at.switch_page(path)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _runs(root: Path) -> list[str]:
+    return sorted(str(p.parent) for p in root.rglob("run.json"))
+
+
+def _select_all(at: AppTest, key: str, root: Path) -> list[str]:
+    """Choose every run; returns the picker's labels (AppTest's options are the labels)."""
+    box = at.sidebar.multiselect(key=key)
+    box.set_value(_runs(root)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return list(box.options)
+
+
+@pytest.mark.parametrize("page", list(PICKERS))
+def test_every_picker_names_the_backbone(two_backbones, env, page):
+    env(two_backbones)
+    at = _open(page)
+    labels = _select_all(at, PICKERS[page], two_backbones)
+    assert {"baseline s0 (32px)", "baseline s1 (32px)"} <= set(labels), labels
+    assert {"baseline s0 (resnet18, 32px)", "baseline s1 (resnet18, 32px)"} <= set(labels)
+    assert "csba s0 (resnet18, 32px)" in labels
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_runs_page_has_a_backbone_column(two_backbones, env):
+    env(two_backbones)
+    at = _open("pages/home.py")
+    runs = at.dataframe[0].value
+    got = sorted(zip(runs["variant"], runs["backbone"], strict=True))
+    assert got == sorted(
+        [("baseline", "trifire")] * 2 + [("baseline", "resnet18")] * 2 + [("csba", "resnet18")]
+    )
+
+
+def test_f1_aggregates_each_backbones_seeds_apart(two_backbones, env):
+    env(two_backbones)
+    at = _open("pages/f1.py")
+    at.select_slider(key="f1_nres").set_value(200).run()
+    overall = at.dataframe[0].value.set_index("variant / run")
+    assert set(overall.index) == {
+        "baseline (32px; mean of 2 seeds)",
+        "baseline (resnet18, 32px; mean of 2 seeds)",
+        "csba s0 (resnet18, 32px)",
+    }
+    assert overall.loc["baseline (resnet18, 32px; mean of 2 seeds)", "runs"] == 2
+    # the seed sd comes from the same two runs as the mean (two copies: sd 0)
+    for group in ("baseline (32px; mean of 2 seeds)", "baseline (resnet18, 32px; mean of 2 seeds)"):
+        assert overall.loc[group, "macro-F1 seed sd"] == "0.000"
+
+
+def test_layer_group_difference_across_backbones_is_refused(two_backbones, env):
+    env(two_backbones)
+    at = _open("pages/conflict.py")
+    trifire = next(p for p in _runs(two_backbones) if p.endswith("/baseline-s0"))
+    resnet = next(p for p in _runs(two_backbones) if p.endswith("/baseline-resnet18-s0"))
+    at.sidebar.multiselect(key="conflict_runs").set_value([trifire, resnet]).run()
+    groups = at.selectbox(key="gcm_group").options
+    shared = next(g for g in groups if g != "whole model")
+    at.selectbox(key="gcm_group").set_value(shared).run()
+    assert not at.exception, [e.value for e in at.exception]
+    warnings = " ".join(w.value for w in at.warning)
+    assert "different backbones" in warnings and "share a name" in warnings, warnings
+    assert "gcm_diff" not in [c.key for c in at.get("plotly_chart")]
+    infos = " ".join(i.value for i in at.info)
+    assert "different set of layers in each backbone" in infos, infos
+    at.selectbox(key="gcm_group").set_value("whole model").run()  # allowed, with a note
+    assert "gcm_diff" in [c.key for c in at.get("plotly_chart")]
+    assert "measured on different parameters" in " ".join(i.value for i in at.info)
+
+
+# --------------------------------------------------------------------------------------------
+# A cancelled Training run changes no page's defaults
+# --------------------------------------------------------------------------------------------
+
+
+def _defaults() -> dict[str, list[str]]:
+    out = {}
+    for page, key in PICKERS.items():
+        at = _open(page)
+        out[page] = list(at.sidebar.multiselect(key=key).value)
+    at = _open("pages/conflict.py")
+    at.session_state["gcm_section"] = "Conflict vs minority gain"
+    at.run()
+    out["gain size"] = [at.selectbox(key="gain_size").value]
+    return out
+
+
+def _train_and_cancel_after_one_epoch(tiny_folder) -> Path:
+    """Start baseline (50 epochs, 16 px) on the Training page; cancel once epoch 1 is done."""
+    from pages.common import job_manager
+
+    at = _open("pages/training.py")
+    at.selectbox(key="train_dataset").set_value("imagefolder").run()
+    at.text_input(key="train_root_imagefolder").set_value(str(tiny_folder))
+    at.multiselect(key="train_variants").set_value(["baseline"])
+    at.number_input(key="train_epochs").set_value(50)
+    at.number_input(key="train_size").set_value(16)
+    at.number_input(key="train_batch").set_value(4)
+    at.button(key="train_start").click().run()
+    manager = job_manager()  # the page's own queue (one per process)
+    deadline = time.monotonic() + 120
+    while True:
+        job = manager.snapshot()[-1]
+        if job.runs[0].history:  # the first epoch is done
+            break
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    manager.cancel(job.id)
+    while manager.job(job.id).status not in ("cancelled", "completed", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return Path(manager.job(job.id).runs[0].run_dir)
+
+
+def test_a_cancelled_training_run_changes_no_default(tiny_runs, tiny_folder, tmp_path, env):
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_runs["baseline"].parent.parent, root)
+    env(root)
+    before = _defaults()
+    run_dir = _train_and_cancel_after_one_epoch(tiny_folder)
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "cancelled" and meta["epochs_run"] >= 1
+    assert _defaults() == before
+    at = _open("pages/confusion.py")
+    box = at.sidebar.multiselect(key="confusion_runs")
+    assert str(run_dir) not in box.value
+    assert "baseline s0 (16px) [cancelled]" in box.options, box.options
+    assert any("did not finish" in c.value for c in at.sidebar.caption)
