@@ -23,7 +23,14 @@ import streamlit as st
 # thread run this while the others wait for it.
 WARM_IMPORTS = (
     "pages.common",
-    "pages.figures",
+    "pages.figcache",
+    "pages.fig_base",
+    "pages.fig_attention",
+    "pages.fig_attributions",
+    "pages.fig_conflict",
+    "pages.fig_confusion",
+    "pages.fig_per_class",
+    "pages.fig_runs",
     "pages.icons",
     "csba.attributions",
     "csba.conflict_gain",

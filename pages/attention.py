@@ -4,10 +4,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from csba.diagnostics import off_diagonal_stats
 from csba.models import gated_variants, list_models
-from pages import figures as F
 from pages.common import (
-    FIG,
     diagnostics_of,
     download_df,
     download_fig,
@@ -16,6 +15,8 @@ from pages.common import (
     sections,
     select_runs,
 )
+from pages.fig_attention import angle_heatmap, attention_heatmaps, overlap_heatmap
+from pages.fig_base import as_array, as_matrix, matrix_frame, number
 
 ATTENTION_VARIANTS = tuple(gated_variants())  # ("csba", "class_heads") today
 
@@ -45,7 +46,7 @@ def attention_of(meta: dict) -> dict | None:
     att = (diagnostics_of(meta) or {}).get("attention")
     if not isinstance(att, dict):
         return None
-    mean = F.as_array(att.get("mean"))
+    mean = as_array(att.get("mean"))
     if mean is None or mean.ndim != 3 or mean.shape[0] != len(meta["classes"]):
         return None
     return {**att, "mean_arr": mean}
@@ -81,7 +82,7 @@ def attention_section(with_att, labels) -> None:
     channels = np.arange(d) if shown == "all" else np.sort(np.argsort(-spread)[: int(shown)])
     classes = [str(c) for c in info.meta["classes"]]
     bnames = branch_names(info.meta, mean.shape[1])
-    fig = FIG.attention_heatmaps(
+    fig = attention_heatmaps(
         mean,
         classes,
         channels,
@@ -108,7 +109,7 @@ def attention_section(with_att, labels) -> None:
 def overlap_section(with_att, labels) -> None:
     st.subheader("Branch overlap")
     first = with_att[0].meta
-    frac = F.number(attention_of(first).get("top_fraction"))
+    frac = number(attention_of(first).get("top_fraction"))
     pct = f"{100 * frac:.0f}%" if np.isfinite(frac) else "top"
     st.caption(
         f"Jaccard: overlap of each pair of branches' top-{pct} channels; cosine: similarity of "
@@ -124,16 +125,16 @@ def overlap_section(with_att, labels) -> None:
         cols = st.columns(2)
         for col, (key, what) in zip(cols, (("jaccard", "Jaccard"), ("cosine", "cosine"))):
             if which == "all classes":
-                m = F.as_matrix(att.get(key))
+                m = as_matrix(att.get(key))
             else:
-                per = F.as_array(att.get(f"{key}_per_class"))
+                per = as_array(att.get(f"{key}_per_class"))
                 ci = [str(c) for c in info.meta["classes"]].index(which)
                 m = per[ci] if per is not None and per.ndim == 3 else None
             with col:
                 if m is None:
                     st.info(f"{name}: no {what} overlap stored.")
                     continue
-                fig = FIG.overlap_heatmap(
+                fig = overlap_heatmap(
                     m,
                     title=f"{name}: {what} ({which})",
                     what=what,
@@ -152,7 +153,7 @@ def angles_section(diagnosed, labels) -> None:
     mats = {}
     for i in diagnosed:
         ang = (diagnostics_of(i.meta) or {}).get("class_angles")
-        m = F.as_matrix(ang.get("matrix")) if isinstance(ang, dict) else None
+        m = as_matrix(ang.get("matrix")) if isinstance(ang, dict) else None
         if m is not None and m.shape[0] == len(i.meta["classes"]):
             mats[labels[str(i.path)]] = (m, [str(c) for c in i.meta["classes"]])
     if not mats:
@@ -165,14 +166,14 @@ def angles_section(diagnosed, labels) -> None:
     for start in range(0, len(names), COLS):
         for col, name in zip(st.columns(COLS), names[start : start + COLS]):
             m, classes = mats[name]
-            mean, _ = F.off_diagonal_stats(m)
+            mean, _ = off_diagonal_stats(m)
             with col:
-                fig = FIG.angle_heatmap(m, classes, title=name, zmax=zmax)
+                fig = angle_heatmap(m, classes, title=name, zmax=zmax)
                 plotly_chart(fig, width="stretch", key=f"ang_{name}")
                 st.caption(f"mean off-diagonal angle **{mean:.1f}°**")
                 download_fig(fig, f"class_angles_{name}")
             rows.append(
-                F.matrix_frame(m, classes, classes)
+                matrix_frame(m, classes, classes)
                 .rename_axis("class")
                 .reset_index()
                 .assign(run=name)

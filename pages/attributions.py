@@ -37,7 +37,8 @@ from csba.attributions import METHODS, ImageExplanation, explain_image
 from csba.data import IMAGE_EXTENSIONS, DataError, ImageLoadError, load_dataset, load_image
 from csba.typicality import JSON_FILE, TypicalityError, TypicalityResult, score_image
 from csba.workqueue import WorkQueue, redraw_due
-from pages.common import FIG, download_df, get_run, plotly_chart, run_labels, select_runs
+from pages.common import download_df, get_run, plotly_chart, run_labels, select_runs
+from pages.fig_attributions import attribution_grid, attribution_grid_png
 
 MAX_RUNS = 5  # columns side by side (the paper's five variants)
 SHOW_PX = 176  # display size of the small images (nearest-neighbour upscaling, no blur)
@@ -373,10 +374,10 @@ def _runs_section(
         for part in [ready] if same else [[x] for x in ready]:
             grid = [(label, e.report, e.target) for label, e in part]
             if interactive:
-                fig = FIG.attribution_grid(grid)
+                fig = attribution_grid(grid)
                 plotly_chart(fig, width="stretch", key=f"attr_numbers_{part[0][0]}")
-            else:  # built once per (runs, image, target): FIG caches it like any figure
-                st.image(FIG.attribution_grid_png(grid))
+            else:  # built once per (runs, image, target): cached like any figure
+                st.image(attribution_grid_png(grid))
 
     st.subheader("Each run")
     st.caption(

@@ -35,10 +35,11 @@ from csba.models import list_models
 from csba.paired import DEFAULT_BAR
 from csba.stats import BOOT_SEED, N_RESAMPLES
 from csba.store import WEIGHTS, Run, RunError, RunInfo, list_runs, load_run, read_run_json
-from pages import figures as _figures
+from pages import fig_base  # noqa: F401 (plotly's default template: pages/training.py's too)
+from pages.figcache import FIGURE_BUILDS
 
 __all__ = [
-    "FIG",
+    "FIGURE_BUILDS",
     "REPO_ROOT",
     "VARIANT_ORDER",
     "all_runs",
@@ -476,27 +477,9 @@ def not_diagnosed(info: RunInfo, what: str = "") -> None:
 # Figures, built once per inputs
 # --------------------------------------------------------------------------------------------
 
-FIGURE_BUILDS = {"count": 0}  # figures actually built (a cached one is not): tests read it
-
-
-@st.cache_resource(show_spinner=False, max_entries=512)
-def _figure(name: str, args: tuple, kwargs: dict):
-    FIGURE_BUILDS["count"] += 1
-    return getattr(_figures, name)(*args, **kwargs)
-
-
-class _CachedFigures:
-    """``FIG.<builder>(...)``: ``pages.figures.<builder>(...)`` built once per arguments (hashed
-    by Streamlit: arrays, frames, plain values) and shared by every session, so a rerun that
-    changes nothing builds no figure. Figures are read-only once built."""
-
-    def __getattr__(self, name: str):
-        if not callable(getattr(_figures, name, None)):
-            raise AttributeError(name)
-        return lambda *args, **kwargs: _figure(name, args, kwargs)
-
-
-FIG = _CachedFigures()
+# The figure builders are cached where they are defined (pages/fig_*.py, @cached_figure of
+# pages.figcache): a page imports them by name. FIGURE_BUILDS counts the figures actually built
+# (a cached one is not); tests read it here.
 
 
 def clear_run_caches() -> None:
@@ -671,7 +654,7 @@ def _safe_name(name: str) -> str:
 
 
 def plotly_chart(fig, key: str, **kwargs) -> None:
-    """``st.plotly_chart`` drawn with the figure's own template (pages.figures: plotly_white,
+    """``st.plotly_chart`` drawn with the figure's own template (pages.fig_base: plotly_white,
     our font) rather than Streamlit's theme, which the browser merges into every figure before
     drawing it: about a quarter of a chart's drawing time (benchmarks/bench_dashboard.py, the
     'cpu' column). No plotly logo in the toolbar."""

@@ -8,12 +8,12 @@ import pandas as pd
 import streamlit as st
 
 from csba.conflict_gain import baselines_by_key, conflict_gain, match_key
+from csba.diagnostics import off_diagonal_stats
+from csba.diagnostics import sorted_pairs as adversarial_pairs
 from csba.diagnostics.training import conflict_change
 from csba.identity import backbone_name
 from csba.stats import BOOT_SEED, N_RESAMPLES
-from pages import figures as F
 from pages.common import (
-    FIG,
     all_runs,
     dataset_name,
     default_size,
@@ -26,6 +26,14 @@ from pages.common import (
     run_labels,
     sections,
     select_runs,
+)
+from pages.fig_base import as_matrix, matrix_frame, number
+from pages.fig_conflict import (
+    conflict_difference,
+    conflict_gain_scatter,
+    conflict_heatmap,
+    conflict_history_figure,
+    shares_heatmap,
 )
 
 WHOLE = "whole model"
@@ -40,15 +48,15 @@ def gcm_block(meta: dict, group: str) -> dict | None:
     block = diag.get("gcm") if group == WHOLE else (diag.get("layers") or {}).get(group)
     if not isinstance(block, dict):
         return None
-    m = F.as_matrix(block.get("matrix"))
+    m = as_matrix(block.get("matrix"))
     if m is None or m.shape[0] != m.shape[1]:
         return None
     classes = [str(c) for c in (block.get("classes") or diag.get("classes") or meta["classes"])]
     if len(classes) != m.shape[0]:
         classes = [str(i) for i in range(m.shape[0])]
-    mean, std = F.off_diagonal_stats(m)
-    mean = F.number(block.get("mean")) if block.get("mean") is not None else mean
-    std = F.number(block.get("std")) if block.get("std") is not None else std
+    mean, std = off_diagonal_stats(m)
+    mean = number(block.get("mean")) if block.get("mean") is not None else mean
+    std = number(block.get("std")) if block.get("std") is not None else std
     return {"matrix": m, "classes": classes, "mean": mean, "std": std}
 
 
@@ -81,13 +89,13 @@ def heatmaps_section(diagnosed, labels, group) -> dict:
         for col, name in zip(st.columns(COLS), names[start : start + COLS]):
             with col:
                 b = blocks[name]
-                fig = FIG.conflict_heatmap(b["matrix"], b["classes"], title=name)
+                fig = conflict_heatmap(b["matrix"], b["classes"], title=name)
                 plotly_chart(fig, width="stretch", key=f"gcm_{group}_{name}")
                 st.caption(f"mean off-diagonal cos **{b['mean']:+.3f}**, std {b['std']:.3f}")
                 download_fig(fig, f"gcm_{group}_{name}")
     if blocks:
         long = pd.concat(
-            F.matrix_frame(b["matrix"], b["classes"], b["classes"])
+            matrix_frame(b["matrix"], b["classes"], b["classes"])
             .rename_axis("class")
             .reset_index()
             .assign(run=name, group=group)
@@ -102,7 +110,7 @@ def pairs_section(blocks) -> None:
     top = int(st.columns(4)[0].number_input("Pairs per run", 1, 50, 3, key="gcm_top"))
     rows = []
     for name, b in blocks.items():
-        for rank, (a, c, cos) in enumerate(F.adversarial_pairs(b["matrix"], b["classes"])[:top]):
+        for rank, (a, c, cos) in enumerate(adversarial_pairs(b["matrix"], b["classes"])[:top]):
             rows.append({"run": name, "rank": rank + 1, "class a": a, "class b": c, "cos": cos})
     df = pd.DataFrame(rows, columns=["run", "rank", "class a", "class b", "cos"])
     st.dataframe(
@@ -143,7 +151,7 @@ def difference_section(blocks, group) -> None:
             "different parameters; the difference compares how the classes' gradients relate, "
             "not the same layers."
         )
-    fig = FIG.conflict_difference(
+    fig = conflict_difference(
         blocks[a]["matrix"],
         blocks[b]["matrix"],
         blocks[a]["classes"],
@@ -177,12 +185,12 @@ def history_section(runs, labels) -> None:
             "`python -m csba train --conflict-every N` (or the option on the Training page)."
         )
         return
-    fig = FIG.conflict_history_figure(hist)
+    fig = conflict_history_figure(hist)
     plotly_chart(fig, width="stretch", key="gcm_hist")
     download_fig(fig, "gcm_history")
     c1, c2 = st.columns([1, 2])
     name = c1.selectbox("Run", list(hist), key="gcm_hist_run")
-    entries = [h for h in hist[name] if F.as_matrix(h.get("matrix")) is not None]
+    entries = [h for h in hist[name] if as_matrix(h.get("matrix")) is not None]
     if not entries:
         st.info(f"{name}: the history holds no matrices.")
         return
@@ -193,13 +201,13 @@ def history_section(runs, labels) -> None:
         epoch = epochs[0]
         c2.caption(f"One recorded epoch: {epoch}")
     h = entries[epochs.index(epoch)]
-    m = F.as_matrix(h["matrix"])
+    m = as_matrix(h["matrix"])
     info = next(i for i in runs if labels[str(i.path)] == name)
     classes = [str(c) for c in info.meta["classes"]]
     if len(classes) != m.shape[0]:
         classes = [str(k) for k in range(m.shape[0])]
-    mean, std = F.off_diagonal_stats(m)
-    fig = FIG.conflict_heatmap(m, classes, title=f"{name}, epoch {epoch}")
+    mean, std = off_diagonal_stats(m)
+    fig = conflict_heatmap(m, classes, title=f"{name}, epoch {epoch}")
     left, right = st.columns([1, 1])
     with left:
         plotly_chart(fig, width="stretch", key="gcm_hist_mat")
@@ -210,8 +218,8 @@ def history_section(runs, labels) -> None:
         rows = [
             {
                 "epoch": x.get("epoch"),
-                "mean": F.number(x.get("mean")),
-                "std": F.number(x.get("std")),
+                "mean": number(x.get("mean")),
+                "std": number(x.get("std")),
             }
             for x in hist[name]
         ]
@@ -228,7 +236,7 @@ def shares_section(diagnosed, labels) -> None:
     cols = st.columns(COLS)
     for i in diagnosed:
         br = (diagnostics_of(i.meta) or {}).get("branches")
-        s = F.as_matrix(br.get("shares")) if isinstance(br, dict) else None
+        s = as_matrix(br.get("shares")) if isinstance(br, dict) else None
         if s is None:
             continue
         name = labels[str(i.path)]
@@ -240,7 +248,7 @@ def shares_section(diagnosed, labels) -> None:
         else:
             branches = [f"branch {k + 1}" for k in range(s.shape[1])]
         with cols[shown % COLS]:
-            fig = FIG.shares_heatmap(s, classes, branches, title=name)
+            fig = shares_heatmap(s, classes, branches, title=name)
             plotly_chart(fig, width="stretch", key=f"shares_{name}")
             download_fig(fig, f"branch_shares_{name}")
         shown += 1
@@ -277,10 +285,10 @@ def opt_gen_section(runs, labels) -> None:
                 "run": labels[str(i.path)],
                 "variant": m["variant"],
                 "seed": m["config"].get("seed"),
-                "generalisation gap": F.number(m.get("generalisation_gap")),
+                "generalisation gap": number(m.get("generalisation_gap")),
                 "mean conflict (cos)": mean if mean is not None else math.nan,
                 "Δ vs baseline (same seed)": change,
-                "macro-F1": F.number(test.get("macro_f1")),
+                "macro-F1": number(test.get("macro_f1")),
                 "best epoch": m.get("best_epoch"),
             }
         )
@@ -370,7 +378,7 @@ def conflict_gain_section(runs) -> None:
                 if c not in ("method", "seeds")
             },
         )
-        fig = FIG.conflict_gain_scatter(e["methods"], f"{backbone}: change against the baseline")
+        fig = conflict_gain_scatter(e["methods"], f"{backbone}: change against the baseline")
         plotly_chart(fig, width="stretch", key=f"gain_{backbone}")
     download_df(pd.DataFrame(res["runs"]), "conflict-gain-runs.csv")
 

@@ -2,9 +2,7 @@
 
 import streamlit as st
 
-from pages import figures as F
 from pages.common import (
-    FIG,
     download_df,
     download_fig,
     plotly_chart,
@@ -12,6 +10,7 @@ from pages.common import (
     sections,
     select_runs,
 )
+from pages.fig_confusion import confusion_difference, confusion_grid, confusion_long, confusion_of
 
 COLS = 3  # matrices per row
 
@@ -37,7 +36,7 @@ def main() -> None:
         if [str(c) for c in info.meta["classes"]] != classes:
             st.error(f"{name}: its classes differ from {labels[str(runs[0].path)]}'s; left out")
             continue
-        cm = F.confusion_of(info.meta, split)
+        cm = confusion_of(info.meta, split)
         if cm is None or cm.shape != (len(classes), len(classes)):
             st.error(f"{name}: run.json holds no {split} confusion matrix; left out")
             continue
@@ -59,15 +58,13 @@ SECTIONS = ["Matrices", "Difference of two runs"]
 def _matrices(mats, classes, normalize: bool, split: str) -> None:
     zmax = max(float(m.max()) for m in mats.values()) or 1.0  # one count scale for all runs
     # every run in one figure: one chart for the browser to draw instead of one per run
-    fig = FIG.confusion_grid(
-        mats, classes, normalize=normalize, zmax=zmax, cols=min(COLS, len(mats))
-    )
+    fig = confusion_grid(mats, classes, normalize=normalize, zmax=zmax, cols=min(COLS, len(mats)))
     plotly_chart(fig, width="stretch", key="cm_grid")
     c1, c2 = st.columns(2)
     with c1:
         download_fig(fig, f"confusion_{split}")
     with c2:
-        download_df(F.confusion_long(mats, classes), f"confusion_{split}")
+        download_df(confusion_long(mats, classes), f"confusion_{split}")
 
 
 def _difference(mats, names, classes, normalize: bool) -> None:
@@ -80,7 +77,7 @@ def _difference(mats, names, classes, normalize: bool) -> None:
     if a == b:
         st.info("Choose two different runs.")
         return
-    fig = FIG.confusion_difference(mats[a], mats[b], classes, normalize=normalize, names=(a, b))
+    fig = confusion_difference(mats[a], mats[b], classes, normalize=normalize, names=(a, b))
     left, right = st.columns([2, 1])
     with left:
         plotly_chart(fig, width="stretch", key="cm_diff")

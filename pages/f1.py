@@ -8,9 +8,7 @@ from csba.identity import group_label as identity_group_label
 from csba.identity import group_names, identity
 from csba.stats import BOOT_SEED, DELTA_COLUMNS, N_RESAMPLES
 from csba.store import RunError
-from pages import figures as F
 from pages.common import (
-    FIG,
     compare,
     download_df,
     download_fig,
@@ -20,6 +18,8 @@ from pages.common import (
     seed_mean_bootstrap,
     select_runs,
 )
+from pages.fig_base import fmt_ci
+from pages.fig_per_class import METRIC_TITLES, delta_forest, per_class_bars
 
 OVERALL = {"accuracy": "accuracy", "macro_f1": "macro-F1", "balanced_accuracy": "balanced acc."}
 METRICS = ["f1", "precision", "recall"]
@@ -69,7 +69,7 @@ def overall_row(group: str, n_runs: int, boot: dict, seeds_df: pd.DataFrame | No
     row = {"variant / run": group, "runs": n_runs}
     for key, label in OVERALL.items():
         e = boot[key]
-        row[label] = F.fmt_ci(e["value"], *e["ci"])
+        row[label] = fmt_ci(e["value"], *e["ci"])
         if seeds_df is not None and n_runs > 1:
             s = seeds_df[seeds_df["metric"] == key]
             row[f"{label} seed sd"] = f"{float(s['std'].iloc[0]):.3f}" if len(s) else ""
@@ -105,7 +105,7 @@ def main() -> None:
         "Metrics",
         METRICS,
         default=["f1"],
-        format_func=F.METRIC_TITLES.get,
+        format_func=METRIC_TITLES.get,
         key="f1_metrics",
         help="Add precision and recall: one panel each, same runs and intervals",
     ) or ["f1"]
@@ -157,7 +157,7 @@ def main() -> None:
                 overall.append(
                     {"variant / run": label, "runs": 1}
                     | {
-                        lab: F.fmt_ci(srow[k], srow[f"{k}_ci_low"], srow[f"{k}_ci_high"])
+                        lab: fmt_ci(srow[k], srow[f"{k}_ci_low"], srow[f"{k}_ci_high"])
                         for k, lab in OVERALL.items()
                     }
                 )
@@ -194,7 +194,7 @@ def main() -> None:
             [
                 {"variant / run": r["run"], "seed": r["seed"], "test n": r["n"]}
                 | {
-                    lab: F.fmt_ci(r[k], r[f"{k}_ci_low"], r[f"{k}_ci_high"])
+                    lab: fmt_ci(r[k], r[f"{k}_ci_low"], r[f"{k}_ci_high"])
                     for k, lab in OVERALL.items()
                 }
                 for _, r in summary.iterrows()
@@ -237,7 +237,7 @@ def _scores(overall_df, summary, bars, classes, metrics, points_df, aggregate, t
     download_df(summary, "summary_with_intervals")
 
     st.subheader("Per class")
-    fig = FIG.per_class_bars(
+    fig = per_class_bars(
         bars,
         classes,
         metrics,
@@ -307,19 +307,19 @@ def _deltas(tables, reference, aggregate, members, labels, classes, metrics, n_r
         st.info("Choose at least two runs to see differences.")
         return
     forest_metric = st.radio(
-        "Metric", METRICS, horizontal=True, format_func=F.METRIC_TITLES.get, key="f1_forest"
+        "Metric", METRICS, horizontal=True, format_func=METRIC_TITLES.get, key="f1_forest"
     )
-    fig = FIG.delta_forest(
+    fig = delta_forest(
         deltas[deltas["class"] != "(overall)"],
         forest_metric,
-        title=f"Δ {F.METRIC_TITLES[forest_metric]} with paired 95% intervals",
+        title=f"Δ {METRIC_TITLES[forest_metric]} with paired 95% intervals",
     )
     plotly_chart(fig, width="stretch", key="f1_forest_fig")
     download_fig(fig, f"delta_{forest_metric}")
     shown = deltas[deltas["metric"].isin(metrics + list(OVERALL))].copy()
-    shown["metric"] = shown["metric"].map(lambda m: OVERALL.get(m, F.METRIC_TITLES.get(m, m)))
+    shown["metric"] = shown["metric"].map(lambda m: OVERALL.get(m, METRIC_TITLES.get(m, m)))
     shown["Δ [95% CI]"] = [
-        F.fmt_ci(r.delta, r.ci_low, r.ci_high, signed=True) for r in shown.itertuples()
+        fmt_ci(r.delta, r.ci_low, r.ci_high, signed=True) for r in shown.itertuples()
     ]
     st.dataframe(
         shown[["run", "reference", "class", "metric", "Δ [95% CI]", "significant"]],

@@ -6,9 +6,7 @@ import streamlit as st
 
 from csba.report import shipping_bar_parts
 from csba.store import RunError
-from pages import figures as F
 from pages.common import (
-    FIG,
     NO_RUNS,
     all_runs,
     dataset_name,
@@ -19,6 +17,12 @@ from pages.common import (
     run_labels,
     runs_root,
     sort_key,
+)
+from pages.fig_runs import (
+    class_distribution,
+    class_distribution_figure,
+    class_distribution_png,
+    runs_table,
 )
 
 MAX_ERRORS = 10
@@ -82,7 +86,7 @@ def bar_section(bar) -> None:
 
 def runs_section(good, bad) -> None:
     st.subheader(f"Runs ({len(good)})")
-    df = F.runs_table(good)
+    df = runs_table(good)
     if not df.empty:
         st.dataframe(
             df,
@@ -126,7 +130,7 @@ def dataset_section(good) -> int | None:
     runs = [i for i in good if dataset_name(i.meta) == ds]
     latest = max(runs, key=lambda i: str(i.meta.get("created") or ""))
     meta = latest.meta
-    dist = F.class_distribution(meta)
+    dist = class_distribution(meta)
     splits = {
         str((i.meta.get("dataset") or {}).get("split_seed")): run_labels([i])[str(i.path)]
         for i in runs
@@ -139,8 +143,8 @@ def dataset_section(good) -> int | None:
     cols = st.columns([3, 2])
     with cols[0]:
         title = f"{ds}: images per class and split"
-        st.image(FIG.class_distribution_png(dist, title))  # a picture: see the builder
-        download_fig(FIG.class_distribution_figure(dist, title), f"class_distribution_{ds}")
+        st.image(class_distribution_png(dist, title))  # a picture: see the builder
+        download_fig(class_distribution_figure(dist, title), f"class_distribution_{ds}")
     with cols[1]:
         shares = ", ".join(f"{c} {v:.0%}" for c, v in zip(dist["class"], dist["train share"]))
         st.caption(

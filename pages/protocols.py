@@ -8,9 +8,7 @@ import streamlit as st
 
 from csba.report import shipping_bar_parts
 from csba.stats import N_RESAMPLES
-from pages import figures as F
 from pages.common import (
-    FIG,
     all_runs,
     bundled_records,
     dataset_name,
@@ -20,6 +18,8 @@ from pages.common import (
     plotly_chart,
     runs_root,
 )
+from pages.fig_base import fmt_ci
+from pages.fig_per_class import paired_differences
 
 SHOWN = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1")
 
@@ -103,7 +103,7 @@ def main() -> None:
         for note in s["notes"]:
             st.caption(note)
 
-    fig = FIG.paired_differences(res, SHOWN)
+    fig = paired_differences(res, SHOWN)
     plotly_chart(fig, width="stretch", key="pair_fig")
     download_fig(fig, "paired_differences")
 
@@ -116,7 +116,7 @@ def main() -> None:
                 "mean B": s["mean_b"],
                 "B - A": s["mean_diff"],
                 "SE": s["se"],
-                "95% t interval": F.fmt_ci(s["mean_diff"], *s["ci"], signed=True),
+                "95% t interval": fmt_ci(s["mean_diff"], *s["ci"], signed=True),
                 "B higher": f"{s['b_better']}/{s['pairs']}",
             }
             for s in res["summary"].values()
@@ -127,8 +127,8 @@ def main() -> None:
     st.caption(
         "t intervals over pairs hold seed and test-set noise together. The test set alone "
         "(paired bootstrap of the pair means on the same resampled images): accuracy "
-        f"{F.fmt_ci(tb['accuracy']['diff'], *tb['accuracy']['ci'], signed=True)}, macro-F1 "
-        f"{F.fmt_ci(tb['macro_f1']['diff'], *tb['macro_f1']['ci'], signed=True)}."
+        f"{fmt_ci(tb['accuracy']['diff'], *tb['accuracy']['ci'], signed=True)}, macro-F1 "
+        f"{fmt_ci(tb['macro_f1']['diff'], *tb['macro_f1']['ci'], signed=True)}."
     )
     download_df(summary, "paired_summary")
 

@@ -1,0 +1,218 @@
+"""The Confusion matrices page's figures and tables (no Streamlit here)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from pages.fig_base import (
+    CELL_FONT,
+    CHAR_EM,
+    COLORBAR_PX,
+    DIFF_SCALE,
+    DIFF_WIDTH,
+    LINE_EM,
+    PAGE_WIDTH,
+    SEQ_SCALE,
+    SUBTITLE_FONT,
+    TICK_FONT,
+    as_matrix,
+    category_ticks,
+    matrix_heatmap,
+    short_labels,
+    text_px,
+    wrap,
+)
+from pages.figcache import cached_figure
+
+__all__ = [
+    "confusion_difference",
+    "confusion_grid",
+    "confusion_long",
+    "confusion_of",
+    "row_normalise",
+]
+
+
+def row_normalise(cm: np.ndarray) -> np.ndarray:
+    """Counts (C, C) as rates of their true row (rows sum to 1; an empty row stays 0)."""
+    cm = np.asarray(cm, dtype=float)
+    rows = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+
+
+def confusion_of(meta: Mapping[str, Any], split: str = "test") -> np.ndarray | None:
+    """The stored confusion matrix of a split (rows true, columns predicted), or None."""
+    cm = as_matrix(((meta.get("metrics") or {}).get(split) or {}).get("confusion_matrix"))
+    if cm is None and split == "test":
+        pred = (meta.get("predictions") or {}).get("test") or {}
+        yt, yp = pred.get("y_true"), pred.get("y_pred")
+        c = int(meta.get("num_classes") or 0)
+        if yt is not None and yp is not None and c:
+            cm = np.zeros((c, c))
+            np.add.at(cm, (np.asarray(yt, int), np.asarray(yp, int)), 1)
+    return cm
+
+
+def _grid_layout(titles: Sequence[str], classes: Sequence[str], cols: int, chars: int) -> dict:
+    """The confusion grid's layout across PAGE_WIDTH px, ``cols`` subplots per row: ``titles``
+    wrapped to a subplot's width at SUBTITLE_FONT (so neighbours never run into each other),
+    the tick settings of :func:`category_ticks`, whether cell numbers of ``chars`` characters
+    fit at CELL_FONT, the spacings (fractions of the plot area), margins and height (px)."""
+    n, rows = len(classes), max(1, math.ceil(len(titles) / cols))
+    labels = short_labels(classes)
+    spacing = 0.04  # of the plot width, between neighbouring subplots (and their titles)
+    left = max(text_px(v, TICK_FONT) for v in labels) + 8  # px: class names left of each row
+    sub_w = (PAGE_WIDTH - left - COLORBAR_PX - 20) * (1 - spacing * (cols - 1)) / cols  # px
+    wrapped = [wrap(t, sub_w, SUBTITLE_FONT) for t in titles]
+    title_px = max((t.count("<br>") + 1 for t in wrapped), default=1) * LINE_EM * SUBTITLE_FONT
+    per_row = max(220, 60 * n)  # plot height per row (px)
+    xaxis, x_px = category_ticks(classes, labels, sub_w / n, across=True)
+    yaxis, _ = category_ticks(classes, labels, per_row / n, across=False)
+    gap = x_px + 35 + title_px  # px between rows: class names, 'predicted', the next titles
+    plot_h = per_row * rows + gap * (rows - 1)
+    margin = {"l": 10, "r": 10, "t": round(18 + title_px), "b": round(x_px + 35)}
+    return {
+        "rows": rows,
+        "titles": wrapped,
+        "spacing": spacing,
+        "vertical_spacing": gap / plot_h if rows > 1 else 0.0,
+        "xaxis": xaxis,
+        "yaxis": yaxis,
+        "show_text": sub_w / n >= chars * CHAR_EM * CELL_FONT + 4
+        and per_row / n >= LINE_EM * CELL_FONT,
+        "margin": margin,
+        "height": round(plot_h + margin["t"] + margin["b"]),
+    }
+
+
+@cached_figure
+def confusion_grid(
+    mats: Mapping[str, np.ndarray],
+    classes: Sequence[str],
+    *,
+    normalize: bool,
+    zmax: float | None = None,
+    cols: int = 3,
+) -> go.Figure:
+    """Every run's confusion matrix in one figure (name -> counts (C, C)), ``cols`` per row, one
+    shared colour scale (rates 0-1, or counts 0-zmax). One figure rather than one per run: the
+    browser draws one chart, a few times faster than as many charts as runs. Laid out for
+    PAGE_WIDTH: titles wrapped to their subplot's width, class names as in
+    :func:`heatmap_layout`, cell numbers only where they fit (always in the hover)."""
+    names = list(mats)
+    top = 1.0 if normalize else float(zmax or max(float(m.max()) for m in mats.values()) or 1)
+    titles = [f"{name} (n={int(np.asarray(mats[name]).sum())})" for name in names]
+    geo = _grid_layout(titles, classes, cols, chars=4 if normalize else len(str(int(top))))
+    show = geo["show_text"]
+    fig = make_subplots(
+        rows=geo["rows"],
+        cols=cols,
+        subplot_titles=geo["titles"],
+        shared_yaxes=True,  # class names once, left of each row
+        horizontal_spacing=geo["spacing"],
+        vertical_spacing=geo["vertical_spacing"],
+    )
+    fig.update_annotations(font={"size": SUBTITLE_FONT})  # the subplot titles
+    for k, name in enumerate(names):
+        counts = np.asarray(mats[name], dtype=float)
+        rates = row_normalise(counts)
+        # one line per cell (the rate or the count; the hover gives both): half the text
+        text = [
+            [
+                f"{rates[i, j]:.2f}" if normalize else f"{int(counts[i, j])}"
+                for j in range(len(classes))
+            ]
+            for i in range(len(classes))
+        ]
+        fig.add_trace(
+            go.Heatmap(
+                z=rates if normalize else counts,
+                x=list(classes),
+                y=list(classes),
+                coloraxis="coloraxis",
+                text=text if show else None,
+                texttemplate="%{text}" if show else None,
+                textfont={"size": CELL_FONT},
+                customdata=np.dstack([counts, rates]),
+                hovertemplate=f"<b>{name}</b><br>true %{{y}}<br>predicted %{{x}}"
+                "<br>count %{customdata[0]:.0f}<br>rate (of true row) %{customdata[1]:.3f}"
+                "<extra></extra>",
+                xgap=1,
+                ygap=1,
+            ),
+            row=k // cols + 1,
+            col=k % cols + 1,
+        )
+    fig.update_yaxes(autorange="reversed", type="category", **geo["yaxis"])
+    fig.update_xaxes(type="category", **geo["xaxis"])
+    for k in range(max(0, len(names) - cols), len(names)):  # (rows: true class, in the caption)
+        fig.update_xaxes(title_text="predicted", row=k // cols + 1, col=k % cols + 1)
+    fig.update_layout(
+        coloraxis={
+            "colorscale": SEQ_SCALE,
+            "cmin": 0,
+            "cmax": top,
+            "colorbar": {"title": {"text": "rate" if normalize else "count"}, "thickness": 12},
+        },
+        margin=geo["margin"],
+        height=geo["height"],
+    )
+    return fig
+
+
+@cached_figure
+def confusion_difference(
+    a: np.ndarray, b: np.ndarray, classes: Sequence[str], *, normalize: bool, names: tuple[str, str]
+) -> go.Figure:
+    """Run a minus run b (counts (C, C) each), as rates of the true row (``normalize``) or as
+    counts, on a diverging scale centred on 0; both runs' values in the hover."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    za, zb = (row_normalise(a), row_normalise(b)) if normalize else (a, b)
+    d = za - zb
+    lim = 1.0 if normalize else float(np.abs(d).max() or 1)
+    custom = np.dstack([za, zb])
+    fmt = ".3f" if normalize else ".0f"
+    what = "rate" if normalize else "count"
+    return matrix_heatmap(
+        d,
+        classes,
+        classes,
+        title=f"{names[0]} minus {names[1]} ({what}s)",
+        zmin=-lim,
+        zmax=lim,
+        colorscale=DIFF_SCALE,
+        colorbar=f"Δ {what}",
+        digits=2 if normalize else 0,
+        customdata=custom,
+        hover=f"true %{{y}}<br>predicted %{{x}}<br>{names[0]}: %{{customdata[0]:{fmt}}}"
+        f"<br>{names[1]}: %{{customdata[1]:{fmt}}}<br>difference %{{z:+{fmt}}}",
+        xlabel="predicted",
+        ylabel="true",
+        width=DIFF_WIDTH,
+    )
+
+
+def confusion_long(mats: Mapping[str, np.ndarray], classes: Sequence[str]) -> pd.DataFrame:
+    """Every run's matrix as one long table (for CSV): run, true, predicted, count, rate."""
+    rows = []
+    for name, cm in mats.items():
+        rates = row_normalise(cm)
+        for i, t in enumerate(classes):
+            for j, p in enumerate(classes):
+                rows.append(
+                    {
+                        "run": name,
+                        "true": t,
+                        "predicted": p,
+                        "count": int(cm[i, j]),
+                        "rate": float(rates[i, j]),
+                    }
+                )
+    return pd.DataFrame(rows)
