@@ -76,17 +76,8 @@ def overall_row(group: str, n_runs: int, boot: dict, seeds_df: pd.DataFrame | No
     return row
 
 
-def main() -> None:
-    st.title("Per-class precision, recall and F1")
-    st.caption(
-        "Point estimates on the test set with stratified percentile-bootstrap 95% intervals "
-        "(resampling test images within each true class). Deltas use the paired bootstrap: "
-        "both runs are scored on the same resampled images."
-    )
-    runs = select_runs("f1", default_all=True)
-    if not runs:
-        return
-    labels = run_labels(runs)
+def _controls(runs, labels) -> tuple[str, int, int, list[str]]:
+    """The reference run, resamples, bootstrap seed and metrics (defaults: the report's)."""
     paths = [str(i.path) for i in runs]
     c1, c2, c3, c4 = st.columns([2, 1, 1, 2])
     ref_default = next((k for k, i in enumerate(runs) if i.meta["variant"] == "baseline"), 0)
@@ -109,114 +100,117 @@ def main() -> None:
         key="f1_metrics",
         help="Add precision and recall: one panel each, same runs and intervals",
     ) or ["f1"]
+    return ref, n_res, boot_seed, metrics
 
-    keys = group_keys(runs)
-    members: dict[str, list] = {}
-    for i in runs:
-        members.setdefault(keys[str(i.path)], []).append(i)
-    has_seeds = any(len(v) > 1 for v in members.values())
-    aggregate = has_seeds and st.toggle(
-        "Aggregate seeds (mean over the seeds of each variant, backbone and image size)",
-        value=True,
-        key="f1_agg",
-        help="Bars: mean over seeds with the bootstrap interval of that mean (test-set "
-        "uncertainty); circles: the individual seeds (seed-to-seed spread).",
-    )
 
-    ordered = [ref] + [p for p in paths if p != ref]
-    try:
-        cmp = compare(ordered, n_resamples=n_res, seed=boot_seed)
-    except (RunError, ValueError) as e:
-        st.error(str(e).splitlines()[0])
-        return
+def _named_tables(cmp: dict, labels: dict) -> dict:
+    """compare()'s tables with run names replaced by the pages' labels."""
     name_of = {r.name: labels[str(r.path)] for r in cmp["records"]}
-    classes = [str(c) for c in cmp["records"][0].classes]
     tables = {k: v.copy() for k, v in cmp["tables"].items()}
     for t in tables.values():
         for col in ("run", "reference"):
             if col in t.columns:
                 t[col] = t[col].map(lambda x: name_of.get(x, x))
     tables["per_class_f1"] = tables["per_class_f1"].rename(columns=name_of)
-    summary = tables["summary"]
-    seeds_df = tables["seeds"]
+    return tables
 
-    # --- bars --------------------------------------------------------------------------------
+
+def _single_run(label: str, tables: dict) -> tuple[list[dict], dict]:
+    """A seed group of one run: its own bars and overall row."""
+    pc, summary = tables["per_class"], tables["summary"]
+    sub = pc[pc["run"] == label].assign(group=label)
+    rows = sub[["group", "class", "metric", "value", "ci_low", "ci_high"]].to_dict("records")
+    srow = summary[summary["run"] == label].iloc[0]
+    overall = {"variant / run": label, "runs": 1} | {
+        lab: fmt_ci(srow[k], srow[f"{k}_ci_low"], srow[f"{k}_ci_high"])
+        for k, lab in OVERALL.items()
+    }
+    return rows, overall
+
+
+def _aggregated(members, labels, tables, classes, n_res, boot_seed):
+    """Bars, seed points and overall rows of the seed groups (a group's mean over its seeds)."""
+    rows, points, overall = [], [], []
+    seeds_df, pc = tables["seeds"], tables["per_class"]
+    for group, infos in members.items():
+        if len(infos) == 1:
+            one_rows, one_overall = _single_run(labels[str(infos[0].path)], tables)
+            rows += one_rows
+            overall.append(one_overall)
+            continue
+        label = group_label(group, members, labels)
+        try:
+            boot = seed_mean_bootstrap(infos, n_res, boot_seed)
+        except (RunError, ValueError, KeyError) as e:
+            st.error(f"{group}: cannot aggregate seeds ({e})")
+            continue
+        rows.extend(boot_rows(label, classes, boot))
+        gseeds = seeds_df[seeds_df["variant"] == group] if not seeds_df.empty else None
+        overall.append(overall_row(label, len(infos), boot, gseeds))
+        for i in infos:
+            for r in pc[pc["run"] == labels[str(i.path)]].to_dict("records"):
+                points.append(
+                    {k: r[k] for k in ("class", "metric", "value")}
+                    | {"group": label, "seed": i.meta["config"].get("seed")}
+                )
+    return pd.DataFrame(rows), pd.DataFrame(points), pd.DataFrame(overall)
+
+
+def _per_run(tables) -> tuple[pd.DataFrame, None, pd.DataFrame]:
+    """Bars and overall rows of every run on its own."""
+    overall = [
+        {"variant / run": r["run"], "seed": r["seed"], "test n": r["n"]}
+        | {lab: fmt_ci(r[k], r[f"{k}_ci_low"], r[f"{k}_ci_high"]) for k, lab in OVERALL.items()}
+        for _, r in tables["summary"].iterrows()
+    ]
+    return tables["per_class"].rename(columns={"run": "group"}), None, pd.DataFrame(overall)
+
+
+def main() -> None:
+    st.title("Per-class precision, recall and F1")
+    st.caption(
+        "Point estimates on the test set with stratified percentile-bootstrap 95% intervals "
+        "(resampling test images within each true class). Deltas use the paired bootstrap: "
+        "both runs are scored on the same resampled images."
+    )
+    runs = select_runs("f1", default_all=True)
+    if not runs:
+        return
+    labels = run_labels(runs)
+    ref, n_res, boot_seed, metrics = _controls(runs, labels)
+    keys = group_keys(runs)
+    members: dict[str, list] = {}
+    for i in runs:
+        members.setdefault(keys[str(i.path)], []).append(i)
+    aggregate = any(len(v) > 1 for v in members.values()) and st.toggle(
+        "Aggregate seeds (mean over the seeds of each variant, backbone and image size)",
+        value=True,
+        key="f1_agg",
+        help="Bars: mean over seeds with the bootstrap interval of that mean (test-set "
+        "uncertainty); circles: the individual seeds (seed-to-seed spread).",
+    )
+    ordered = [ref] + [str(i.path) for i in runs if str(i.path) != ref]
+    try:
+        cmp = compare(ordered, n_resamples=n_res, seed=boot_seed)
+    except (RunError, ValueError) as e:
+        st.error(str(e).splitlines()[0])
+        return
+    classes = [str(c) for c in cmp["records"][0].classes]
+    tables = _named_tables(cmp, labels)
     if aggregate:
-        rows, points, overall = [], [], []
-        for group, infos in members.items():
-            if len(infos) == 1:
-                label = labels[str(infos[0].path)]
-                pc = tables["per_class"]
-                sub = pc[pc["run"] == label].assign(group=label)
-                rows.extend(
-                    sub[["group", "class", "metric", "value", "ci_low", "ci_high"]].to_dict(
-                        "records"
-                    )
-                )
-                srow = summary[summary["run"] == label].iloc[0]
-                overall.append(
-                    {"variant / run": label, "runs": 1}
-                    | {
-                        lab: fmt_ci(srow[k], srow[f"{k}_ci_low"], srow[f"{k}_ci_high"])
-                        for k, lab in OVERALL.items()
-                    }
-                )
-                continue
-            label = group_label(group, members, labels)
-            try:
-                boot = seed_mean_bootstrap(infos, n_res, boot_seed)
-            except (RunError, ValueError, KeyError) as e:
-                st.error(f"{group}: cannot aggregate seeds ({e})")
-                continue
-            rows.extend(boot_rows(label, classes, boot))
-            gseeds = seeds_df[seeds_df["variant"] == group] if not seeds_df.empty else None
-            overall.append(overall_row(label, len(infos), boot, gseeds))
-            pc = tables["per_class"]
-            for i in infos:
-                sub = pc[pc["run"] == labels[str(i.path)]]
-                for r in sub.to_dict("records"):
-                    points.append(
-                        {
-                            "group": label,
-                            "class": r["class"],
-                            "metric": r["metric"],
-                            "value": r["value"],
-                            "seed": i.meta["config"].get("seed"),
-                        }
-                    )
-        bars = pd.DataFrame(rows)
-        points_df = pd.DataFrame(points)
-        overall_df = pd.DataFrame(overall)
-    else:
-        bars = tables["per_class"].rename(columns={"run": "group"})
-        points_df = None
-        overall_df = pd.DataFrame(
-            [
-                {"variant / run": r["run"], "seed": r["seed"], "test n": r["n"]}
-                | {
-                    lab: fmt_ci(r[k], r[f"{k}_ci_low"], r[f"{k}_ci_high"])
-                    for k, lab in OVERALL.items()
-                }
-                for _, r in summary.iterrows()
-            ]
+        bars, points_df, overall_df = _aggregated(
+            members, labels, tables, classes, n_res, boot_seed
         )
-
+    else:
+        bars, points_df, overall_df = _per_run(tables)
     name, tab = sections(SECTIONS, key="f1_section")  # only the open tab is built
     with tab:
         if name == SECTIONS[0]:
+            summary = tables["summary"]
             _scores(overall_df, summary, bars, classes, metrics, points_df, aggregate, tables)
         else:
-            _deltas(
-                tables,
-                (ref, keys[ref]),
-                aggregate,
-                members,
-                labels,
-                classes,
-                metrics,
-                n_res,
-                boot_seed,
-            )
+            boot = (n_res, boot_seed)
+            _deltas(tables, (ref, keys[ref]), aggregate, members, labels, classes, metrics, *boot)
 
 
 SECTIONS = ["Scores", "Differences against the reference"]

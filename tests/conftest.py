@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -114,3 +117,65 @@ def settle_attributions(at, timeout_s: float = 120.0) -> None:
             return
         time.sleep(0.3)
         at.run()
+
+
+@contextlib.contextmanager
+def streamlit_server(root: Path, data_root: Path, log_path: Path, **env):
+    """``streamlit run app.py`` on a free port of 127.0.0.1 over the runs under ``root``; yields
+    ``{"url", "port", "pid"}`` once its health check answers, stops it afterwards. ``env``:
+    extra environment variables (strings)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    full_env = {
+        **os.environ,
+        "CSBA_RUNS_ROOT": str(root),
+        "CSBA_DATA_ROOT": str(data_root),
+        "PYTHONPATH": str(REPO),
+        **env,
+    }
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
+    cmd += ["--server.port", str(port), "--server.address", "127.0.0.1"]
+    cmd += ["--browser.gatherUsageStats", "false"]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    pytest.fail(f"streamlit did not start:\n{log_path.read_text()}")
+                time.sleep(0.25)
+            yield {"url": url, "port": port, "pid": proc.pid}
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def open_page(path: str, timeout: float = 180):
+    """An AppTest of app.py switched to the page file ``path`` (no exception raised)."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=timeout)
+    at.run()
+    at.switch_page(path)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at

@@ -30,6 +30,7 @@ def test_the_listed_backbones():
     assert list_backbones() == list(FEATURES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", list(FEATURES))
 def test_every_variant_builds_and_trains_a_step(backbone):
     torch.manual_seed(0)
@@ -108,6 +109,7 @@ def test_pretrained_path_round_trips(tmp_path):
         load_pretrained(build_backbone("trifire"), "imagenet")
 
 
+@pytest.mark.slow
 def test_pretrained_imagenet_without_network_is_one_line(tiny_folder, tmp_path):
     cmd = [
         sys.executable,

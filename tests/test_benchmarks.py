@@ -24,6 +24,7 @@ def _pack(root: Path, out: Path, call: str, budget_mib: float) -> str:
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
 
+@pytest.mark.slow
 def test_pack_runs_returns_complete_runs_once_within_the_budget(tiny_runs, tmp_path):
     root = tmp_path / "ck"
     for variant, src in tiny_runs.items():
@@ -58,6 +59,7 @@ def test_pack_runs_returns_complete_runs_once_within_the_budget(tiny_runs, tmp_p
     assert said.startswith("packed 0 run(s)") and not list(tmp_path.glob("runs-3.*"))
 
 
+@pytest.mark.slow
 def test_bench_device_times_the_training_step_on_the_cpu():
     """The device benchmark drives csba.train.TrainStep; on the CPU its CUDA-only modes are
     skipped and every row reports a finite loss."""
@@ -92,6 +94,7 @@ def test_bench_pcgrad_times_the_three_step_modes(capsys):
     assert "pcgrad/plain" in printed and printed.strip().splitlines()[-1].split()[0] == "3"
 
 
+@pytest.mark.slow
 def test_ship_records_copies_run_json_and_log_of_finished_diagnosed_runs(tiny_runs, tmp_path):
     src, dest = tmp_path / "runs", tmp_path / "checkpoints"
     for v in ("baseline", "csba", "focal"):

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import streamlit_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
@@ -26,17 +23,12 @@ EXCEPTION = '[data-testid="stException"]'
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,
     pytest.mark.skipif(
         not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"
     ),
 ]
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -51,67 +43,11 @@ def server(tiny_runs, tiny_folder, tmp_path):
         shutil.copytree(tiny_runs["baseline"].parent.parent, root)
         for run_dir in sorted(root.glob("*/*-s0")):  # so the diagnostics pages have content
             diagnose_run(str(run_dir), per_class=8, device="cpu")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "CSBA_RUNS_ROOT": str(root),
-        "CSBA_DATA_ROOT": str(tiny_folder.parent),
-        "PYTHONPATH": str(REPO),
-        # The Attributions page does not wait for its computations: every upload goes through
-        # the polling path (quick maps, then Integrated Gradients filled in by the fragment).
-        "CSBA_ATTRIBUTION_WAIT_S": "0",
-    }
-    log = (tmp_path / "streamlit.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(f"streamlit did not start:\n{(tmp_path / 'streamlit.log').read_text()}")
-            time.sleep(0.25)
-        yield {
-            "url": url,
-            "root": root,
-            "data": tiny_folder,
-            "log": tmp_path / "streamlit.log",
-            "pid": proc.pid,
-        }
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    log = tmp_path / "streamlit.log"
+    # The Attributions page does not wait for its computations: every upload goes through the
+    # polling path (quick maps, then Integrated Gradients filled in by the fragment).
+    with streamlit_server(root, tiny_folder.parent, log, CSBA_ATTRIBUTION_WAIT_S="0") as srv:
+        yield {"url": srv["url"], "root": root, "data": tiny_folder, "log": log, "pid": srv["pid"]}
 
 
 def _settle(page, title: str, timeout: float = 90_000) -> None:

@@ -14,17 +14,13 @@ skips a fetch in headless mode (favicons, preloads).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import streamlit_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
@@ -81,12 +77,6 @@ pytestmark = [
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tiny_runs, tiny_folder, tmp_path):
     """``streamlit run app.py`` on a free port against a private copy of the tiny runs
@@ -105,59 +95,8 @@ def server(tiny_runs, tiny_folder, tmp_path):
     meta = json.loads((dest / "run.json").read_text())
     meta["config"]["seed"] = 1234567
     (dest / "run.json").write_text(json.dumps(meta))
-    port = _free_port()
-    env = {
-        **os.environ,
-        "CSBA_RUNS_ROOT": str(root),
-        "CSBA_DATA_ROOT": str(tiny_folder.parent),
-        "PYTHONPATH": str(REPO),
-    }
-    log_path = tmp_path / "streamlit.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(f"streamlit did not start:\n{log_path.read_text()}")
-            time.sleep(0.25)
-        yield {"url": url, "port": port}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with streamlit_server(root, tiny_folder.parent, tmp_path / "streamlit.log") as srv:
+        yield srv
 
 
 def _is_local(url: str, port: int) -> bool:

@@ -102,6 +102,7 @@ def test_every_help_text_renders_its_percent_signs():
         assert "%%" not in text and "%(" not in text, name
 
 
+@pytest.mark.slow
 def test_real_elpv_train_and_evaluate(tmp_path):
     """The issue's acceptance check, at 32 px and one epoch to stay fast on CI."""
     env_args = [
@@ -169,6 +170,7 @@ def test_protocol_trains_diagnoses_and_resumes(tiny_folder, tmp_path, capsys):
     assert [json.loads(Path(d, "run.json").read_text())["created"] for d in dirs] == stamps
 
 
+@pytest.mark.slow
 def test_protocol_parallel_jobs_match_serial_runs(tiny_folder, tmp_path, capsys):
     """--jobs 2 runs worker processes; each run equals a serial run at the same thread count."""
     common = ["--dataset", "imagefolder", "--data-root", str(tiny_folder), "--seeds", "0"]
@@ -281,6 +283,7 @@ def test_train_flags_are_the_train_config_fields():
         train_option("lr_step")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "cmd,bar",
     [

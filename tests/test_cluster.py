@@ -18,6 +18,8 @@ import torch
 
 from csba.protocol import run_protocol
 
+pytestmark = pytest.mark.slow  # a local Ray cluster: over 10 s each (pytest -m "not slow" skips)
+
 
 @pytest.fixture(scope="module")
 def ray_local():

@@ -81,6 +81,7 @@ def test_readme_claim_at_224px_is_what_report_computes(record):
     assert "csba - baseline macro-F1 +0.006, 95% paired bootstrap [-0.012, +0.024]" in README
 
 
+@pytest.mark.slow
 def test_protocols_page_opens_on_the_shipped_runs_against_the_record(monkeypatch):
     """The dashboard offers the bundled record as a folder of runs: with the shipped 128 px runs
     the Protocols page opens on 128 px (A) against the 224 px GPU protocol (B)."""

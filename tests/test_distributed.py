@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # torchrun processes: over 10 s each (pytest -m "not slow" skips)
+
 REPO = Path(__file__).resolve().parents[1]
 ENTRY = Path(__file__).with_name("ddp_entry.py")  # the CLI with dropout/BN/augmentation frozen
 TIMEOUT = 300

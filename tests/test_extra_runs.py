@@ -27,6 +27,8 @@ APP = str(REPO / "app.py")
 RECORDS = ("pcgrad-s0", "csba-resnet18-s0")  # shipped as records: run.json, no weights
 NEW = [v for v in list_models() if v not in PAPER_VARIANTS]
 
+pytestmark = pytest.mark.slow  # eight trained, diagnosed runs through every page and command
+
 
 @pytest.fixture(scope="module")
 def extra_root(tiny_extra_runs, tmp_path_factory) -> Path:

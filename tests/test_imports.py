@@ -195,6 +195,7 @@ def test_optional_dependencies_are_declared_apart_and_imported_lazily():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["csba.runs", "csba.protocol", "csba.options", "csba.cluster", "csba.distributed"]
 )

@@ -254,6 +254,7 @@ def test_crt_stage2_freezes_the_backbone_and_resumes(tiny_folder, tmp_path):
     assert [h["val_loss"] for h in whole["history"]] == [h["val_loss"] for h in done["history"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["baseline", "ldam_drw", "pcgrad"])
 def test_resume_matches_an_uninterrupted_run(variant, tiny_folder, tmp_path):
     kw = dict(

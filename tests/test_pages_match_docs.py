@@ -11,10 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
+from conftest import open_page
 
 REPO = Path(__file__).resolve().parents[1]
-APP = str(REPO / "app.py")
 RESULTS = (REPO / "docs" / "results.md").read_text()
 
 pytestmark = [
@@ -56,17 +55,8 @@ def shipped(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO))
 
 
-def _open(page: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=300)
-    at.run()
-    at.switch_page(page)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 def test_per_class_f1_defaults_give_the_docs_intervals(shipped):
-    at = _open("pages/f1.py")
+    at = open_page("pages/f1.py", timeout=300)
     overall = at.dataframe[0].value.set_index("variant / run")
     docs = _variants_table()
     assert len(docs) == 12 and len(overall) == 12, overall.index.tolist()
@@ -77,7 +67,7 @@ def test_per_class_f1_defaults_give_the_docs_intervals(shipped):
 
 
 def test_gain_tab_defaults_say_what_the_docs_say(shipped):
-    at = _open("pages/conflict.py")
+    at = open_page("pages/conflict.py", timeout=300)
     at.session_state["gcm_section"] = "Conflict vs minority gain"
     at.run()
     assert at.selectbox(key="gain_size").value == 128

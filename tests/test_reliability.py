@@ -205,6 +205,7 @@ def _start_training(tiny_folder, out, log, *extra):
         )
 
 
+@pytest.mark.slow
 def test_sigint_on_the_command_line_keeps_best_weights(tiny_folder, tmp_path):
     log = tmp_path / "log.txt"
     proc = _start_training(tiny_folder, tmp_path, log)
@@ -215,6 +216,7 @@ def test_sigint_on_the_command_line_keeps_best_weights(tiny_folder, tmp_path):
     assert run.meta["status"] == "interrupted" and run.meta["best_epoch"] >= 1
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_never_leaves_a_run_that_loads_wrong(tiny_runs, tiny_folder, tmp_path):
     """A previous complete run in the folder survives a training process killed mid-epoch."""
     import shutil
@@ -230,6 +232,7 @@ def test_sigkill_mid_epoch_never_leaves_a_run_that_loads_wrong(tiny_runs, tiny_f
     assert load_run(run_dir).meta["weights_sha256"] == before
 
 
+@pytest.mark.slow
 def test_sigkill_during_saves_gives_a_loadable_or_refused_run(tiny_runs, tmp_path):
     """Kill a process that rewrites one run folder in a loop: every outcome loads right or fails
     with a RunError, and stale temporary files are cleaned by the next save."""

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import open_page
 from streamlit.testing.v1 import AppTest
 
 from csba.identity import (
@@ -33,7 +34,6 @@ from csba.identity import (
 from csba.store import atomic_write_json, read_run_json
 
 REPO = Path(__file__).resolve().parents[1]
-APP = str(REPO / "app.py")
 PICKERS = {  # page -> the key of its run picker (multiselect)
     "pages/confusion.py": "confusion_runs",
     "pages/f1.py": "f1_runs",
@@ -114,12 +114,30 @@ def _add_seed(run_dir: Path, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_backbones(tiny_extra_runs, tmp_path_factory) -> Path:
-    """baseline on trifire and on resnet18, seeds 0 and 1 each, csba on resnet18 seed 0."""
+def two_backbones(tiny_folder, tmp_path_factory) -> Path:
+    """baseline on trifire and on resnet18, seeds 0 and 1 each, csba on resnet18 seed 0 (one
+    epoch at 32 px, diagnosed)."""
+    from csba.diagnostics.run import diagnose_run
+    from csba.train import TrainConfig, train
+
     root = tmp_path_factory.mktemp("two_backbones") / "runs"
-    ds = root / next(iter(tiny_extra_runs.values())).parent.name
-    for name in ("baseline-s0", "baseline-resnet18-s0", "csba-resnet18-s0"):
-        shutil.copytree(tiny_extra_runs[name], ds / name)
+    for variant, backbone in (
+        ("baseline", "trifire"),
+        ("baseline", "resnet18"),
+        ("csba", "resnet18"),
+    ):
+        cfg = TrainConfig(
+            dataset="imagefolder",
+            data_root=str(tiny_folder),
+            variant=variant,
+            backbone=backbone,
+            image_size=32,
+            epochs=1,
+            batch_size=16,
+            out=str(root),
+        )
+        diagnose_run(train(cfg)["run_dir"], per_class=4, device="cpu")
+    ds = next(root.glob("*/baseline-s0")).parent
     _add_seed(ds / "baseline-s0", 1)
     _add_seed(ds / "baseline-resnet18-s0", 1)
     return root
@@ -151,15 +169,6 @@ def env(monkeypatch, tiny_folder):
     return use
 
 
-def _open(path: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    at.switch_page(path)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 def _runs(root: Path) -> list[str]:
     return sorted(str(p.parent) for p in root.rglob("run.json"))
 
@@ -175,7 +184,7 @@ def _select_all(at: AppTest, key: str, root: Path) -> list[str]:
 @pytest.mark.parametrize("page", list(PICKERS))
 def test_every_picker_names_the_backbone(two_backbones, env, page):
     env(two_backbones)
-    at = _open(page)
+    at = open_page(page)
     labels = _select_all(at, PICKERS[page], two_backbones)
     assert {"baseline s0 (32px)", "baseline s1 (32px)"} <= set(labels), labels
     assert {"baseline s0 (resnet18, 32px)", "baseline s1 (resnet18, 32px)"} <= set(labels)
@@ -185,7 +194,7 @@ def test_every_picker_names_the_backbone(two_backbones, env, page):
 
 def test_runs_page_has_a_backbone_column(two_backbones, env):
     env(two_backbones)
-    at = _open("pages/home.py")
+    at = open_page("pages/home.py")
     runs = at.dataframe[0].value
     got = sorted(zip(runs["variant"], runs["backbone"], strict=True))
     assert got == sorted(
@@ -195,7 +204,7 @@ def test_runs_page_has_a_backbone_column(two_backbones, env):
 
 def test_f1_aggregates_each_backbones_seeds_apart(two_backbones, env):
     env(two_backbones)
-    at = _open("pages/f1.py")
+    at = open_page("pages/f1.py")
     at.select_slider(key="f1_nres").set_value(200).run()
     overall = at.dataframe[0].value.set_index("variant / run")
     assert set(overall.index) == {
@@ -211,7 +220,7 @@ def test_f1_aggregates_each_backbones_seeds_apart(two_backbones, env):
 
 def test_layer_group_difference_across_backbones_is_refused(two_backbones, env):
     env(two_backbones)
-    at = _open("pages/conflict.py")
+    at = open_page("pages/conflict.py")
     trifire = next(p for p in _runs(two_backbones) if p.endswith("/baseline-s0"))
     resnet = next(p for p in _runs(two_backbones) if p.endswith("/baseline-resnet18-s0"))
     at.sidebar.multiselect(key="conflict_runs").set_value([trifire, resnet]).run()
@@ -237,9 +246,9 @@ def test_layer_group_difference_across_backbones_is_refused(two_backbones, env):
 def _defaults() -> dict[str, list[str]]:
     out = {}
     for page, key in PICKERS.items():
-        at = _open(page)
+        at = open_page(page)
         out[page] = list(at.sidebar.multiselect(key=key).value)
-    at = _open("pages/conflict.py")
+    at = open_page("pages/conflict.py")
     at.session_state["gcm_section"] = "Conflict vs minority gain"
     at.run()
     out["gain size"] = [at.selectbox(key="gain_size").value]
@@ -250,7 +259,7 @@ def _train_and_cancel_after_one_epoch(tiny_folder) -> Path:
     """Start baseline (50 epochs, 16 px) on the Training page; cancel once epoch 1 is done."""
     from pages.common import job_manager
 
-    at = _open("pages/training.py")
+    at = open_page("pages/training.py")
     at.selectbox(key="train_dataset").set_value("imagefolder").run()
     at.text_input(key="train_root_imagefolder").set_value(str(tiny_folder))
     at.multiselect(key="train_variants").set_value(["baseline"])
@@ -273,6 +282,7 @@ def _train_and_cancel_after_one_epoch(tiny_folder) -> Path:
     return Path(manager.job(job.id).runs[0].run_dir)
 
 
+@pytest.mark.slow
 def test_a_cancelled_training_run_changes_no_default(tiny_runs, tiny_folder, tmp_path, env):
     root = tmp_path / "runs"
     shutil.copytree(tiny_runs["baseline"].parent.parent, root)
@@ -282,7 +292,7 @@ def test_a_cancelled_training_run_changes_no_default(tiny_runs, tiny_folder, tmp
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["status"] == "cancelled" and meta["epochs_run"] >= 1
     assert _defaults() == before
-    at = _open("pages/confusion.py")
+    at = open_page("pages/confusion.py")
     box = at.sidebar.multiselect(key="confusion_runs")
     assert str(run_dir) not in box.value
     assert "baseline s0 (16px) [cancelled]" in box.options, box.options

@@ -112,6 +112,7 @@ def elpv_bundles():
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("info", CHECKED, ids=_ids(CHECKED))
 def test_reevaluation_gives_the_stored_metrics_exactly(info, elpv_bundles):
     from csba.evaluate import evaluate_split
@@ -179,6 +180,7 @@ def test_pair_of_the_shipped_runs_with_themselves(monkeypatch):
     assert bar["expected"] == pytest.approx(info["bar"]["expected"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "page",
     [

@@ -196,6 +196,7 @@ def elpv_test():
 ELPV = [i for i in SHIPPED if i.meta["dataset"]["name"] == "elpv"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ELPV, reason="no ELPV runs shipped")
 @pytest.mark.parametrize("info", ELPV, ids=[i.path.name for i in ELPV])
 def test_shipped_run_flags_photographs_not_elpv_test_images(info, elpv_test):
@@ -224,6 +225,7 @@ def test_shipped_runs_all_have_a_reference():
 # ---- the Attributions page -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ELPV, reason="no ELPV runs shipped")
 def test_attributions_page_warns_about_a_photograph(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
