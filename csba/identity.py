@@ -71,7 +71,7 @@ def protocol_changes(meta: Mapping[str, Any]) -> dict[str, Any]:
 @functools.cache
 def _pinned() -> dict[str, Any]:
     """The pinned protocol settings (TrainConfig's defaults), read once."""
-    from .train import TrainConfig  # lazy: torch is imported only when a protocol is read
+    from .config import TrainConfig  # lazy: read once
 
     pinned = TrainConfig()
     return {k: getattr(pinned, k) for k in PROTOCOL_KEYS}

@@ -21,9 +21,7 @@ __all__ = [
     "reset_classifier",
 ]
 
-CRT_EPOCHS = 10  # cRT stage 2 length in epochs (Kang et al. re-train for 10; pinned)
-CRT_LR = 1e-3  # cRT stage 2 Adam learning rate, constant (pinned)
-DRW_PATIENCE = 10  # LDAM-DRW: epochs without validation gain that start the re-weighting
+from .config import CRT_EPOCHS, CRT_LR, DRW_PATIENCE
 
 
 def pcgrad(grads: list[Tensor], generator: torch.Generator | None = None) -> Tensor:

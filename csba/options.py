@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from .train import TrainConfig
+from .config import TrainConfig
 
 __all__ = [
     "PROTOCOL_OPTIONS",

@@ -16,10 +16,10 @@ from plotly.subplots import make_subplots
 
 from csba import list_models, model_info
 from csba.backbones import list_backbones
+from csba.config import TrainConfig
 from csba.data import DATASETS
 from csba.jobs import FINISHED, Job, JobManager, RunProgress, check_data_root, default_device
 from csba.options import train_option
-from csba.train import TrainConfig
 from pages.common import clear_run_caches, job_manager, plotly_chart, runs_root
 from pages.common import data_root as allowed_data_root
 
