@@ -37,14 +37,7 @@ from .evaluate import evaluate_split, prediction_record
 from .losses import class_weights, make_loss
 from .methods import Phases, method_record
 from .models import count_parameters, create_model
-from .resume import (
-    ResumeError,
-    load_resume_state,
-    resume_dir,
-    save_resume_state,
-    state_tensors,
-    tensors_with_prefix,
-)
+from .resume import LoopState, ResumeError, resume_dir
 from .step import TrainStep
 from .store import config_run_dir, save_run
 
@@ -199,11 +192,11 @@ def train(
     seed_everything(cfg.seed, cfg.deterministic)
     run_dir = config_run_dir(cfg)
     try:
-        resumed = load_resume_state(run_dir) if cfg.resume else None
+        resumed = LoopState.load(run_dir) if cfg.resume else None
     except ResumeError as e:
         raise TrainingError(str(e)) from None
-    if resumed is not None and resumed[1].get("config") != _config_key(cfg):
-        theirs, ours = resumed[1].get("config") or {}, _config_key(cfg)
+    if resumed is not None and resumed.config != _config_key(cfg):
+        theirs, ours = resumed.config or {}, _config_key(cfg)
         diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
         raise TrainingError(
             f"the resume state in '{resume_dir(run_dir)}' was written with other options "
@@ -324,81 +317,60 @@ def train(
     elapsed = 0.0  # training seconds of earlier sessions of a resumed run
     resumed_at: list[int] = []
     if resumed is not None:
-        tensors, info = resumed
-        phases.load(info["phases"])
+        r = resumed
+        phases.load(r.phases)
         step.loss_fn = _method_loss(method, model.loss, phases.phase, counts, weight, cfg, model)
         if phases.phase == "stage2":  # freeze and re-optimise as stage 2 did, then load
-            best = {"epoch": info["best_epoch"], "state": tensors_with_prefix("best.", tensors)}
+            best = {"epoch": r.best_epoch, "state": r.best}
             enter_stage2(resuming=True)
-        model.load_state_dict(tensors_with_prefix("model.", tensors))
-        opt_state = info["optimizer"]
-        # load_state_dict moves the state to each parameter's device as Adam wants it
-        opt_state["state"] = {
-            int(i): {k: tensors[f"opt.{i}.{k}"] for k in names}
-            for i, names in opt_state.pop("state_keys").items()
-        }
-        opt.load_state_dict(opt_state)
+        model.load_state_dict(r.model)
+        opt.load_state_dict(r.optimizer)  # moves the state to each parameter's device
         if graphed:  # a tensor learning rate, as the CUDA graph needs
             for g in opt.param_groups:
                 g["lr"] = torch.tensor(float(g["lr"]), device=device)
-        if sched is not None and info.get("scheduler"):
-            sched.load_state_dict(info["scheduler"])
+        if sched is not None and r.scheduler:
+            sched.load_state_dict(r.scheduler)
         if ema is not None:
-            ema.load_state_dict(tensors_with_prefix("ema.", tensors))
-        if info["best_epoch"]:
-            best = {"epoch": info["best_epoch"], "state": tensors_with_prefix("best.", tensors)}
-        best_f1 = info["best_f1"]
-        history = info["history"]
+            ema.load_state_dict(r.ema)
+        if r.best_epoch:
+            best = {"epoch": r.best_epoch, "state": r.best}
+        best_f1, history = r.best_f1, r.history
         if tracker is not None:
-            tracker.history = info.get("conflict_history", [])
-        torch.set_rng_state(tensors["rng.torch"])
-        gen.set_state(tensors["rng.gen"])
-        task_gen.set_state(tensors["rng.task"])
-        if device.type == "cuda" and "rng.cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
-        finished, stop_reason = info["finished"], info["stop_reason"]
-        start_epoch = info["epoch"] + 1
-        elapsed = info["train_seconds"]
-        resumed_at = [*info.get("resumed_at", []), info["epoch"]]
+            tracker.history = r.conflict_history
+        torch.set_rng_state(r.rng["torch"])
+        gen.set_state(r.rng["gen"])
+        task_gen.set_state(r.rng["task"])
+        if device.type == "cuda" and "cuda" in r.rng:
+            torch.cuda.set_rng_state(r.rng["cuda"])
+        finished, stop_reason = r.finished, r.stop_reason
+        start_epoch = r.epoch + 1
+        elapsed = r.train_seconds
+        resumed_at = [*r.resumed_at, r.epoch]
 
     def write_resume_state(epoch: int) -> None:
-        opt_state = opt.state_dict()
-        tensors = state_tensors("model.", model.state_dict())
-        if best["state"] is not None:
-            tensors.update(state_tensors("best.", best["state"]))
-        if ema is not None:
-            tensors.update(state_tensors("ema.", ema.state_dict()))
-        keys = {}
-        for i, st in opt_state["state"].items():
-            keys[str(i)] = list(st)
-            for k, v in st.items():
-                tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
-        tensors["rng.torch"] = torch.get_rng_state()
-        tensors["rng.gen"] = gen.get_state()
-        tensors["rng.task"] = task_gen.get_state()
+        rng = {"torch": torch.get_rng_state(), "gen": gen.get_state(), "task": task_gen.get_state()}
         if device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
-        groups = [
-            {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in g.items()}
-            for g in opt_state["param_groups"]
-        ]
-        info = {
-            "epoch": epoch,
-            "config": _config_key(cfg),
-            "phases": phases.state(),
-            "optimizer": {"param_groups": groups, "state_keys": keys},
-            "scheduler": sched.state_dict() if sched is not None else None,
-            "best_epoch": best["epoch"],
-            "best_f1": best_f1,
-            "history": history,
-            "conflict_history": tracker.history if tracker is not None else [],
-            "finished": finished,
-            "stop_reason": stop_reason,
-            "train_seconds": elapsed + time.perf_counter() - t_start,
-            "resumed_at": resumed_at,
-            "threads": torch.get_num_threads(),
-        }
-        save_resume_state(run_dir, tensors, info)
+            rng["cuda"] = torch.cuda.get_rng_state()
+        LoopState(
+            epoch=epoch,
+            config=_config_key(cfg),
+            phases=phases.state(),
+            model=model.state_dict(),
+            optimizer=opt.state_dict(),
+            rng=rng,
+            scheduler=sched.state_dict() if sched is not None else None,
+            best_epoch=best["epoch"],
+            best=best["state"],
+            best_f1=best_f1,
+            ema=ema.state_dict() if ema is not None else None,
+            history=history,
+            conflict_history=tracker.history if tracker is not None else [],
+            finished=finished,
+            stop_reason=stop_reason,
+            train_seconds=elapsed + time.perf_counter() - t_start,
+            resumed_at=resumed_at,
+            threads=torch.get_num_threads(),
+        ).save(run_dir)
 
     t_start = time.perf_counter()
     emit(

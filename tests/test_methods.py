@@ -294,3 +294,48 @@ def test_resume_refuses_other_options_and_a_damaged_state(tiny_folder, tmp_path)
     # without --resume the state is ignored and the run starts over
     shutil.rmtree(state)
     assert train(cfg)["status"] == "completed"
+
+
+def test_loop_state_round_trips_through_its_files(tmp_path):
+    """LoopState is the one list of what --resume restores: every field survives save/load."""
+    from dataclasses import fields
+
+    from csba.resume import LoopState
+
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    state = LoopState(
+        epoch=3,
+        config={"lr": 1e-3, "variant": "baseline"},
+        phases={"phase": "drw", "start": 3, "drw_epoch": 3},
+        model=net.state_dict(),
+        optimizer=opt.state_dict(),
+        rng={"torch": torch.get_rng_state(), "gen": torch.Generator().manual_seed(1).get_state()},
+        scheduler={"last_epoch": 3, "_last_lr": [1e-3]},
+        best_epoch=2,
+        best={k: v + 1 for k, v in net.state_dict().items()},
+        best_f1=0.5,
+        ema={k: v * 2 for k, v in net.state_dict().items()},
+        history=[{"epoch": 1, "train_loss": 0.7}],
+        conflict_history=[{"epoch": 2, "mean": -0.1}],
+        finished=True,
+        stop_reason="early stop",
+        train_seconds=12.5,
+        resumed_at=[1],
+        threads=2,
+    )
+    state.save(tmp_path)
+    back = LoopState.load(tmp_path)
+    for f in fields(LoopState):
+        a, b = getattr(state, f.name), getattr(back, f.name)
+        if f.name in ("model", "best", "ema", "rng"):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f.name
+        elif f.name == "optimizer":
+            assert json.loads(json.dumps(a["param_groups"])) == b["param_groups"]  # tuples: lists
+            for i, st in a["state"].items():
+                assert all(torch.equal(torch.as_tensor(v), b["state"][i][k]) for k, v in st.items())
+        else:
+            assert a == b, f.name
+    assert LoopState.load(tmp_path / "nothing") is None
