@@ -36,6 +36,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .methods import METHODS
+
 __all__ = [
     "DistConfig",
     "DistContext",
@@ -47,7 +49,9 @@ __all__ = [
 
 # Methods whose step is one backward of one loss: DDP's gradient all-reduce applies. PCGrad and
 # its control take per-class gradients (autograd.grad, outside DDP); cRT refreezes the model.
-SUPPORTED_METHODS = ("weighted", "logit_adjust", "ldam_drw")
+SUPPORTED_METHODS = tuple(
+    n for n, m in METHODS.items() if m.torchrun
+)  # weighted, logit_adjust, ...
 
 
 class DistributedError(ValueError):

@@ -34,8 +34,8 @@ from .data import (
     with_normalisation,
 )
 from .evaluate import evaluate_split, prediction_record
-from .losses import class_weights, make_loss
-from .methods import Phases, method_record
+from .losses import class_weights
+from .methods import Phases, get_method, method_record
 from .models import count_parameters, create_model
 from .resume import LoopState, ResumeError, resume_dir
 from .step import TrainStep
@@ -134,18 +134,8 @@ def _config_key(cfg: TrainConfig) -> dict:
 
 
 def _method_loss(method: str, loss: str, phase: str, counts, weight, cfg, model):
-    """The training loss of a method in a phase (csba.losses.make_loss)."""
-    from .losses import effective_number_weights
-
-    if method == "weighted":
-        return make_loss(loss, weight, cfg.focal_gamma)
-    if method == "ldam_drw":
-        w = effective_number_weights(counts).to(weight.device) if phase == "drw" else None
-        return make_loss("ldam", w, counts=counts, scale=model.scale)
-    if method == "crt":
-        return make_loss("ce", None)
-    # logit_adjust, pcgrad, class_sum: the variant's own loss, unweighted
-    return make_loss(loss, None, cfg.focal_gamma, counts=counts, tau=cfg.la_tau)
+    """The training loss of a method in a phase (its unit in csba/methods)."""
+    return get_method(method).loss(phase, loss, counts, weight, cfg, model)
 
 
 def train(
@@ -227,7 +217,7 @@ def train(
     loss_fn = _method_loss(method, model.loss, phases.phase, counts, weight, cfg, model)
     # Steps on per-class losses (pcgrad, its control) depend on which classes a batch holds, and
     # phase changes swap the loss: both rule out a CUDA graph captured once.
-    graphed = cfg.cuda_graph and device.type == "cuda" and method in ("weighted", "logit_adjust")
+    graphed = cfg.cuda_graph and device.type == "cuda" and get_method(method).cuda_graph
     graphed = graphed and dist is None
 
     def make_optimizer(params, lr: float):
@@ -261,7 +251,7 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     # PCGrad's task orders: a generator of their own, so the data order is the baseline's.
     task_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
-    step_mode = {"pcgrad": "pcgrad", "class_sum": "class_sum"}.get(method, "loss")
+    step_mode = get_method(method).step_mode
     step = TrainStep(
         model if dist is None else dist.wrap(model),
         loss_fn,

@@ -339,3 +339,31 @@ def test_loop_state_round_trips_through_its_files(tmp_path):
         else:
             assert a == b, f.name
     assert LoopState.load(tmp_path / "nothing") is None
+
+
+def test_methods_are_registered_units_with_their_capabilities():
+    """Each variant's method is a unit in csba/methods (its paper in its docstring); what
+    csba.train and csba.distributed once decided by name now comes from the unit, unchanged."""
+    from csba.methods import METHODS, get_method
+    from csba.models import create_model, list_models
+
+    assert {create_model(v, 4).method for v in list_models()} == set(METHODS)
+    for name, m in METHODS.items():
+        assert m.name == name and m.paper  # where the recipe comes from
+    assert {n for n, m in METHODS.items() if m.cuda_graph} == {"weighted", "logit_adjust"}
+    assert {n for n, m in METHODS.items() if m.torchrun} == {"weighted", "logit_adjust", "ldam_drw"}
+    modes = {n: m.step_mode for n, m in METHODS.items()}
+    assert modes == {
+        "weighted": "loss",
+        "logit_adjust": "loss",
+        "ldam_drw": "loss",
+        "crt": "loss",
+        "pcgrad": "pcgrad",
+        "class_sum": "class_sum",
+    }
+    assert {n: m.first_phase for n, m in METHODS.items() if m.first_phase != "train"} == {
+        "ldam_drw": "ldam",
+        "crt": "stage1",
+    }
+    with pytest.raises(ValueError, match="unknown method 'sgd'; choose one of: weighted"):
+        get_method("sgd")

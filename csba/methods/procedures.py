@@ -1,6 +1,7 @@
 """Training procedures beyond a loss (docs/design.md §2): PCGrad's projection over per-class
-gradients, the class-balanced sampler and classifier re-training of cRT, and the rule that
-places LDAM's deferred re-weighting. csba.train drives them; each is small and tested alone.
+gradients, the class-balanced sampler and classifier re-training of cRT, the rule that places
+LDAM's deferred re-weighting, and where a run is in its method's phases. The method units
+(``csba/methods/<name>.py``) and csba.train use them; each is small and tested alone.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ __all__ = [
     "class_balanced_indices",
     "classifier_parameters",
     "drw_starts",
-    "method_record",
     "pcgrad",
     "reset_classifier",
 ]
 
-from .config import CRT_EPOCHS, CRT_LR, DRW_PATIENCE
+from ..config import CRT_EPOCHS, CRT_LR, DRW_PATIENCE
 
 
 def pcgrad(grads: list[Tensor], generator: torch.Generator | None = None) -> Tensor:
@@ -65,7 +65,7 @@ def classifier_parameters(model: nn.Module) -> list[str]:
 def reset_classifier(model: nn.Module) -> None:
     """Re-initialise the classifier as at construction (cRT stage 2): every module outside the
     backbone gets its init again, learnable branch weights go back to zero."""
-    from .models import NEG_SLOPE, NormedLinear
+    from ..models import NEG_SLOPE, NormedLinear
 
     for name, child in model.named_children():
         if name == "backbone":
@@ -101,7 +101,9 @@ class Phases:
 
     def __init__(self, method: str):
         self.method = method
-        self.phase = {"ldam_drw": "ldam", "crt": "stage1"}.get(method, "train")
+        from . import get_method
+
+        self.phase = get_method(method).first_phase
         self.start = 1  # first epoch of the current phase
         self.drw_epoch: int | None = None  # LDAM-DRW: first re-weighted epoch
         self.stage1_best_epoch: int | None = None  # cRT: the stage-1 weights stage 2 starts from
@@ -112,29 +114,3 @@ class Phases:
     def load(self, d: dict) -> None:
         for k, v in d.items():
             setattr(self, k, v)
-
-
-def method_record(method: str, phases: Phases, counts, cfg, model) -> dict:
-    """What run.json says about how the run trained, beyond its config."""
-    from .losses import effective_number_weights, ldam_margins
-
-    rec: dict = {"name": method}
-    if method == "logit_adjust":
-        rec["tau"] = cfg.la_tau
-    if method == "ldam_drw":
-        rec.update(
-            margins=ldam_margins(counts).tolist(),
-            scale=model.scale,
-            drw_epoch=phases.drw_epoch,
-            drw_patience=cfg.drw_patience,
-            drw_weights=effective_number_weights(counts).tolist(),
-        )
-    if method == "crt":
-        rec.update(
-            stage1_best_epoch=phases.stage1_best_epoch,
-            stage2_start=phases.start if phases.phase == "stage2" else None,
-            stage2_epochs=cfg.crt_epochs,
-            stage2_lr=cfg.crt_lr,
-            stage2_sampler="class-balanced",
-        )
-    return rec
