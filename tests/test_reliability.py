@@ -139,8 +139,10 @@ def _cfg(folder, out, **kw):
 def test_nan_loss_stops_with_a_message(tiny_folder, tmp_path, monkeypatch):
     import csba.train as T
 
-    real = T.make_loss
-    monkeypatch.setattr(T, "make_loss", lambda *a, **k: lambda lg, y: real(*a, **k)(lg, y) * np.nan)
+    real = T._method_loss  # the loss of every method (csba/methods)
+    monkeypatch.setattr(
+        T, "_method_loss", lambda *a, **k: lambda lg, y: real(*a, **k)(lg, y) * np.nan
+    )
     with pytest.raises(TrainingError, match="training loss became nan"):
         train(_cfg(tiny_folder, tmp_path, epochs=2))
     assert not list(tmp_path.rglob("run.json"))
