@@ -26,9 +26,11 @@ __all__ = [
     "PROTOCOL_KEYS",
     "RunIdentity",
     "backbone_name",
+    "dataset_name",
     "group_label",
     "group_names",
     "identity",
+    "image_size",
     "is_finished",
     "method_label",
     "protocol_changes",
@@ -98,14 +100,16 @@ def method_label(meta: Mapping[str, Any]) -> str:
     return str(meta["variant"]) + ("" if bb == DEFAULT_BACKBONE else f"-{bb}")
 
 
-def _image_size(meta: Mapping[str, Any]) -> int | None:
+def image_size(meta: Mapping[str, Any]) -> int | None:
+    """Pixels per side the run trained at (dataset record, else its config); None unknown."""
     size = (meta.get("dataset") or {}).get("image_size") or (meta.get("config") or {}).get(
         "image_size"
     )
     return int(size) if size else None
 
 
-def _dataset(meta: Mapping[str, Any]) -> str:
+def dataset_name(meta: Mapping[str, Any]) -> str:
+    """The run's dataset key ("elpv", "imagefolder", ...); "?" when run.json lacks it."""
     ds = meta.get("dataset") or {}
     return str(ds.get("name") or (meta.get("config") or {}).get("dataset") or "?")
 
@@ -137,18 +141,22 @@ class RunIdentity:
         if self.image_size:
             parts.append(f"{self.image_size}px")
         if protocol and self.protocol:
-            parts.append(", ".join(f"{k} {json.loads(v)}" for k, v in self.protocol))
+            parts.append(self.protocol_label())
         return ", ".join(parts)
+
+    def protocol_label(self) -> str:
+        """``"epochs 3, batch_size 16"`` (:func:`protocol_text` of the changed settings)."""
+        return protocol_text({k: json.loads(v) for k, v in self.protocol})
 
 
 def identity(meta: Mapping[str, Any]) -> RunIdentity:
     """The :class:`RunIdentity` of a run.json dictionary."""
     changes = protocol_changes(meta)
     return RunIdentity(
-        dataset=_dataset(meta),
+        dataset=dataset_name(meta),
         backbone=backbone_name(meta),
         variant=str(meta.get("variant") or "?"),
-        image_size=_image_size(meta),
+        image_size=image_size(meta),
         protocol=tuple((k, json.dumps(v, sort_keys=True)) for k, v in sorted(changes.items())),
     )
 
@@ -194,7 +202,7 @@ def group_names(idents: Sequence[RunIdentity]) -> dict[RunIdentity, str]:
         taken[n] = taken.get(n, 0) + 1
     for i, n in names.items():
         if taken[n] > 1 and i.protocol:
-            names[i] = f"{n} [{', '.join(f'{k} {json.loads(v)}' for k, v in i.protocol)}]"
+            names[i] = f"{n} [{i.protocol_label()}]"
         if taken[n] > 1 and i.dataset != unique[0].dataset:
             names[i] = f"{names[i]} ({i.dataset})"
     return names

@@ -34,6 +34,7 @@ from scipy import stats as sps
 
 from . import stats
 from .bar import shipping_bar
+from .identity import protocol_text
 from .models import PAPER_VARIANTS
 from .report import (
     LEVEL,
@@ -74,7 +75,7 @@ def _protocol_label(records: Sequence[RunRecord]) -> str:
     kinds = []
     for r in records:
         changes = protocol_changes(r.meta)
-        text = ", ".join(f"{k} {v}" for k, v in changes.items()) or "pinned"
+        text = protocol_text(changes)
         text = f"{r.image_size} px, {text}"
         if text not in kinds:
             kinds.append(text)

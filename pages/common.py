@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from csba.identity import DEFAULT_BACKBONE, backbone_name, run_status
+from csba.identity import DEFAULT_BACKBONE, backbone_name, dataset_name, image_size, run_status
 from csba.identity import run_label as identity_label
 from csba.jobs import JobManager
 from csba.models import list_models
@@ -226,17 +226,6 @@ def run_stamp(info_or_path: RunInfo | str | os.PathLike) -> tuple[str, int]:
 # --------------------------------------------------------------------------------------------
 # Labels
 # --------------------------------------------------------------------------------------------
-
-
-def dataset_name(meta: dict) -> str:
-    ds = meta.get("dataset") or {}
-    return str(ds.get("name") or (meta.get("config") or {}).get("dataset") or "?")
-
-
-def image_size(meta: dict) -> int | None:
-    ds = meta.get("dataset") or {}
-    size = ds.get("image_size") or (meta.get("config") or {}).get("image_size")
-    return int(size) if size else None
 
 
 def _seed(meta: dict) -> int:

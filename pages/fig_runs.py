@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from csba.report import protocol_changes
+from csba.identity import protocol_changes, protocol_text
 from pages.fig_base import PALETTE, finish_layout, mpl_colour, number, png
 from pages.figcache import cached_figure
 
@@ -66,8 +66,7 @@ def runs_table(infos: Sequence[Any]) -> pd.DataFrame:
                 "minority F1": number(pc.get("f1")),
                 "minority class": minority,
                 "views": int((m.get("evaluation") or {}).get("views") or 1),
-                "protocol": ", ".join(f"{k} {v}" for k, v in protocol_changes(m).items())
-                or "pinned",
+                "protocol": protocol_text(protocol_changes(m)),
                 "created": str(m.get("created") or "")[:16].replace("T", " "),
                 "status": m.get("status"),
                 "diagnosed": isinstance(m.get("diagnostics"), dict),
