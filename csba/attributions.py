@@ -141,7 +141,7 @@ def clip_map(heat: Tensor | np.ndarray, outlier_perc: float = OUTLIER_PERC) -> n
 
 def branch_labels(model: nn.Module, classes: Sequence[str] | None = None) -> list[str]:
     """Names of the model's branches: 'branch 1..K', or 'head <class>' for class_heads."""
-    if getattr(model, "variant", "") == "class_heads":
+    if getattr(model, "head", "") == "class_heads":
         n = len(model.heads)
         names = list(classes) if classes is not None and len(classes) == n else range(n)
         return [f"head {c}" for c in names]
@@ -272,7 +272,7 @@ def explain(
             z = z.detach().requires_grad_(True)
             out["gradcam"] = normalise_map(_gradcam(model, z, _fused, target, size))
             if branches and parts.attention is not None:
-                if getattr(model, "variant", "") == "class_heads":
+                if getattr(model, "head", "") == "class_heads":
                     cam = _gradcam(model, z, _branch(target), 0, size)
                     out[f"gradcam_head{target}"] = normalise_map(cam)
                 else:

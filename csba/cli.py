@@ -41,8 +41,19 @@ def _err(msg: str) -> None:
 # ---- train -----------------------------------------------------------------------------------
 
 
+def _resolve_variant(variant: str, head: str | None, method: str | None) -> str:
+    """``--variant`` (a preset or HEAD+METHOD) with ``--head`` / ``--method`` replacing its
+    parts, under its canonical name (a pair equal to a preset takes the preset's name)."""
+    from .models import parse_variant, variant_name
+
+    try:
+        v_head, v_method = parse_variant(variant)
+        return variant_name(head or v_head, method or v_method)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from .models import list_models
     from .options import check_values, config_from_args, train_options
     from .protocol import epoch_logger
     from .store import config_run_dir
@@ -50,10 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.dataset not in DATASETS:
         raise CLIError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DATASETS)}")
-    if args.variant not in list_models():
-        raise CLIError(
-            f"unknown variant {args.variant!r}; choose one of: {', '.join(list_models())}"
-        )
+    args.variant = _resolve_variant(args.variant, args.head, args.method)
     check_values(vars(args))
     cfg = config_from_args(args, [o.name for o in train_options()])
     run_dir = config_run_dir(cfg)
@@ -369,7 +377,65 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_parts(args: argparse.Namespace) -> int:
+    """``python -m csba parts``: the registries and presets (csba.parts)."""
+    from .parts import format_parts, parts
+
+    if args.json:
+        _print_json(parts())
+    else:
+        print(format_parts(parts()))
+    return 0
+
+
 # ---- parser ----------------------------------------------------------------------------------
+
+
+def _add_train_parser(sub) -> None:
+    from .heads import list_heads
+    from .methods import list_methods
+    from .options import add_train_options
+
+    t = sub.add_parser(
+        "train",
+        help="train one variant and store a run folder",
+        description="Train one variant with the pinned protocol (docs/design.md §2) "
+        "and store model.safetensors + run.json.",
+    )
+    add_train_options(t)  # every TrainConfig option, help from its field
+    t.add_argument(
+        "--head",
+        default=None,
+        metavar="HEAD",
+        help="classifier topology, replacing the variant's: one of " + ", ".join(list_heads()),
+    )
+    t.add_argument(
+        "--method",
+        default=None,
+        metavar="METHOD",
+        help="training recipe, replacing the variant's: one of " + ", ".join(list_methods()),
+    )
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument(
+        "--sync-bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="under torchrun on CUDA, BatchNorm statistics over the global batch "
+        "(SyncBatchNorm; default: on; the CPU keeps per-process statistics)",
+    )
+    t.set_defaults(func=cmd_train)
+
+
+def _add_parts_parser(sub) -> None:
+    pt = sub.add_parser(
+        "parts",
+        help="list backbones, heads, methods and presets",
+        description="The three registries a run combines (backbone, head, method) and the "
+        "ten presets (named head x method pairs). Any head trains with any method: "
+        "--head H --method M, or --variant H+M.",
+    )
+    pt.add_argument("--json", action="store_true", help="print one JSON document")
+    pt.set_defaults(func=cmd_parts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -382,22 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser(
-        "train",
-        help="train one variant and store a run folder",
-        description="Train one variant with the pinned protocol (docs/design.md §2) "
-        "and store model.safetensors + run.json.",
-    )
-    add_train_options(t)  # every TrainConfig option, help from its field
-    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    t.add_argument(
-        "--sync-bn",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="under torchrun on CUDA, BatchNorm statistics over the global batch "
-        "(SyncBatchNorm; default: on; the CPU keeps per-process statistics)",
-    )
-    t.set_defaults(func=cmd_train)
+    _add_train_parser(sub)
 
     e = sub.add_parser(
         "evaluate",
@@ -618,6 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     pa.add_argument("--json", action="store_true", help="print one JSON document")
     pa.set_defaults(func=cmd_pair)
+
+    _add_parts_parser(sub)
 
     ls = sub.add_parser("list", help="list the runs found", description="List run folders.")
     ls.add_argument("--root", default="checkpoints", help="default %(default)s")

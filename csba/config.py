@@ -54,8 +54,9 @@ class TrainConfig:
         metavar="NAME",
     )
     variant: str = _opt(
-        "csba",  # a name from csba.list_models()
-        "one of {names} (default %(default)s)",
+        "csba",  # a preset (csba.list_models()) or HEAD+METHOD (csba.models.variant_name)
+        "a preset: {names} (default %(default)s), or HEAD+METHOD such as csba+ldam_drw "
+        "(--head and --method replace its parts; python -m csba parts lists them)",
         metavar="NAME",
     )
     backbone: str = _opt(

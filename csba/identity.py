@@ -29,6 +29,7 @@ __all__ = [
     "dataset_name",
     "group_label",
     "group_names",
+    "head_and_method",
     "identity",
     "image_size",
     "is_finished",
@@ -128,6 +129,8 @@ class RunIdentity:
     variant: str  # registered variant ("baseline", "csba", ...)
     image_size: int | None  # pixels per side the run trained and was tested at
     protocol: tuple[tuple[str, str], ...] = ()  # (setting, JSON value) differing from pinned
+    head: str = ""  # csba.heads name ("csba"); "" for a variant this version does not know
+    method_name: str = ""  # csba.methods name ("ldam_drw"); "" likewise
 
     @property
     def method(self) -> str:
@@ -152,13 +155,31 @@ class RunIdentity:
 def identity(meta: Mapping[str, Any]) -> RunIdentity:
     """The :class:`RunIdentity` of a run.json dictionary."""
     changes = protocol_changes(meta)
+    head, method = head_and_method(meta)
     return RunIdentity(
         dataset=dataset_name(meta),
         backbone=backbone_name(meta),
         variant=str(meta.get("variant") or "?"),
         image_size=image_size(meta),
         protocol=tuple((k, json.dumps(v, sort_keys=True)) for k, v in sorted(changes.items())),
+        head=head,
+        method_name=method,
     )
+
+
+def head_and_method(meta: Mapping[str, Any]) -> tuple[str, str]:
+    """The run's head and training method: run.json's ``composition``, else (runs from before
+    heads and methods were separate) what its variant name stands for; ``("", "")`` for a
+    variant this version does not know."""
+    comp = meta.get("composition") or {}
+    if comp.get("head") and comp.get("method"):
+        return str(comp["head"]), str(comp["method"])
+    from .models import parse_variant  # lazy: identity stays light for the pages
+
+    try:
+        return parse_variant(str(meta.get("variant") or "?"))
+    except ValueError:
+        return "", ""
 
 
 def run_status(meta: Mapping[str, Any]) -> str:

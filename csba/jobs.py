@@ -77,25 +77,30 @@ def check_data_root(text: str | None, allowed_root: str | os.PathLike | None = N
 
 
 def evaluate_and_diagnose(run_dir: str) -> None:
-    """What ``python -m csba protocol`` does after training: store the metrics with the
-    dataset's test-time views (8 for EL cells, else 4; the single-view ones are kept under
-    ``metrics_single_view``), so dashboard runs compare like with like against the shipped
-    ones, then ``diagnose_run``."""
-    from .diagnostics.run import diagnose_run
-    from .runs import recorded_views, store_evaluation, wanted_views
-    from .store import read_run_json
+    """What ``python -m csba protocol`` does after training (csba.pipeline.after_training:
+    the dataset's test-time views, single-view predictions kept, diagnose on the whole
+    training split, on the device the run trained on), so dashboard runs compare like with
+    like against the shipped ones."""
+    from .pipeline import after_training
 
-    meta = read_run_json(run_dir)
-    views = wanted_views(meta, "auto")
-    if recorded_views(meta) != views:
-        # On the device the run trained on (float32 there too; see csba.evaluate.predict).
-        store_evaluation(run_dir, views, device=(meta.get("runtime") or {}).get("device", "cpu"))
-    diagnose_run(run_dir)
+    after_training(run_dir)
 
 
 def find_run_diagnoser() -> Callable[[str], object] | None:
     """The post-training step of a job: :func:`evaluate_and_diagnose`."""
     return evaluate_and_diagnose
+
+
+# what the Training page's per-epoch table shows of each epoch event
+EPOCH_FIELDS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "val_macro_f1",
+    "seconds",
+    "improved",
+)
 
 
 @dataclass
@@ -395,9 +400,39 @@ class JobManager:
             self._run_one(job, run, cfg)
 
     def _run_one(self, job: Job, run: RunProgress, cfg) -> None:
+        """Train one configuration, then (unless cancelled) the post-training pipeline."""
+
         def should_stop() -> bool:
             with self._lock:
                 return job.cancel_requested
+
+        train_fn = self._train_fn
+        if train_fn is None:
+            from .train import train as train_fn
+        try:
+            meta = train_fn(cfg, callback=self._progress(job, run), should_stop=should_stop)
+        except Exception as e:  # recorded, never lost: the page shows it
+            self._record_failure(job, run, e, traceback.format_exc())
+            return
+        if self._record_trained(job, run, meta):
+            run_diag = self._diagnose(run.run_dir)
+            try:  # the evaluation step may have replaced the metrics (test-time views)
+                test = read_run_json(run.run_dir)["metrics"]["test"]
+            except (RunError, KeyError):
+                test = {}
+            with self._lock:
+                run.diagnostics = run_diag
+                if test:
+                    run.result["test_macro_f1"] = test.get("macro_f1")
+                    run.result["test_accuracy"] = test.get("accuracy")
+                run.status = "completed"
+                self._runs_version += 1
+        with self._lock:
+            run.finished = time.time()
+            self._lock.notify_all()
+
+    def _progress(self, job: Job, run: RunProgress) -> Callable[[dict], None]:
+        """The training callback that records a run's progress events under the lock."""
 
         def callback(ev: dict) -> None:
             with self._lock:
@@ -417,41 +452,28 @@ class JobManager:
                     if len(run.batch_losses) > MAX_BATCH_POINTS:
                         run.batch_losses = run.batch_losses[::2]
                 elif kind == "epoch":
-                    run.history.append(
-                        {
-                            k: ev.get(k)
-                            for k in (
-                                "epoch",
-                                "train_loss",
-                                "val_loss",
-                                "val_accuracy",
-                                "val_macro_f1",
-                                "seconds",
-                                "improved",
-                            )
-                        }
-                    )
+                    run.history.append({k: ev.get(k) for k in EPOCH_FIELDS})
 
-        train_fn = self._train_fn
-        if train_fn is None:
-            from .train import train as train_fn
-        try:
-            meta = train_fn(cfg, callback=callback, should_stop=should_stop)
-        except Exception as e:  # recorded, never lost: the page shows it
-            from .train import TrainingStopped
+        return callback
 
-            with self._lock:
-                run.finished = time.time()
-                if isinstance(e, TrainingStopped) and job.cancel_requested:
-                    run.status = "cancelled"
-                    run.note = (run.note + "; " if run.note else "") + "cancelled before the "
-                    run.note += "first epoch ended, nothing stored"
-                else:
-                    run.status = "failed"
-                    run.error = _one_line(e)
-                    run.traceback = traceback.format_exc()
-                self._lock.notify_all()
-            return
+    def _record_failure(self, job: Job, run: RunProgress, e: Exception, tb: str) -> None:
+        from .train import TrainingStopped
+
+        with self._lock:
+            run.finished = time.time()
+            if isinstance(e, TrainingStopped) and job.cancel_requested:
+                run.status = "cancelled"
+                run.note = (run.note + "; " if run.note else "") + "cancelled before the "
+                run.note += "first epoch ended, nothing stored"
+            else:
+                run.status = "failed"
+                run.error = _one_line(e)
+                run.traceback = tb
+            self._lock.notify_all()
+
+    def _record_trained(self, job: Job, run: RunProgress, meta: dict) -> bool:
+        """Record a trained run's result; True when the post-training pipeline is to follow
+        (not cancelled)."""
         test = meta.get("metrics", {}).get("test", {})
         with self._lock:
             run.result = {
@@ -472,22 +494,7 @@ class JobManager:
                 run.note += "far stored"
             self._runs_version += 1
             self._lock.notify_all()
-        if not cancelled:
-            run_diag = self._diagnose(run.run_dir)
-            try:  # the evaluation step may have replaced the metrics (test-time views)
-                test = read_run_json(run.run_dir)["metrics"]["test"]
-            except (RunError, KeyError):
-                test = {}
-            with self._lock:
-                run.diagnostics = run_diag
-                if test:
-                    run.result["test_macro_f1"] = test.get("macro_f1")
-                    run.result["test_accuracy"] = test.get("accuracy")
-                run.status = "completed"
-                self._runs_version += 1
-        with self._lock:
-            run.finished = time.time()
-            self._lock.notify_all()
+        return not cancelled
 
     def _diagnose(self, run_dir: str) -> str:
         fn = self._diagnose_fn

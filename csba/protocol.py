@@ -29,11 +29,7 @@ from .cluster import RayConfig
 from .options import PROTOCOL_OPTIONS, check_values, config_from_args, option_flags
 from .progress import progress_bar
 from .runs import (
-    ensure_single_view_predictions,
     protocol_complete,
-    recorded_views,
-    store_evaluation,
-    wanted_views,
 )
 
 __all__ = [
@@ -85,6 +81,27 @@ def epoch_logger(cfg, log: Log = stderr_log) -> Callable[[dict], None]:
             )
 
     return callback
+
+
+def _variant_names(variants: Sequence[str] | None) -> list[str]:
+    """The protocol's variants: presets or HEAD+METHOD names ("all": the ten presets), each
+    under its canonical name (a pair equal to a preset takes the preset's); ProtocolError
+    naming the unknown ones."""
+    from .models import list_models, parse_variant, variant_name
+
+    names = list(list_models() if variants in (None, ["all"], ("all",)) else variants)
+    out, unknown = [], []
+    for v in names:
+        try:
+            out.append(variant_name(*parse_variant(v)))
+        except ValueError:
+            unknown.append(v)
+    if unknown:
+        raise ProtocolError(
+            f"unknown variant(s) {unknown}; choose presets ({', '.join(list_models())}) or "
+            "HEAD+METHOD (python -m csba parts)"
+        )
+    return list(dict.fromkeys(out))
 
 
 def protocol_train_config(options: dict[str, Any], variant: str, seed: int, run_dir: Path):
@@ -160,14 +177,7 @@ def run_protocol(
     and threads give the same run.json metrics through either. Returns the run folders in
     order (seed-major). Raises ProtocolError.
     """
-    from .models import list_models
-
-    variants = list(list_models() if variants in (None, ["all"], ("all",)) else variants)
-    unknown = [v for v in variants if v not in list_models()]
-    if unknown:
-        raise ProtocolError(
-            f"unknown variant(s) {unknown}; choose from: {', '.join(list_models())}"
-        )
+    variants = _variant_names(variants)
     if jobs < 1:
         raise ProtocolError(f"--jobs must be 1 or more, got {jobs}")
     if backend not in BACKENDS:
@@ -216,7 +226,7 @@ def run_protocol(
 
 
 def _serial(options, tasks, views, per_class, log, bar, t0) -> list[Path]:
-    from .diagnostics.run import diagnose_run
+    from .pipeline import after_training
     from .train import train
 
     done = []
@@ -233,13 +243,14 @@ def _serial(options, tasks, views, per_class, log, bar, t0) -> list[Path]:
                 raise ProtocolError(
                     f"{variant} seed {seed} {meta['status']}; rerun to resume", done
                 )
-        n = wanted_views(meta, views)
-        data_root = options.get("data_root")
-        if recorded_views(meta) != n:
-            store_evaluation(str(run_dir), n, data_root, options.get("device", "auto"))
-        ensure_single_view_predictions(str(run_dir), data_root)
-        if "diagnostics" not in meta or not trained:
-            diagnose_run(str(run_dir), data_root=data_root, per_class=per_class or None)
+        after_training(
+            str(run_dir),
+            views=views,
+            data_root=options.get("data_root"),
+            device=options.get("device", "auto"),
+            per_class=per_class,
+            trained_now=not trained,
+        )
         done.append(run_dir)
         log(_result_line(variant, seed, run_dir, t0))
         bar.update()

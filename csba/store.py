@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .models import create_model, list_models
+from .models import create_model, parse_variant
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -242,8 +242,10 @@ def read_run_json(run_dir: str | os.PathLike) -> dict:
             f"'{path}' has schema version {version}; this csba reads up to {SCHEMA_VERSION} "
             "(upgrade csba)"
         )
-    if meta["variant"] not in list_models():
-        raise RunError(f"'{path}': unknown variant {meta['variant']!r}")
+    try:
+        parse_variant(str(meta["variant"]))  # a preset or HEAD+METHOD
+    except ValueError:
+        raise RunError(f"'{path}': unknown variant {meta['variant']!r}") from None
     if len(meta["classes"]) != meta["num_classes"]:
         raise RunError(
             f"'{path}': {len(meta['classes'])} class names but num_classes={meta['num_classes']}"

@@ -5,6 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from csba.diagnostics import off_diagonal_stats
+from csba.heads import get_head
+from csba.identity import head_and_method
 from csba.models import gated_variants, list_models
 from pages.common import (
     diagnostics_of,
@@ -27,9 +29,15 @@ def intro_text() -> str:
     others = ", ".join(v for v in list_models() if v not in ATTENTION_VARIANTS)
     return (
         f"Only {gated} have attention (squeeze-excitation gates: one per branch in csba, one "
-        f"per class head in class_heads). The other variants ({others}) have none, so only "
-        "their class-mean angles are shown."
+        f"per class head in class_heads), with any method (csba+ldam_drw too). The other "
+        f"variants ({others}) have none, so only their class-mean angles are shown."
     )
+
+
+def _gated(meta: dict) -> bool:
+    """The run's head has attention gates (csba.heads), whatever its method."""
+    head = head_and_method(meta)[0]
+    return bool(head) and get_head(head).cls.gated
 
 
 COLS = 3
@@ -37,7 +45,7 @@ COLS = 3
 
 def branch_names(meta: dict, k: int) -> list[str]:
     classes = [str(c) for c in meta["classes"]]
-    if meta["variant"] == "class_heads" and k == len(classes):
+    if head_and_method(meta)[0] == "class_heads" and k == len(classes):
         return [f"head {c}" for c in classes]
     return [f"branch {b + 1}" for b in range(k)]
 
@@ -205,12 +213,10 @@ def main() -> None:
     no_att = [
         labels[str(i.path)]
         for i in diagnosed
-        if attention_of(i.meta) is None and i.meta["variant"] not in ATTENTION_VARIANTS
+        if attention_of(i.meta) is None and not _gated(i.meta)
     ]
     broken = [
-        labels[str(i.path)]
-        for i in diagnosed
-        if attention_of(i.meta) is None and i.meta["variant"] in ATTENTION_VARIANTS
+        labels[str(i.path)] for i in diagnosed if attention_of(i.meta) is None and _gated(i.meta)
     ]
     if no_att:
         st.caption(f"No attention (variant without gates): {', '.join(no_att)}.")

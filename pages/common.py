@@ -595,17 +595,18 @@ def parameter_table(num_classes: int, backbones: tuple[str, ...] = ()) -> pd.Dat
         info = model_info(name)
         row = {
             "variant": name,
-            "parameters": counts["trifire"][name],
-            "loss": info["loss"],
+            "head": info["head"],
             "method": info["method"],
+            "parameters": counts["trifire"].get(name),
+            "loss": info["loss"],
             "description": info["description"],
         }
-        row.update({f"on {b}": counts[b][name] for b in counts if b != "trifire"})
+        row.update({f"on {b}": counts[b].get(name) for b in counts if b != "trifire"})
         rows.append(row)
     df = pd.DataFrame(rows)
     base = df.loc[df["variant"] == "baseline", "parameters"]
     if len(base):
-        df.insert(2, "vs baseline", df["parameters"] - int(base.iloc[0]))
+        df.insert(4, "vs baseline", df["parameters"] - int(base.iloc[0]))
     return df
 
 

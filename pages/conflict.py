@@ -11,7 +11,7 @@ from csba.conflict_gain import baselines_by_key, conflict_gain, match_key
 from csba.diagnostics import off_diagonal_stats
 from csba.diagnostics import sorted_pairs as adversarial_pairs
 from csba.diagnostics.training import conflict_change
-from csba.identity import backbone_name
+from csba.identity import backbone_name, head_and_method
 from csba.stats import BOOT_SEED, N_RESAMPLES
 from pages.common import (
     all_runs,
@@ -243,7 +243,7 @@ def shares_section(diagnosed, labels) -> None:
         classes = [str(c) for c in i.meta["classes"]]
         if len(classes) != s.shape[0]:
             continue
-        if i.meta["variant"] == "class_heads" and s.shape[1] == len(classes):
+        if head_and_method(i.meta)[0] == "class_heads" and s.shape[1] == len(classes):
             branches = [f"head {c}" for c in classes]
         else:
             branches = [f"branch {k + 1}" for k in range(s.shape[1])]

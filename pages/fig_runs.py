@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from csba.identity import protocol_changes, protocol_text
+from csba.identity import head_and_method, protocol_changes, protocol_text
 from pages.fig_base import PALETTE, finish_layout, mpl_colour, number, png
 from pages.figcache import cached_figure
 
@@ -52,10 +52,13 @@ def runs_table(infos: Sequence[Any]) -> pd.DataFrame:
         pc = (test.get("per_class") or {}).get(minority or "", {})
         ds = m.get("dataset") or {}
         cfg = m.get("config") or {}
+        head, method = head_and_method(m)
         rows.append(
             {
                 "dataset": ds.get("name") or cfg.get("dataset"),
                 "variant": m.get("variant"),
+                "head": head or None,
+                "method": method or None,
                 "backbone": cfg.get("backbone") or "trifire",
                 "seed": cfg.get("seed"),
                 "image size": ds.get("image_size") or cfg.get("image_size"),

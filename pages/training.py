@@ -18,7 +18,10 @@ from csba import list_models, model_info
 from csba.backbones import list_backbones
 from csba.config import TrainConfig
 from csba.data import DATASETS
+from csba.heads import list_heads
 from csba.jobs import FINISHED, Job, JobManager, RunProgress, check_data_root, default_device
+from csba.methods import METHODS, list_methods
+from csba.models import describe_heads, variant_name
 from csba.options import train_option
 from pages.common import clear_run_caches, job_manager, plotly_chart, runs_root
 from pages.common import data_root as allowed_data_root
@@ -57,9 +60,52 @@ def _help(name: str) -> str:
 
 def _settings() -> tuple[list[TrainConfig] | None, str | None]:
     """The form's widgets -> configs, or None and a one-line reason."""
-    device = device_name()
-    has_gpu = device.startswith("cuda")
     c1, c2, c3 = st.columns([2, 3, 2])
+    dataset, data_root, allowed = _dataset_widgets(c1, c2)
+    presets = c3.multiselect(
+        "Variants",
+        list_models(),
+        default=["baseline", "csba"],
+        help="Presets, each a head with a method:\n"
+        + "\n".join(f"* **{v}**: {model_info(v)['description']}" for v in list_models()),
+        key="train_variants",
+    )
+    pairs, why = _head_method_widgets()
+    variants = list(dict.fromkeys([*presets, *pairs]))  # a pair equal to a preset once
+    c4, c5, c6, c7 = st.columns(4)
+    epochs = c4.number_input("Epochs", 1, 300, 3, key="train_epochs", help=_help("epochs"))
+    size = c5.number_input(
+        "Image size (px)", 16, 512, 64, step=16, key="train_size", help=_help("image_size")
+    )
+    seed = c6.number_input("Seed", 0, 10_000, 0, key="train_seed", help=_help("seed"))
+    dev = _device_widget(c7)
+    with st.expander("More settings (the paper's protocol by default)"):
+        more = _more_settings()
+    if why:  # after every widget, so the form keeps its shape
+        return None, why
+    if not variants:
+        return None, "choose at least one variant, or a head and a method"
+    root_str = None
+    if dataset in NEEDS_ROOT:
+        try:
+            root_str = str(check_data_root(data_root, allowed))
+        except ValueError as e:
+            return None, str(e)
+    common = dict(
+        dataset=dataset,
+        seed=int(seed),
+        image_size=int(size),
+        data_root=root_str,
+        epochs=int(epochs),
+        device=dev,
+        out=str(runs_root()),
+        **more,
+    )
+    return [TrainConfig(variant=v, **common) for v in variants], None
+
+
+def _dataset_widgets(c1, c2) -> tuple[str, str | None, str]:
+    """Dataset picker and, where it needs one, its data root: (dataset, root, allowed root)."""
     dataset = c1.selectbox(
         "Dataset",
         DATASETS,
@@ -81,119 +127,114 @@ def _settings() -> tuple[list[TrainConfig] | None, str | None]:
         )
     else:
         c2.caption(f"**{dataset}**: {DATASET_HELP[dataset]}.")
-    variants = c3.multiselect(
-        "Variants",
-        list_models(),
-        default=["baseline", "csba"],
-        help="\n".join(f"* **{v}**: {model_info(v)['description']}" for v in list_models()),
-        key="train_variants",
+    return dataset, data_root, allowed
+
+
+def _head_method_widgets() -> tuple[list[str], str | None]:
+    """Heads x methods beyond the presets: every chosen head with every chosen method, under
+    its canonical name (a preset's, else HEAD+METHOD); or a one-line reason."""
+    h1, h2, h3 = st.columns([2, 2, 3])
+    heads = h1.multiselect(
+        "Also: heads",
+        list_heads(),
+        key="train_heads",
+        help="Classifier topologies (python -m csba parts):\n"
+        + "\n".join(f"* **{k}**: {v}" for k, v in describe_heads().items()),
     )
-    c4, c5, c6, c7 = st.columns(4)
-    epochs = c4.number_input("Epochs", 1, 300, 3, key="train_epochs", help=_help("epochs"))
-    size = c5.number_input(
-        "Image size (px)", 16, 512, 64, step=16, key="train_size", help=_help("image_size")
+    methods = h2.multiselect(
+        "× methods",
+        list_methods(),
+        key="train_methods",
+        help="Training recipes, each with its paper:\n"
+        + "\n".join(f"* **{k}**: {m.description} ({m.paper})" for k, m in METHODS.items()),
     )
-    seed = c6.number_input("Seed", 0, 10_000, 0, key="train_seed", help=_help("seed"))
-    if has_gpu:
-        dev_label = c7.radio(
-            "Device", [f"GPU: {device}", "CPU"], key="train_device", horizontal=False
-        )
-        dev = "cuda" if dev_label.startswith("GPU") else "cpu"
-    else:
-        c7.markdown("**Device**")
-        c7.caption("CPU: no GPU found")
-        dev = "cpu"
-    with st.expander("More settings (the paper's protocol by default)"):
-        d1, d2, d3, d4, d5 = st.columns(5)
-        batch = d1.number_input(
-            "Batch size", 1, 1024, 32, key="train_batch", help=_help("batch_size")
-        )
-        lr = d2.number_input(
-            "Learning rate",
-            1e-6,
-            1.0,
-            1e-4,
-            step=1e-5,
-            format="%.0e",
-            key="train_lr",
-            help=_help("lr"),
-        )
-        patience = d3.number_input(
-            "Early-stop patience", 1, 300, 20, key="train_patience", help=_help("patience")
-        )
-        precision = d4.selectbox(
+    if bool(heads) != bool(methods):
+        return [], "choose at least one head and one method to combine (or neither)"
+    pairs = [variant_name(h, m) for h in heads for m in methods]
+    if pairs:
+        h3.caption("Trains " + ", ".join(f"**{p}**" for p in pairs))
+    return pairs, None
+
+
+def _device_widget(col) -> str:
+    device = device_name()
+    if device.startswith("cuda"):
+        label = col.radio("Device", [f"GPU: {device}", "CPU"], key="train_device")
+        return "cuda" if label.startswith("GPU") else "cpu"
+    col.markdown("**Device**")
+    col.caption("CPU: no GPU found")
+    return "cpu"
+
+
+def _more_settings() -> dict:
+    """The expander's settings, as TrainConfig fields."""
+    d1, d2, d3, d4, d5 = st.columns(5)
+    out = {
+        "batch_size": int(
+            d1.number_input("Batch size", 1, 1024, 32, key="train_batch", help=_help("batch_size"))
+        ),
+        "lr": float(
+            d2.number_input(
+                "Learning rate",
+                1e-6,
+                1.0,
+                1e-4,
+                step=1e-5,
+                format="%.0e",
+                key="train_lr",
+                help=_help("lr"),
+            )
+        ),
+        "patience": int(
+            d3.number_input(
+                "Early-stop patience", 1, 300, 20, key="train_patience", help=_help("patience")
+            )
+        ),
+        "precision": d4.selectbox(
             "Precision",
             train_option("precision").choices,
             key="train_precision",
             help=_help("precision"),
-        )
-        conflict_every = d5.number_input(
-            "Conflict matrix every N epochs",
-            0,
-            300,
-            0,
-            key="train_conflict",
-            help=_help("conflict_every") + "; for the Gradient conflict page's evolution plot",
-        )
-        e1, e2, e3, e4, _ = st.columns([1, 1, 1, 1, 1])
-        schedule = e1.selectbox(
-            "Learning-rate schedule",
-            train_option("lr_schedule").choices,
-            key="train_schedule",
-            help=_help("lr_schedule"),
-        )
-        keep = e2.selectbox(
-            "Weights kept",
-            train_option("keep").choices,
-            key="train_keep",
-            help=_help("keep"),
-        )
-        backbone = e3.selectbox(
-            "Backbone",
-            list_backbones(),
-            key="train_backbone",
-            help=_help("backbone") + "; every variant's head sits on its last feature map",
-        )
-        pretrained = e4.selectbox(
-            "Pretrained weights",
-            ["none", "imagenet"],
-            key="train_pretrained",
-            disabled=backbone == "trifire",
-            help="imagenet: torchvision's ImageNet weights (downloaded by torchvision where the "
-            "server has internet). A local safetensors file: python -m csba train --pretrained "
-            "PATH.",
-        )
-    if not variants:
-        return None, "choose at least one variant"
-    root_str = None
-    if dataset in NEEDS_ROOT:
-        try:
-            root_str = str(check_data_root(data_root, allowed))
-        except ValueError as e:
-            return None, str(e)
-    configs = [
-        TrainConfig(
-            dataset=dataset,
-            variant=v,
-            backbone=backbone,
-            pretrained=None if pretrained == "none" or backbone == "trifire" else pretrained,
-            seed=int(seed),
-            image_size=int(size),
-            data_root=root_str,
-            epochs=int(epochs),
-            batch_size=int(batch),
-            lr=float(lr),
-            patience=int(patience),
-            lr_schedule=schedule,
-            keep=keep,
-            device=dev,
-            precision=precision,
-            conflict_every=int(conflict_every),
-            out=str(runs_root()),
-        )
-        for v in variants
-    ]
-    return configs, None
+        ),
+        "conflict_every": int(
+            d5.number_input(
+                "Conflict matrix every N epochs",
+                0,
+                300,
+                0,
+                key="train_conflict",
+                help=_help("conflict_every") + "; for the Gradient conflict page's evolution plot",
+            )
+        ),
+    }
+    e1, e2, e3, e4, _ = st.columns([1, 1, 1, 1, 1])
+    out["lr_schedule"] = e1.selectbox(
+        "Learning-rate schedule",
+        train_option("lr_schedule").choices,
+        key="train_schedule",
+        help=_help("lr_schedule"),
+    )
+    out["keep"] = e2.selectbox(
+        "Weights kept", train_option("keep").choices, key="train_keep", help=_help("keep")
+    )
+    backbone = e3.selectbox(
+        "Backbone",
+        list_backbones(),
+        key="train_backbone",
+        help=_help("backbone") + "; every head sits on its last feature map",
+    )
+    pretrained = e4.selectbox(
+        "Pretrained weights",
+        ["none", "imagenet"],
+        key="train_pretrained",
+        disabled=backbone == "trifire",
+        help="imagenet: torchvision's ImageNet weights (downloaded by torchvision where the "
+        "server has internet). A local safetensors file: python -m csba train --pretrained "
+        "PATH.",
+    )
+    out["backbone"] = backbone
+    out["pretrained"] = None if pretrained == "none" or backbone == "trifire" else pretrained
+    return out
 
 
 # ---- rendering -------------------------------------------------------------------------------

@@ -173,6 +173,45 @@ def test_training_page_runs_a_job(runs_root, tiny_folder):
     assert (config["lr_schedule"], config["keep"]) == ("cosine", "last")
 
 
+@pytest.mark.slow
+def test_training_page_trains_a_head_with_a_method(runs_root, tiny_folder):
+    """Heads x methods beyond the presets: every chosen pair, a pair equal to a preset under
+    the preset's name; one side without the other is refused in one line."""
+    at = _page("pages/training.py")
+    at.selectbox(key="train_dataset").set_value("imagefolder")
+    at.run()
+    at.text_input(key="train_root_imagefolder").set_value(str(tiny_folder))
+    at.multiselect(key="train_variants").set_value([])
+    at.multiselect(key="train_heads").set_value(["csba"])
+    at.button(key="train_start").click()
+    at.run()
+    errors = [e.value for e in at.error]
+    assert errors == ["choose at least one head and one method to combine (or neither)"], errors
+    at.multiselect(key="train_methods").set_value(["ldam_drw", "weighted"])
+    at.number_input(key="train_epochs").set_value(1)
+    at.number_input(key="train_size").set_value(16)
+    at.run()
+    assert "Trains **csba+ldam_drw**, **csba**" in [c.value for c in at.caption]
+    at.button(key="train_start").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    folder = runs_root / "imagefolder-16px"
+    deadline = time.monotonic() + 180
+
+    def done() -> bool:  # both trained and diagnosed: the job's thread has nothing left
+        text = " ".join(s.value for s in at.success)
+        return "csba+ldam_drw s0" in text and "csba s0" in text
+
+    while not done():
+        assert time.monotonic() < deadline, _texts(at)
+        time.sleep(0.5)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+    meta = json.loads((folder / "csba+ldam_drw-s0" / "run.json").read_text())
+    assert meta["composition"]["head"] == "csba" and meta["composition"]["method"] == "ldam_drw"
+    assert meta["method"]["scale"] == 30.0
+
+
 def test_training_page_cancel_and_failure(runs_root, tiny_folder):
     at = _page("pages/training.py")
     at.selectbox(key="train_dataset").set_value("imagefolder")

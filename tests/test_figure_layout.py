@@ -244,5 +244,7 @@ def test_runs_table_names_the_backbone_after_the_variant():
     runs = [info(0, {"backbone": "resnet18"}), info(1, {}), info(2, {"backbone": None})]
     df = F.runs_table(runs)
     cols = list(df.columns)
-    assert cols.index("backbone") == cols.index("variant") + 1
+    i = cols.index("variant")
+    assert cols[i : i + 4] == ["variant", "head", "method", "backbone"]  # what a run combines
     assert list(df["backbone"]) == ["resnet18", "trifire", "trifire"]
+    assert list(df["head"]) == ["csba"] * 3 and list(df["method"]) == ["weighted"] * 3

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import csba.train
+import csba.loop
 from csba.jobs import JobManager, check_data_root, default_device
 from csba.train import TrainConfig
 
@@ -144,7 +144,7 @@ def test_nan_loss_fails_with_a_message(tiny_folder, tmp_path, manager, monkeypat
     def nan_loss(*args, **kwargs):
         return lambda logits, y: logits.sum() * float("nan")
 
-    monkeypatch.setattr(csba.train, "_method_loss", nan_loss)  # every method's loss
+    monkeypatch.setattr(csba.loop, "method_loss", nan_loss)  # every method's loss
     job = manager.wait(manager.submit([_cfg(tiny_folder, tmp_path)]), timeout=120)
     run = job.runs[0]
     assert job.status == "failed" and run.status == "failed"

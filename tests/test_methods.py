@@ -342,7 +342,7 @@ def test_loop_state_round_trips_through_its_files(tmp_path):
 
 
 def test_methods_are_registered_units_with_their_capabilities():
-    """Each variant's method is a unit in csba/methods (its paper in its docstring); what
+    """Each preset's method is a unit in csba/methods (its paper in its docstring); what
     csba.train and csba.distributed once decided by name now comes from the unit, unchanged."""
     from csba.methods import METHODS, get_method
     from csba.models import create_model, list_models
@@ -350,11 +350,17 @@ def test_methods_are_registered_units_with_their_capabilities():
     assert {create_model(v, 4).method for v in list_models()} == set(METHODS)
     for name, m in METHODS.items():
         assert m.name == name and m.paper  # where the recipe comes from
-    assert {n for n, m in METHODS.items() if m.cuda_graph} == {"weighted", "logit_adjust"}
-    assert {n for n, m in METHODS.items() if m.torchrun} == {"weighted", "logit_adjust", "ldam_drw"}
+    assert {n for n, m in METHODS.items() if m.cuda_graph} == {"weighted", "focal", "logit_adjust"}
+    assert {n for n, m in METHODS.items() if m.torchrun} == {
+        "weighted",
+        "focal",
+        "logit_adjust",
+        "ldam_drw",
+    }
     modes = {n: m.step_mode for n, m in METHODS.items()}
     assert modes == {
         "weighted": "loss",
+        "focal": "loss",
         "logit_adjust": "loss",
         "ldam_drw": "loss",
         "crt": "loss",

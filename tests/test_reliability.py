@@ -137,11 +137,11 @@ def _cfg(folder, out, **kw):
 
 
 def test_nan_loss_stops_with_a_message(tiny_folder, tmp_path, monkeypatch):
-    import csba.train as T
+    import csba.loop as L
 
-    real = T._method_loss  # the loss of every method (csba/methods)
+    real = L.method_loss  # the loss of every method (csba/methods)
     monkeypatch.setattr(
-        T, "_method_loss", lambda *a, **k: lambda lg, y: real(*a, **k)(lg, y) * np.nan
+        L, "method_loss", lambda *a, **k: lambda lg, y: real(*a, **k)(lg, y) * np.nan
     )
     with pytest.raises(TrainingError, match="training loss became nan"):
         train(_cfg(tiny_folder, tmp_path, epochs=2))
@@ -151,12 +151,12 @@ def test_nan_loss_stops_with_a_message(tiny_folder, tmp_path, monkeypatch):
 def test_cuda_out_of_memory_says_what_to_lower(tiny_folder, tmp_path, monkeypatch):
     import torch
 
-    import csba.train as T
+    import csba.loop as L
 
     def oom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(T, "augment_batch", oom)
+    monkeypatch.setattr(L, "augment_batch", oom)
     with pytest.raises(TrainingError, match="lower --batch-size or --image-size"):
         train(_cfg(tiny_folder, tmp_path, epochs=1))
 

@@ -79,6 +79,19 @@ def test_identity_is_everything_but_the_seed():
     assert protocol_changes(_meta(seed=3, device="cuda")) == {}  # seed and device are not protocol
     assert identity(_meta(backbone="trifire")) == a  # None and "trifire" are one backbone
     assert isinstance(a, RunIdentity) and a.method == "baseline"
+    # head and method: from run.json's composition, else what the variant name stands for
+    assert (a.head, a.method_name) == ("baseline", "weighted")
+    combo = identity(_meta("csba+ldam_drw"))
+    assert (combo.head, combo.method_name, combo.method) == ("csba", "ldam_drw", "csba+ldam_drw")
+    assert combo != identity(_meta("ldam_drw")) != identity(_meta("csba"))
+    assert (identity(_meta("pcgrad_control")).head, identity(_meta("focal")).method_name) == (
+        "baseline",
+        "focal",
+    )
+    assert identity({**_meta("csba"), "composition": {"head": "csba", "method": "weighted"}}) == (
+        identity(_meta("csba"))
+    )
+    assert run_label(_meta("csba+ldam_drw", seed=2)) == "csba+ldam_drw s2 (128px)"
 
 
 def test_group_names_and_labels():
@@ -115,8 +128,8 @@ def _add_seed(run_dir: Path, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def two_backbones(tiny_folder, tmp_path_factory) -> Path:
-    """baseline on trifire and on resnet18, seeds 0 and 1 each, csba on resnet18 seed 0 (one
-    epoch at 32 px, diagnosed)."""
+    """baseline on trifire and on resnet18, seeds 0 and 1 each, csba on resnet18 seed 0 and the
+    HEAD+METHOD csba+ldam_drw on trifire seed 0 (one epoch at 32 px, diagnosed)."""
     from csba.diagnostics.run import diagnose_run
     from csba.train import TrainConfig, train
 
@@ -125,6 +138,7 @@ def two_backbones(tiny_folder, tmp_path_factory) -> Path:
         ("baseline", "trifire"),
         ("baseline", "resnet18"),
         ("csba", "resnet18"),
+        ("csba+ldam_drw", "trifire"),
     ):
         cfg = TrainConfig(
             dataset="imagefolder",
@@ -147,9 +161,11 @@ def test_compare_groups_seeds_per_backbone(two_backbones):
     from csba.report import compare_runs
 
     paths = sorted(str(p.parent) for p in two_backbones.rglob("run.json"))
-    seeds = compare_runs(paths, n_resamples=50)["tables"]["seeds"]
+    tables = compare_runs(paths, n_resamples=50)["tables"]
+    seeds = tables["seeds"]
     n = seeds[seeds["metric"] == "macro_f1"].set_index("variant")["n"].to_dict()
     assert n == {"baseline": 2, "baseline-resnet18": 2}  # never one group of four
+    assert "csba+ldam_drw" in set(tables["summary"]["variant"])  # a HEAD+METHOD run, by name
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,6 +205,7 @@ def test_every_picker_names_the_backbone(two_backbones, env, page):
     assert {"baseline s0 (32px)", "baseline s1 (32px)"} <= set(labels), labels
     assert {"baseline s0 (resnet18, 32px)", "baseline s1 (resnet18, 32px)"} <= set(labels)
     assert "csba s0 (resnet18, 32px)" in labels
+    assert "csba+ldam_drw s0 (32px)" in labels
     assert not at.error, [e.value for e in at.error]
 
 
@@ -196,9 +213,12 @@ def test_runs_page_has_a_backbone_column(two_backbones, env):
     env(two_backbones)
     at = open_page("pages/home.py")
     runs = at.dataframe[0].value
-    got = sorted(zip(runs["variant"], runs["backbone"], strict=True))
+    got = sorted(zip(runs["variant"], runs["head"], runs["method"], runs["backbone"], strict=True))
     assert got == sorted(
-        [("baseline", "trifire")] * 2 + [("baseline", "resnet18")] * 2 + [("csba", "resnet18")]
+        [("baseline", "baseline", "weighted", "trifire")] * 2
+        + [("baseline", "baseline", "weighted", "resnet18")] * 2
+        + [("csba", "csba", "weighted", "resnet18")]
+        + [("csba+ldam_drw", "csba", "ldam_drw", "trifire")]
     )
 
 
@@ -211,6 +231,7 @@ def test_f1_aggregates_each_backbones_seeds_apart(two_backbones, env):
         "baseline (32px; mean of 2 seeds)",
         "baseline (resnet18, 32px; mean of 2 seeds)",
         "csba s0 (resnet18, 32px)",
+        "csba+ldam_drw s0 (32px)",
     }
     assert overall.loc["baseline (resnet18, 32px; mean of 2 seeds)", "runs"] == 2
     # the seed sd comes from the same two runs as the mean (two copies: sd 0)

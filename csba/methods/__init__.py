@@ -9,7 +9,7 @@ and its known-answer test.
 from __future__ import annotations
 
 from ..config import CRT_EPOCHS, CRT_LR, DRW_PATIENCE
-from . import class_sum, crt, ldam_drw, logit_adjust, per_class_pcgrad, weighted
+from . import class_sum, crt, focal, ldam_drw, logit_adjust, per_class_pcgrad, weighted
 from .base import Method
 from .procedures import (
     Phases,
@@ -37,10 +37,10 @@ __all__ = [
     "reset_classifier",
 ]
 
-# name -> the method (run.json's method record names it; the variants' ``method`` attribute)
+# name -> the method (``--method``; the presets of csba.models pair each with a head)
 METHODS: dict[str, Method] = {
     m.METHOD.name: m.METHOD
-    for m in (weighted, logit_adjust, ldam_drw, crt, per_class_pcgrad, class_sum)
+    for m in (weighted, focal, logit_adjust, ldam_drw, crt, per_class_pcgrad, class_sum)
 }
 
 

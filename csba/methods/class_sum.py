@@ -10,5 +10,7 @@ __all__ = ["METHOD"]
 METHOD = Method(
     "class_sum",
     paper="control of PCGrad (Yu et al., NeurIPS 2020): the per-class loss sum",
+    description="PCGrad's control: the per-class mean losses summed, no projection",
+    loss_kind="class_mean",
     step_mode="class_sum",
 )

@@ -11,5 +11,7 @@ __all__ = ["METHOD"]
 METHOD = Method(
     "pcgrad",
     paper="Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020",
+    description="PCGrad over per-class mean losses",
+    loss_kind="class_mean",
     step_mode="pcgrad",
 )

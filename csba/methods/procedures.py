@@ -56,29 +56,13 @@ def class_balanced_indices(labels: Tensor, generator: torch.Generator) -> Tensor
 
 
 def classifier_parameters(model: nn.Module) -> list[str]:
-    """Names of the classifier's parameters: everything outside the backbone (the branches'
-    heads, the SE gates of csba-style heads, learnable branch weights)."""
-    return [n for n, _ in model.named_parameters() if not n.startswith("backbone.")]
+    """Names of the classifier's parameters (the head says: csba.heads.HeadNet)."""
+    return model.classifier_parameter_names()
 
 
-@torch.no_grad()
 def reset_classifier(model: nn.Module) -> None:
-    """Re-initialise the classifier as at construction (cRT stage 2): every module outside the
-    backbone gets its init again, learnable branch weights go back to zero."""
-    from ..models import NEG_SLOPE, NormedLinear
-
-    for name, child in model.named_children():
-        if name == "backbone":
-            continue
-        for m in child.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear, NormedLinear)):
-                nn.init.kaiming_uniform_(m.weight, a=NEG_SLOPE, nonlinearity="leaky_relu")
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.reset_parameters()
-    if isinstance(getattr(model, "branch_weights", None), nn.Parameter):
-        model.branch_weights.zero_()
+    """Re-initialise the classifier as at construction (cRT stage 2; csba.heads.HeadNet)."""
+    model.reset_classifier()
 
 
 def drw_starts(val_f1: list[float], patience: int = DRW_PATIENCE) -> bool:

@@ -1,24 +1,18 @@
-"""The paper's recipe: the network's own loss (cross-entropy, or focal for the focal variant)
-weighted by the pinned class weights (Class-Specific Branch Attention paper, its Section 3;
-focal loss: Lin et al., ICCV 2017)."""
+"""The paper's recipe: cross-entropy weighted by the pinned class weights (Class-Specific Branch
+Attention paper, its Section 3; csba.losses.class_weights)."""
 
 from __future__ import annotations
 
 from .base import Method
 
-__all__ = ["Weighted"]
+__all__ = ["METHOD"]
 
-
-class Weighted(Method):
-    def loss(self, phase, kind, counts, weight, cfg, model):
-        from ..losses import make_loss
-
-        return make_loss(kind, weight, cfg.focal_gamma)
-
-
-METHOD = Weighted(
+METHOD = Method(
     "weighted",
-    paper="class-weighted cross-entropy (the CSBA paper); focal loss (Lin et al., ICCV 2017)",
+    paper="class-weighted cross-entropy (the CSBA paper, Section 3)",
+    description="cross-entropy with the pinned class weights (the paper's loss)",
+    loss_kind="ce",
+    weighted=True,
     cuda_graph=True,
     torchrun=True,
 )
