@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from csba.data import ImageSet, load_dataset, normalize
 from csba.losses import class_weights, make_loss
+from csba.methods import get_method
 from csba.models import create_model
 from csba.train import TrainConfig, train
 
@@ -41,7 +42,7 @@ def bare_step_seconds(variant, bundle, n_images, batch, precision, repeats=2) ->
     if bf16:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    loss_fn = make_loss(model.loss, class_weights(bundle.train.counts(C)))
+    loss_fn = make_loss(get_method(model.method).loss_kind, class_weights(bundle.train.counts(C)))
     x_all = normalize(bundle.train.images[:batch], bundle.mean, bundle.std).contiguous()
     if bf16:
         x_all = x_all.contiguous(memory_format=torch.channels_last)

@@ -231,6 +231,11 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
     if args.per_class < 0:
         raise CLIError(f"--per-class must be 0 or more, got {args.per_class}")
+    if args.scores_only:
+        from .diagnostics.scoring import score_run
+
+        print(score_run(args.run_dir, data_root=args.data_root, progress=True))
+        return 0
     # under torchrun the conflict matrix's per-class gradient sums are split over the ranks
     with torchrun_session("diagnose", resolve_device("auto")) as dist:
         out = diagnose_run(
@@ -242,6 +247,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
             device=None if dist is None else dist.device,
             store=dist is None or dist.is_main,
             distributed=dist is not None,
+            scores=args.scores,
         )
         if dist is not None and not dist.is_main:
             return 0
@@ -426,6 +432,45 @@ def _add_train_parser(sub) -> None:
     t.set_defaults(func=cmd_train)
 
 
+def _add_diagnose_parser(sub) -> None:
+    g = sub.add_parser(
+        "diagnose",
+        help="gradient conflict and every diagnostic of the paper",
+        description="Compute the Gradient Conflict Matrix (overall and per layer "
+        "group), branch specialisation, attention overlap, class-mean angles and "
+        "the generalisation gap, and store them in the run folder.",
+    )
+    g.add_argument("run_dir", metavar="RUN_DIR", help="a run folder")
+    g.add_argument("--data-root", default=None, help="override the run's recorded data root")
+    g.add_argument(
+        "--split",
+        default="train",
+        choices=("train", "val", "test"),
+        help="split the gradients are taken on (default %(default)s)",
+    )
+    g.add_argument(
+        "--per-class",
+        type=int,
+        default=0,
+        help="use at most N images per class (0: the whole split)",
+    )
+    g.add_argument(
+        "--no-scores",
+        dest="scores",
+        action="store_false",
+        help="skip the per-example scores (example_scores.safetensors: every training and "
+        "test image's alignment with each class, self-influence and confidence)",
+    )
+    g.add_argument(
+        "--scores-only",
+        action="store_true",
+        help="only write the per-example scores of an already diagnosed run, from its stored "
+        "diagnosis settings (run.json and every other file stay as they are)",
+    )
+    g.add_argument("--json", action="store_true", help="print one JSON document")
+    g.set_defaults(func=cmd_diagnose)
+
+
 def _add_parts_parser(sub) -> None:
     pt = sub.add_parser(
         "parts",
@@ -472,29 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON document")
     e.set_defaults(func=cmd_evaluate)
 
-    g = sub.add_parser(
-        "diagnose",
-        help="gradient conflict and every diagnostic of the paper",
-        description="Compute the Gradient Conflict Matrix (overall and per layer "
-        "group), branch specialisation, attention overlap, class-mean angles and "
-        "the generalisation gap, and store them in the run folder.",
-    )
-    g.add_argument("run_dir", metavar="RUN_DIR", help="a run folder")
-    g.add_argument("--data-root", default=None, help="override the run's recorded data root")
-    g.add_argument(
-        "--split",
-        default="train",
-        choices=("train", "val", "test"),
-        help="split the gradients are taken on (default %(default)s)",
-    )
-    g.add_argument(
-        "--per-class",
-        type=int,
-        default=0,
-        help="use at most N images per class (0: the whole split)",
-    )
-    g.add_argument("--json", action="store_true", help="print one JSON document")
-    g.set_defaults(func=cmd_diagnose)
+    _add_diagnose_parser(sub)
 
     c = sub.add_parser(
         "compare",

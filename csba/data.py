@@ -340,6 +340,19 @@ def _list_elpv(eight: bool) -> tuple[list[Path], np.ndarray, list[str], str]:
     return paths, labels, classes, h
 
 
+def expected_classes(name: str, data_root: str | None = None) -> int | None:
+    """How many classes dataset ``name`` has, known without decoding an image (an image
+    folder: its class folders), so a head that cannot take them is refused before any data is
+    loaded; None when that cannot be told cheaply (the real count is checked again later)."""
+    fixed = {"elpv": len(ELPV_CLASSES), "elpv8": 2 * len(ELPV_CLASSES), "cifar10-lt": 10}
+    if name in fixed:
+        return fixed[name]
+    if name == "imagefolder" and data_root and Path(data_root).is_dir():
+        root = Path(data_root)
+        return sum(1 for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return None
+
+
 def _list_imagefolder(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
     if not root.is_dir():
         raise DataError(f"imagefolder root '{root}' is not a folder")

@@ -104,6 +104,19 @@ def _variant_names(variants: Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _check_heads(variants: list[str], options: dict[str, Any]) -> None:
+    """Refuse, before any data is loaded, a head that cannot take the dataset's classes."""
+    from .data import expected_classes
+    from .models import check_variant
+
+    n = expected_classes(options.get("dataset", "elpv"), options.get("data_root"))
+    for v in variants:
+        try:
+            check_variant(v, n)
+        except ValueError as e:
+            raise ProtocolError(str(e)) from None
+
+
 def protocol_train_config(options: dict[str, Any], variant: str, seed: int, run_dir: Path):
     """The TrainConfig of one protocol run: TrainConfig's defaults, the protocol's options
     (``PROTOCOL_OPTIONS`` names -> values; missing ones keep the default) and this run's
@@ -178,6 +191,7 @@ def run_protocol(
     order (seed-major). Raises ProtocolError.
     """
     variants = _variant_names(variants)
+    _check_heads(variants, options)
     if jobs < 1:
         raise ProtocolError(f"--jobs must be 1 or more, got {jobs}")
     if backend not in BACKENDS:

@@ -31,6 +31,7 @@ from .data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DatasetBundle,
+    expected_classes,
     load_dataset,
     with_normalisation,
 )
@@ -133,8 +134,8 @@ def _checked(config: TrainConfig, save: bool) -> TrainConfig:
             raise TrainingError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     if cfg.resume and not save:
         raise TrainingError("resume needs a run folder (save=True)")
-    try:
-        check_variant(cfg.variant)  # before any data is loaded
+    try:  # before any data is loaded
+        check_variant(cfg.variant, expected_classes(cfg.dataset, cfg.data_root))
     except ValueError as e:
         raise TrainingError(str(e)) from None
     return cfg

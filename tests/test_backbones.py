@@ -10,7 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from csba.backbones import BackboneError, build_backbone, list_backbones, load_pretrained
-from csba.losses import class_weights, make_loss
+from csba.config import TrainConfig
+from csba.losses import class_weights
+from csba.methods import get_method
 from csba.models import count_parameters, create_model, list_models
 from csba.step import TrainStep
 from csba.store import run_dir_for
@@ -23,7 +25,6 @@ FEATURES = {
     "efficientnet_b0": 1280,
     "convnext_tiny": 768,
 }
-MODES = {"pcgrad": "pcgrad", "class_sum": "class_sum"}
 
 
 def test_the_listed_backbones():
@@ -44,8 +45,10 @@ def test_every_variant_builds_and_trains_a_step(backbone):
         assert sorted(n for g in groups.values() for n in g) == sorted(names)  # a partition
         stages = model.backbone.stage_names()
         assert list(groups)[: len(stages)] == stages and "heads" in groups
-        kind = "ce" if model.loss == "ce" else model.loss
-        loss_fn = make_loss(kind, class_weights(counts), counts=counts)
+        method = get_method(model.method)  # the preset's loss, as training builds it
+        loss_fn = method.loss(
+            method.first_phase, torch.tensor(counts), class_weights(counts), TrainConfig(), model
+        )
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         step = TrainStep(
             model,
@@ -54,7 +57,7 @@ def test_every_variant_builds_and_trains_a_step(backbone):
             torch.device("cpu"),
             bf16=False,
             graph=False,
-            mode=MODES.get(model.method, "loss"),
+            mode=method.step_mode,
         )
         before = [p.detach().clone() for p in model.parameters()]
         model.train()

@@ -246,3 +246,76 @@ def test_train_takes_head_and_method(tiny_folder, tmp_path, capsys):
     assert main(["train", "--head", "csba", "--method", "sgd", *common]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown method 'sgd'" in err
+
+
+def test_a_head_that_cannot_take_the_classes_is_refused_before_any_data(tmp_path, capsys):
+    """33 empty class folders: had any data been loaded, the error would be "holds no image
+    files"; the head's limit is named first, in one line, by train and by protocol."""
+    from csba.cli import main
+
+    for c in range(MAX_CLASS_HEADS + 1):
+        (tmp_path / "data" / f"c{c:02d}").mkdir(parents=True)
+    common = [
+        "--dataset",
+        "imagefolder",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "runs"),
+    ]
+    for argv in (
+        ["train", "--variant", "class_heads", *common],
+        ["protocol", "--variants", "class_heads+ldam_drw", *common],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "refused above 32 classes (33 asked)" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_protocol_and_jobs_share_one_post_training_pipeline(tiny_folder, tmp_path, monkeypatch):
+    """protocol (serial) and the Training page's jobs both end in
+    csba.pipeline.after_training, for a run trained just now."""
+    import csba.pipeline
+    from csba.jobs import JobManager
+    from csba.protocol import run_protocol
+
+    calls = []
+    real = csba.pipeline.after_training
+
+    def spy(run_dir, **kw):
+        calls.append((run_dir, kw.get("trained_now", True)))
+        return real(run_dir, **kw)
+
+    monkeypatch.setattr(csba.pipeline, "after_training", spy)
+    options = {
+        "dataset": "imagefolder",
+        "data_root": str(tiny_folder),
+        "image_size": 16,
+        "epochs": 1,
+        "batch_size": 16,
+        "out": str(tmp_path / "p"),
+    }
+    done = run_protocol(options, variants=["csba+ldam_drw"], seeds=[0], diagnose_per_class=4)
+    assert calls == [(str(done[0]), True)]
+    meta = json.loads((done[0] / "run.json").read_text())
+    assert meta["evaluation"]["views"] == 4 and "diagnostics" in meta
+    assert "predictions_single_view" in meta
+    before = (done[0] / "run.json").read_bytes()
+    run_protocol(options, variants=["csba+ldam_drw"], seeds=[0], diagnose_per_class=4)
+    assert calls[1] == (str(done[0]), False)  # trained before: nothing left to redo
+    assert (done[0] / "run.json").read_bytes() == before
+    manager = JobManager()
+    cfg = TrainConfig(
+        dataset="imagefolder",
+        data_root=str(tiny_folder),
+        variant="csba+ldam_drw",
+        image_size=16,
+        epochs=1,
+        batch_size=16,
+        out=str(tmp_path / "j"),
+    )
+    job = manager.wait(manager.submit([cfg]), timeout=180)
+    assert job.runs[0].status == "completed", job.runs[0].error
+    assert calls[2] == (job.runs[0].run_dir, True)

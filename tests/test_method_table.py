@@ -142,3 +142,26 @@ def test_tradeoff_conflict_change_is_against_the_same_backbone():
     assert "| csba-resnet18 | 1 | - | - | -0.050 vs baseline-resnet18 |" in text
     assert "| baseline-resnet18 | 1 | - | - | 0.100 vs baseline |" in text
     assert "| baseline | 1 | - | - | - |" in text
+
+
+def test_a_head_on_a_method_is_compared_with_the_method_alone():
+    """csba+ldam_drw's control is ldam_drw (what the CSBA gates add to LDAM-DRW): a family of
+    its own, as pcgrad against pcgrad_control; without a baseline it is the only family."""
+    recs = [
+        *(_rec("ldam_drw", s, 6) for s in range(3)),
+        *(_rec("csba+ldam_drw", s, 3) for s in range(3)),
+    ]
+    groups = _groups(recs)
+    lines, info = method_table(groups, Y, C, 200, 0, 0.95)
+    assert info["families"] == {
+        "controls:csba+ldam_drw": {"against": "ldam_drw", "methods": ["csba+ldam_drw"]}
+    }
+    ctl = info["controls"]["csba+ldam_drw"]
+    assert ctl["against"] == "ldam_drw" and ctl["difference"] > 0
+    text = "\n".join(lines)
+    assert "| csba+ldam_drw | ldam_drw | 3 |" in text
+    # with a baseline beside them, both are also compared with it
+    with_base = _groups([*recs, *(_rec("baseline", s, 10) for s in range(3))])
+    _, info = method_table(with_base, Y, C, 200, 0, 0.95)
+    assert info["families"]["baseline"]["methods"] == ["ldam_drw", "csba+ldam_drw"]
+    assert info["families"]["controls:csba+ldam_drw"]["against"] == "ldam_drw"

@@ -89,6 +89,9 @@ class GCMResult:
     classes_present: list[int]
     groups: dict[str, GroupConflict] = field(default_factory=dict)
     param_grams: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # keep_sums=True: the (C, P) float32 per-class SUM-of-loss gradients over the trainable
+    # parameters in named_parameters() order (csba.diagnostics.examples scores against them)
+    sums: Tensor | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -231,11 +234,13 @@ def _class_gradient_grams(
     chunks: Iterable[tuple[int, Tensor]],
     num_classes: int,
     distributed: bool = False,
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per-parameter Gram matrices of the per-class SUM-of-loss gradients, and class counts.
+) -> tuple[dict[str, np.ndarray], np.ndarray, Tensor]:
+    """Per-parameter Gram matrices of the per-class SUM-of-loss gradients, class counts, and
+    the sums themselves.
 
-    Returns ({name: (C, C) float64}, counts (C,) int64). One eval-mode forward and backward per
-    chunk; .grad of every parameter is left untouched (torch.autograd.grad, not .backward).
+    Returns ({name: (C, C) float64}, counts (C,) int64, sums (C, P) float32). One eval-mode
+    forward and backward per chunk; .grad of every parameter is left untouched
+    (torch.autograd.grad, not .backward).
     ``distributed`` (an initialised torch.distributed process group, every rank holding the
     same model and data): rank r takes the chunks r, r + N, ...; the per-class sums and counts
     are all-reduced, so every rank gets the one-process result (up to float summation order).
@@ -281,7 +286,7 @@ def _class_gradient_grams(
     for (name, _), view in zip(params, views, strict=True):
         a = view.double()  # Gram in float64: sums of many products, cancellations in cosines
         grams[name] = (a @ a.T).cpu().numpy()
-    return grams, counts
+    return grams, counts, sums
 
 
 def _cosine_from_gram(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -301,6 +306,7 @@ def _finish(
     grams: dict[str, np.ndarray],
     counts: np.ndarray,
     layer_groups: bool,
+    sums: Tensor | None = None,
 ) -> GCMResult:
     num_classes = counts.shape[0]
     missing = [c for c in range(num_classes) if counts[c] == 0]
@@ -326,6 +332,7 @@ def _finish(
         counts=counts,
         classes_present=[c for c in range(num_classes) if counts[c] > 0],
         param_grams=mean_grams,
+        sums=sums,
     )
     if layer_groups and callable(getattr(model, "layer_groups", None)):
         result.groups = {
@@ -343,6 +350,7 @@ def gradient_conflict_matrix(
     layer_groups: bool = True,
     batch_size: int = 64,
     distributed: bool = False,
+    keep_sums: bool = False,
 ) -> GCMResult:
     """Gradient Conflict Matrix of ``model`` on the examples (inputs, targets).
 
@@ -363,8 +371,8 @@ def gradient_conflict_matrix(
     if targets.shape[0] != inputs.shape[0]:
         raise ValueError(f"{inputs.shape[0]} inputs but {targets.shape[0]} targets")
     chunks = _chunks_from_tensors(inputs, targets, num_classes, batch_size)
-    grams, counts = _class_gradient_grams(model, chunks, num_classes, distributed)
-    return _finish(model, grams, counts, layer_groups)
+    grams, counts, sums = _class_gradient_grams(model, chunks, num_classes, distributed)
+    return _finish(model, grams, counts, layer_groups, sums if keep_sums else None)
 
 
 def gradient_conflict_from_batches(
@@ -376,6 +384,7 @@ def gradient_conflict_from_batches(
     batch_size: int = 64,
     max_buffered: int | None = None,
     distributed: bool = False,
+    keep_sums: bool = False,
 ) -> GCMResult:
     """Gradient Conflict Matrix over a dataset given as (images, labels) batches.
 
@@ -390,8 +399,8 @@ def gradient_conflict_from_batches(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     max_buffered = 4 * batch_size if max_buffered is None else max(1, int(max_buffered))
     chunks = _chunks_from_batches(batches, num_classes, batch_size, max_buffered)
-    grams, counts = _class_gradient_grams(model, chunks, num_classes, distributed)
-    return _finish(model, grams, counts, layer_groups)
+    grams, counts, sums = _class_gradient_grams(model, chunks, num_classes, distributed)
+    return _finish(model, grams, counts, layer_groups, sums if keep_sums else None)
 
 
 # ---- branch specialisation -------------------------------------------------------------------

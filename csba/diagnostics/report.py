@@ -69,6 +69,79 @@ def gcm_summary(
     )
 
 
+def _conflict_pass(
+    model,
+    train_batches_fn,
+    labels,
+    num_classes,
+    subset_per_class,
+    seed,
+    batch_size,
+    distributed,
+    on_gcm=None,
+):
+    """The gradient conflict matrix with layer groups, on the seeded class-balanced subset
+    (``subset_per_class`` per class) or, for None, the whole split. ``on_gcm(result, subset
+    indices or None)`` gets the result with its per-class gradient sums (per-example scores)."""
+    keep = on_gcm is not None
+    if subset_per_class is None:
+        idx = None
+        result = gradient_conflict_from_batches(
+            model,
+            train_batches_fn(),
+            num_classes,
+            layer_groups=True,
+            batch_size=batch_size,
+            distributed=distributed,
+            keep_sums=keep,
+        )
+    else:
+        idx = balanced_subset_indices(labels, subset_per_class, seed)
+        x, y = _collect(train_batches_fn(), idx, num_classes)
+        if not torch.equal(y, torch.as_tensor(labels[idx])):
+            raise ValueError("train_batches_fn must yield the same examples in the same order")
+        result = gradient_conflict_matrix(
+            model,
+            x,
+            y,
+            num_classes,
+            layer_groups=True,
+            batch_size=batch_size,
+            distributed=distributed,
+            keep_sums=keep,
+        )
+    if keep:
+        on_gcm(result, idx)
+        result.sums = None  # (C, P) floats: not kept past the callback
+    return result
+
+
+def _branch_block(model, result) -> dict | None:
+    """Per-class gradient norms and shares per branch, or None for a model without branches."""
+    branch_names = getattr(model, "branch_parameter_names", None)
+    if not callable(branch_names):
+        return None
+    shares = branch_shares_from_result(result, branch_names())
+    return {"norms": shares.norms, "shares": shares.shares}
+
+
+def _attention_block(sweep, top_fraction: float) -> dict | None:
+    """The attention statistics of pass 1, or None for a model without attention."""
+    if sweep.attention_sums is None:
+        return None
+    att = _attention_stats(sweep.attention_sums, sweep.counts, top_fraction)
+    return {
+        "top_fraction": att.top_fraction,
+        "counts": att.counts,
+        "mean": att.mean,
+        "overall": att.overall,
+        "jaccard": att.jaccard,
+        "cosine": att.cosine,
+        "jaccard_per_class": att.jaccard_per_class,
+        "cosine_per_class": att.cosine_per_class,
+    }
+
+
 def diagnose(
     model: nn.Module,
     train_batches_fn: Callable[[], Iterable[tuple[Tensor, Tensor]]],
@@ -81,6 +154,7 @@ def diagnose(
     top_fraction: float = DEFAULT_TOP_FRACTION,
     adversarial_pairs: int | None = None,
     distributed: bool = False,
+    on_gcm: Callable | None = None,
 ) -> dict:
     """Run every diagnostic on the training split and return one JSON-serialisable dict.
 
@@ -91,6 +165,8 @@ def diagnose(
     class (:func:`balanced_subset_indices` with ``seed``); None uses the whole split. Attention
     and class-mean angles always use the whole split. ``distributed``: under torchrun, the
     matrix's per-class gradient sums are split over the ranks and all-reduced (csba.distributed).
+    ``on_gcm(result, subset indices or None)``: called with the matrix's GCMResult holding its
+    per-class gradient sums (csba.diagnostics.examples scores images against them).
 
     Returned keys (arrays as nested lists, NaN as None):
 
@@ -103,8 +179,7 @@ def diagnose(
     * ``attention``: None without attention, else {"top_fraction", "counts", "mean" (C x K x D),
       "overall" (K x D), "jaccard" (K x K), "cosine" (K x K), "jaccard_per_class" (C x K x K),
       "cosine_per_class" (C x K x K)}.
-    * ``class_angles``: {"matrix" (C x C degrees), "mean", "counts"}.
-    """
+    * ``class_angles``: {"matrix" (C x C degrees), "mean", "counts"}."""
     names = [str(i) for i in range(num_classes)] if class_names is None else list(class_names)
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class names for {num_classes} classes")
@@ -113,50 +188,11 @@ def diagnose(
     sweep = _sweep(model, train_batches_fn(), num_classes, features=True, attention=True)
 
     # Pass 2: the gradient conflict matrix, on the subset or the whole split.
-    if subset_per_class is None:
-        result = gradient_conflict_from_batches(
-            model,
-            train_batches_fn(),
-            num_classes,
-            layer_groups=True,
-            batch_size=batch_size,
-            distributed=distributed,
-        )
-    else:
-        idx = balanced_subset_indices(sweep.labels, subset_per_class, seed)
-        x, y = _collect(train_batches_fn(), idx, num_classes)
-        if not torch.equal(y, torch.as_tensor(sweep.labels[idx])):
-            raise ValueError("train_batches_fn must yield the same examples in the same order")
-        result = gradient_conflict_matrix(
-            model,
-            x,
-            y,
-            num_classes,
-            layer_groups=True,
-            batch_size=batch_size,
-            distributed=distributed,
-        )
+    args = (sweep.labels, num_classes, subset_per_class, seed, batch_size, distributed, on_gcm)
+    result = _conflict_pass(model, train_batches_fn, *args)
+    branches = _branch_block(model, result)
 
-    branches = None
-    branch_names = getattr(model, "branch_parameter_names", None)
-    if callable(branch_names):
-        shares = branch_shares_from_result(result, branch_names())
-        branches = {"norms": shares.norms, "shares": shares.shares}
-
-    attention = None
-    if sweep.attention_sums is not None:
-        att = _attention_stats(sweep.attention_sums, sweep.counts, top_fraction)
-        attention = {
-            "top_fraction": att.top_fraction,
-            "counts": att.counts,
-            "mean": att.mean,
-            "overall": att.overall,
-            "jaccard": att.jaccard,
-            "cosine": att.cosine,
-            "jaccard_per_class": att.jaccard_per_class,
-            "cosine_per_class": att.cosine_per_class,
-        }
-
+    attention = _attention_block(sweep, top_fraction)
     angles = _class_angles(sweep.feature_sums, sweep.counts)
     return to_jsonable(
         {

@@ -45,6 +45,7 @@ def diagnose_run(
     store: bool = True,
     progress: bool = False,
     distributed: bool = False,
+    scores: bool = True,
 ) -> dict:
     """Diagnose a run on one split of its dataset; returns (and by default stores) the dict.
 
@@ -56,8 +57,9 @@ def diagnose_run(
     and the run's typicality reference (:mod:`csba.typicality`) is written beside it.
     ``progress``: a tqdm bar on stderr for each pass over the split. ``distributed``: under
     torchrun, the conflict matrix is computed across the ranks (store on rank 0 only).
+    ``scores``: with ``store``, on the training split, also write every training and test
+    image's per-example scores against this matrix (csba.diagnostics.scoring).
     """
-    from ..data import normalize
     from ..store import update_run_json
 
     if load_run_and_data is None:  # run + its dataset rebuilt from run.json
@@ -69,18 +71,9 @@ def diagnose_run(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = run.model.to(device)
 
-    passes = [0]
-
-    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        # No augmentation; the same order every call (diagnose makes two passes).
-        passes[0] += 1
-        starts = range(0, len(images), BATCH_SIZE)
-        desc = f"diagnose {split}, pass {passes[0]}"
-        bar = progress_bar(starts, desc=desc, unit="batch", enabled=progress)
-        for s in bar:
-            x = normalize(images.images[s : s + BATCH_SIZE], bundle.mean, bundle.std)
-            yield x, images.labels[s : s + BATCH_SIZE]
-
+    batches = _split_batches(images, bundle, split, progress)
+    gcm: dict = {}  # the matrix and its class gradient sums, for the per-example scores
+    keep = scores and store and split == "train" and not distributed
     out = diagnose(
         model,
         batches,
@@ -90,30 +83,67 @@ def diagnose_run(
         seed=run.seed,
         batch_size=BATCH_SIZE,
         distributed=distributed,
+        on_gcm=(lambda r, subset: gcm.update(result=r, sums=r.sums, subset=subset))
+        if keep
+        else None,
     )
     out["split"] = split
     try:
         out["generalisation_gap"] = generalisation_gap(run.meta["history"], run.meta["best_epoch"])
     except (KeyError, TypeError, ValueError):
         out["generalisation_gap"] = None
+    out["conflict_change"] = _conflict_change(run, out["gcm"]["mean"])
+    if store:
+        update_run_json(run.path, diagnostics=out)
+        if gcm:
+            from .scoring import write_run_scores
+
+            gcm["result"].sums = gcm["sums"]
+            write_run_scores(run, bundle, gcm["result"], gcm["subset"], progress=progress)
+        _store_typicality(run, bundle)
+    return out
+
+
+def _split_batches(images, bundle, split: str, progress: bool):
+    """A callable giving the split's (normalised images, labels) batches in order, without
+    augmentation (diagnose makes two passes), each pass with its own progress bar."""
+    from ..data import normalize
+
+    passes = [0]
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        passes[0] += 1
+        starts = range(0, len(images), BATCH_SIZE)
+        desc = f"diagnose {split}, pass {passes[0]}"
+        for s in progress_bar(starts, desc=desc, unit="batch", enabled=progress):
+            x = normalize(images.images[s : s + BATCH_SIZE], bundle.mean, bundle.std)
+            yield x, images.labels[s : s + BATCH_SIZE]
+
+    return batches
+
+
+def _store_typicality(run, bundle) -> None:
+    """The run's OOD reference beside its diagnostics (csba.typicality)."""
+    from ..typicality import TypicalityError, ensure_typicality
+
+    try:
+        ensure_typicality(run.path, run=run, bundle=bundle, force=True)
+    except TypicalityError as e:  # e.g. an empty validation split: diagnostics still stand
+        warnings.warn(f"no typicality reference: {e}", stacklevel=2)
+
+
+def _conflict_change(run, mean: float) -> float | None:
+    """Mean conflict minus that of the matched same-seed baseline beside the run (None
+    without one); a baseline is its own reference."""
     if run.meta.get("variant") == "baseline":
-        base = out["gcm"]["mean"]  # itself, as just measured
+        base = mean  # itself, as just measured
     else:
         from ..store import list_runs
 
         metas = [i.meta for i in list_runs(Path(run.path).parent) if i.meta is not None]
         base = _baseline_means(metas).get(match_key(run.meta))
-    change = conflict_change(out["gcm"]["mean"], base)
-    out["conflict_change"] = None if math.isnan(change) else change
-    if store:
-        update_run_json(run.path, diagnostics=out)
-        from ..typicality import TypicalityError, ensure_typicality  # the run's OOD reference
-
-        try:
-            ensure_typicality(run.path, run=run, bundle=bundle, force=True)
-        except TypicalityError as e:  # e.g. an empty validation split: diagnostics still stand
-            warnings.warn(f"no typicality reference: {e}", stacklevel=2)
-    return out
+    change = conflict_change(mean, base)
+    return None if math.isnan(change) else change
 
 
 def refresh_conflict_changes(root: str | os.PathLike) -> list[Path]:
