@@ -131,6 +131,14 @@ class TrainConfig:
     crt_epochs: int = CRT_EPOCHS  # crt: classifier re-training epochs (stage 2, pinned)
     crt_lr: float = CRT_LR  # crt: stage-2 Adam learning rate, constant (pinned)
     augment: bool = True  # flips, plus 90-degree rotations for EL cells
+    # Label-error experiments (csba.noise): a share of the training labels moved to another
+    # class after the split; validation and test stay clean. 0 = off (the pinned protocol).
+    label_noise: float = _opt(
+        0.0,
+        "share of the training split's labels moved to another class after the split, in "
+        "[0, 1) (default %(default)s: off); recorded in run.json with the moved images",
+    )
+    label_noise_seed: int = _opt(0, "seed of the moved labels (default %(default)s)")
     device: str = _opt(
         "auto", "auto picks CUDA when present (default %(default)s)", choices=DEVICES
     )

@@ -260,6 +260,7 @@ class DatasetBundle:
     skipped: int = 0  # unreadable files skipped while decoding
     data_root: str | None = None
     split_indices: dict[str, list[int]] = field(default_factory=dict)
+    label_noise: dict | None = None  # csba.noise: training labels moved after the split
 
     @property
     def num_classes(self) -> int:
@@ -288,6 +289,7 @@ class DatasetBundle:
             "rot90": self.rot90,
             "skipped": self.skipped,
             "counts": {s: self.split(s).counts(self.num_classes) for s in ("train", "val", "test")},
+            **({"label_noise": self.label_noise} if self.label_noise else {}),
         }
 
 

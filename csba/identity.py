@@ -58,6 +58,8 @@ PROTOCOL_KEYS = (
     "ema_decay",
     "focal_gamma",
     "augment",
+    "label_noise",
+    "label_noise_seed",
 )
 
 

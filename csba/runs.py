@@ -42,6 +42,13 @@ def load_run_and_data(run_dir: str, data_root: str | None = None):
     )
     if cfg.get("pretrained"):  # normalised as in training: ImageNet statistics
         bundle = with_normalisation(bundle, ds["mean"], ds["std"])
+    if ds.get("label_noise"):  # the training labels the run was trained on (csba.noise)
+        from .noise import apply_recorded_noise
+
+        try:
+            bundle = apply_recorded_noise(bundle, ds["label_noise"])
+        except ValueError as e:
+            raise RunError(f"'{run.path}': {e}") from None
     if bundle.classes != run.classes:
         raise RunError(
             f"'{run.path}': the run's classes {run.classes} differ from the dataset's "

@@ -151,15 +151,19 @@ def run_dir_for(
     image_size: int,
     backbone: str = "trifire",
     pretrained: str | None = None,
+    label_noise: float = 0.0,
+    label_noise_seed: int = 0,
 ) -> Path:
     """``root/<dataset>/<variant>-s<seed>``; sizes other than 128 px get ``<dataset>-<S>px``,
     backbones other than trifire ``<variant>-<backbone>-s<seed>``, pretrained ones a
     ``-imagenet`` (``pretrained="imagenet"``) or ``-pretrained`` (a local file) after the
-    backbone, so that no two kinds of run share a folder."""
+    backbone, moved labels ``-noise<R>n<S>``, so that no two kinds of run share a folder."""
     key = dataset if image_size == DEFAULT_IMAGE_SIZE else f"{dataset}-{image_size}px"
     name = variant if backbone == "trifire" else f"{variant}-{backbone}"
     if pretrained:
         name += "-imagenet" if pretrained == "imagenet" else "-pretrained"
+    if label_noise:
+        name += f"-noise{label_noise:g}n{label_noise_seed}"
     return Path(root) / key / f"{name}-s{seed}"
 
 
@@ -176,6 +180,8 @@ def config_run_dir(cfg, seed: int | None = None) -> Path:
         cfg.image_size,
         getattr(cfg, "backbone", "trifire"),
         getattr(cfg, "pretrained", None),
+        getattr(cfg, "label_noise", 0.0),
+        getattr(cfg, "label_noise_seed", 0),
     )
 
 

@@ -132,6 +132,8 @@ def _checked(config: TrainConfig, save: bool) -> TrainConfig:
     ):
         if value not in allowed:
             raise TrainingError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    if not 0.0 <= cfg.label_noise < 1.0:
+        raise TrainingError(f"label_noise must be in [0, 1), got {cfg.label_noise}")
     if cfg.resume and not save:
         raise TrainingError("resume needs a run folder (save=True)")
     try:  # before any data is loaded
@@ -242,6 +244,10 @@ def train(
         )
     if cfg.pretrained:  # ImageNet statistics, per RGB channel (grey images are repeated)
         bundle = with_normalisation(bundle, IMAGENET_MEAN, IMAGENET_STD)
+    if cfg.label_noise > 0:  # training labels moved after the split (csba.noise)
+        from .noise import apply_label_noise
+
+        bundle = apply_label_noise(bundle, cfg.label_noise, cfg.label_noise_seed)
     model, model_kwargs, pretrained = _build_model(
         cfg, bundle.num_classes, model_kwargs, device, channels_last
     )

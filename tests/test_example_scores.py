@@ -151,3 +151,43 @@ def test_diagnose_writes_scores_and_scores_only_touches_nothing_else(tiny_folder
     np.testing.assert_allclose(a.alignment, b.alignment, atol=1e-6, equal_nan=True)
     np.testing.assert_array_equal(a.rule, b.rule)
     assert len(again) == len(first)
+
+
+def test_label_noise_moves_training_labels_only_and_is_rebuilt(tiny_folder, tmp_path):
+    from csba.data import load_dataset
+    from csba.noise import flip_labels
+    from csba.runs import load_run_and_data
+    from csba.train import TrainConfig, train
+
+    labels = np.array([0] * 50 + [1] * 30 + [2] * 20)
+    rec = flip_labels(labels, 0.05, 3, 3)
+    assert len(rec["flipped"]) == 5 and rec == flip_labels(labels, 0.05, 3, 3)  # seeded
+    assert all(a != b for a, b in zip(rec["from"], rec["to"], strict=True))  # another class
+    assert rec["from"] == labels[rec["flipped"]].tolist()
+    cfg = TrainConfig(
+        dataset="imagefolder",
+        data_root=str(tiny_folder),
+        variant="baseline",
+        image_size=16,
+        epochs=1,
+        batch_size=16,
+        out=str(tmp_path),
+        label_noise=0.1,
+        label_noise_seed=1,
+    )
+    meta = train(cfg)
+    assert Path(meta["run_dir"]).name == "baseline-noise0.1n1-s0"  # never a clean run's folder
+    noise = meta["dataset"]["label_noise"]
+    clean = load_dataset("imagefolder", 16, data_root=str(tiny_folder))
+    assert len(noise["flipped"]) == round(0.1 * len(clean.train))
+    _, bundle = load_run_and_data(meta["run_dir"])
+    moved = bundle.train.labels.numpy()
+    assert (moved[noise["flipped"]] == noise["to"]).all()
+    keep = np.setdiff1d(np.arange(len(moved)), noise["flipped"])
+    np.testing.assert_array_equal(moved[keep], clean.train.labels.numpy()[keep])
+    for split in ("val", "test"):  # clean
+        assert torch.equal(bundle.split(split).labels, clean.split(split).labels)
+    from csba.identity import identity
+
+    protocol = dict(identity(meta).protocol)
+    assert (protocol["label_noise"], protocol["label_noise_seed"]) == ("0.1", "1")
