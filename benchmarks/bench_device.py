@@ -11,7 +11,7 @@ gives its speed as a ratio to eager:
 * ``eager``: plain PyTorch (what ``csba.train`` does on the CPU);
 * ``compile``: ``torch.compile`` of the model (inductor kernels, fused elementwise ops);
 * ``cudagraph`` (CUDA only): the whole step (forward, backward, Adam) captured once as a CUDA
-  graph and replayed, so a step costs one launch instead of hundreds: ``csba.train.TrainStep``
+  graph and replayed, so a step costs one launch instead of hundreds: ``csba.step.TrainStep``
   itself, as ``csba.train`` runs it on CUDA (capturable fused Adam with a tensor lr, autocast
   with ``cache_enabled=False``, as the CUDA-graph docs require);
 * ``compile-cudagraph`` (CUDA only): ``torch.compile(mode="reduce-overhead")``.
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from torch.utils.flop_counter import FlopCounterMode
 
 from csba.models import create_model
-from csba.train import TrainStep
+from csba.step import TrainStep
 
 PEAK_BF16_TFLOPS = {
     "H100 SXM": 989.0,
@@ -60,7 +60,7 @@ def guess_peak(device: torch.device) -> float | None:
 
 
 MODES = ("eager", "compile", "cudagraph", "compile-cudagraph")
-WARMUP = 3  # eager steps before a capture (csba.train.TrainStep's default)
+WARMUP = 3  # eager steps before a capture (csba.step.TrainStep's default)
 CUDA_ONLY = ("cudagraph", "compile-cudagraph")
 
 
@@ -68,7 +68,7 @@ def make_step(mode: str, model, x: torch.Tensor, y: torch.Tensor, device: torch.
     """One training step in ``mode`` on the batch (x, y), as ``csba.train`` runs it.
 
     Returns ``(step, last, train_step)``: ``step()`` trains once, ``last["loss"]`` is the loss
-    of the latest step and ``train_step`` the :class:`csba.train.TrainStep` (its
+    of the latest step and ``train_step`` the :class:`csba.step.TrainStep` (its
     ``graph_error`` says why a capture fell back to eager). The cudagraph mode captures at the
     ``WARMUP + 1``-th call, so callers warm up that many steps before timing.
     """
