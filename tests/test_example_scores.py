@@ -57,6 +57,8 @@ def test_scores_match_a_plain_per_example_loop(variant):
         np.testing.assert_allclose(got.alignment[i], cos, atol=1e-5, equal_nan=True)
         assert got.self_influence[i] == pytest.approx(sq, rel=1e-4)
         assert got.confidence[i] == pytest.approx(p, abs=1e-6)
+    with torch.no_grad():
+        np.testing.assert_array_equal(got.prediction, model(x).argmax(1).numpy())
     assert np.isnan(got.alignment[:, 2]).all()  # class 2 had no image in the sum
     np.testing.assert_array_equal(got.own_alignment, got.alignment[np.arange(10), y.numpy()])
 
@@ -108,7 +110,7 @@ def test_scores_round_trip_through_their_file(tmp_path):
     assert not s.rule.any()
     save_scores(tmp_path, {"train": s}, {"classes": ["a", "b", "c"]})
     back = load_scores(tmp_path, "train")
-    for name in ("alignment", "self_influence", "confidence", "labels", "rule"):
+    for name in ("alignment", "self_influence", "confidence", "labels", "rule", "prediction"):
         np.testing.assert_array_equal(getattr(back, name), getattr(s, name))
     assert load_scores(tmp_path, "test") is None and load_scores(tmp_path / "x", "train") is None
 

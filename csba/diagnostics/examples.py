@@ -12,7 +12,8 @@ parameter, S_a the GCM's sum of the per-example gradients of class a over its n_
   "x pulls against class b" is a negative alignment[x, b]; "x is the least aligned with its own
   class" a low alignment[x, y].
 * ``self_influence`` (N,): |g_x|^2, TracIn at one checkpoint (Pruthi et al., NeurIPS 2020).
-* ``confidence`` (N,): the model's probability of the label, softmax(logits)[y].
+* ``confidence`` (N,): the model's probability of the label, softmax(logits)[y];
+  ``prediction`` (N,): the model's class, argmax of the logits.
 
 Per-example gradients come from ``torch.func`` (``vmap(grad(...))`` over a chunk of images with
 ``functional_call``), so memory is bounded by ``chunk`` x P floats, not by the dataset. Stored
@@ -45,6 +46,7 @@ __all__ = [
 FILE = "example_scores.safetensors"
 VERSION = 1
 SCORES = ("self_influence", "own_alignment", "confidence")  # rankable, as the pages name them
+FIELDS = ("alignment", "self_influence", "confidence", "labels", "rule", "prediction")
 CHUNK = 16  # images per vmap chunk: memory CHUNK x P float32 (trifire csba: 16 x 1.8 M = 115 MB)
 
 
@@ -57,6 +59,7 @@ class ExampleScores:
     confidence: np.ndarray  # (N,) float32 p(y | x)
     labels: np.ndarray  # (N,) int64
     rule: np.ndarray  # (N,) int8: 1 = own class leave-one-out, 0 = class means only
+    prediction: np.ndarray  # (N,) int64 argmax of the logits
 
     @property
     def own_alignment(self) -> np.ndarray:
@@ -112,27 +115,26 @@ def example_scores(
                 parts.append(_chunk_scores(model, names, x, y, S, s_sq, n, inn))
                 if progress is not None:
                     next(progress, None)
-    cat = [torch.cat([p[k] for p in parts]).cpu() for k in range(5)] if parts else None
-    if cat is None:
-        empty = np.zeros(0, np.float32)
+    if not parts:
+        empty, ints = np.zeros(0, np.float32), np.zeros(0, np.int64)
+        C = S.shape[0]
         return ExampleScores(
-            np.zeros((0, S.shape[0]), np.float32),
-            empty,
-            empty,
-            np.zeros(0, np.int64),
-            np.zeros(0, np.int8),
+            np.zeros((0, C), np.float32), empty, empty, ints, ints.astype(np.int8), ints
         )
+    cat = [torch.cat([p[k] for p in parts]).cpu() for k in range(6)]
     return ExampleScores(
         cat[0].float().numpy(),
         cat[1].float().numpy(),
         cat[2].float().numpy(),
         cat[3].numpy().astype(np.int64),
         cat[4].numpy().astype(np.int8),
+        cat[5].numpy().astype(np.int64),
     )
 
 
 def _chunk_scores(model, names, x, y, S, s_sq, n, inside) -> tuple[Tensor, ...]:
-    """(alignment (B, C), |g|^2 (B,), confidence (B,), labels (B,), rule (B,)) of one chunk."""
+    """(alignment (B, C), |g|^2 (B,), confidence (B,), labels (B,), rule (B,), prediction (B,))
+    of one chunk."""
     g, logits = _per_example_grads(model, names, x, y)  # (B, P), (B, C)
     g = g.double()
     dots = g @ S.T  # (B, C) g_x . S_a
@@ -151,7 +153,7 @@ def _chunk_scores(model, names, x, y, S, s_sq, n, inside) -> tuple[Tensor, ...]:
             cos[rows, a] = loo
             rule[rows] = 1
         conf = torch.softmax(logits, 1).gather(1, y[:, None])[:, 0]
-    return cos.float(), g_sq.float(), conf, y, rule
+    return cos.float(), g_sq.float(), conf, y, rule, logits.argmax(1)
 
 
 def save_scores(run_dir: str | Path, scores: dict[str, ExampleScores], info: dict) -> Path:
@@ -166,7 +168,7 @@ def save_scores(run_dir: str | Path, scores: dict[str, ExampleScores], info: dic
 
     tensors = {}
     for split, s in scores.items():
-        for name in ("alignment", "self_influence", "confidence", "labels", "rule"):
+        for name in FIELDS:
             tensors[f"{split}.{name}"] = torch.from_numpy(np.ascontiguousarray(getattr(s, name)))
     path = Path(run_dir) / FILE
     tmp = _tmp_path(path)
@@ -189,9 +191,7 @@ def load_scores(run_dir: str | Path, split: str) -> ExampleScores | None:
         return None
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
-        if f"{split}.labels" not in keys:
-            return None
+        if any(f"{split}.{name}" not in keys for name in FIELDS):
+            return None  # none for this split, or an older file: diagnose again
         get = lambda name: f.get_tensor(f"{split}.{name}").numpy()  # noqa: E731
-        return ExampleScores(
-            get("alignment"), get("self_influence"), get("confidence"), get("labels"), get("rule")
-        )
+        return ExampleScores(*(get(name) for name in FIELDS))
