@@ -27,6 +27,7 @@ from pages.common import (
     sections,
     select_runs,
 )
+from pages.conflict_images import images_tab
 from pages.fig_base import as_matrix, matrix_frame, number
 from pages.fig_conflict import (
     conflict_difference,
@@ -416,9 +417,13 @@ def matrices_tab(diagnosed, labels) -> None:
 
 
 MATRICES, GAIN, HISTORY = "Matrices", "Conflict vs minority gain", "Over training"
+IMAGES = "Images behind a conflict"
 SHARES, OPT_GEN = "Branch shares", "Optimisation and generalisation"
 SECTIONS = {  # tab -> what it shows; only the open tab is built
     MATRICES: "Per-run matrices of one layer group, the most adversarial pairs, a difference.",
+    IMAGES: "For a class pair, the training images of each class that pull against the other "
+    "(per-example alignment with the class's mean gradient), candidate label errors, and how "
+    "far two runs agree.",
     GAIN: "Each method against its same-seed baseline: does less conflict go with a better "
     "minority class? (Spearman over methods, per backbone.)",
     HISTORY: "The mean conflict and the matrix at each recorded epoch.",
@@ -445,6 +450,8 @@ def main() -> None:
         st.caption(SECTIONS[name])
         if name == MATRICES:
             matrices_tab(diagnosed, labels)
+        elif name == IMAGES:
+            images_tab(runs, labels)
         elif name == GAIN:
             conflict_gain_section(runs)
         elif name == HISTORY:

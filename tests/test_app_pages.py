@@ -584,3 +584,37 @@ def test_the_server_logs_its_script_times_when_asked(runs_root, tmp_path, monkey
     lines = [json.loads(s) for s in log.read_text().splitlines()]
     assert lines and lines[0]["page"] == "home"
     assert all(r["finished"] and r["seconds"] > 0 for r in lines)
+
+
+def _count(at, kind: str) -> int:
+    n, stack = 0, [at._tree]
+    while stack:
+        node = stack.pop()
+        n += type(node).__name__ == kind
+        stack.extend(getattr(node, "children", {}).values())
+    return n
+
+
+def test_conflict_images_tab(runs_root):
+    """The "Images behind a conflict" tab on the diagnosed tiny runs (csba and class_heads have
+    per-example scores): a one-click pair picker, thumbnails of each class against the other
+    per run, label-error candidates by a chosen ranking, the two runs' agreement."""
+    at = _app("pages/conflict.py")
+    at.session_state["gcm_section"] = "Images behind a conflict"
+    at.run()
+    _no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    caps = [c.value for c in at.caption]
+    assert any(c.startswith("No per-example scores") and "gradnorm s0" in c for c in caps)
+    # 2 runs x (a against b, b against a, candidates), 6 thumbnails each (tiny classes: fewer)
+    assert _count(at, "Image") == 36
+    assert caps.count("Training images of alpha most against beta (alignment)") == 2
+    pills = at.get("button_group")[0]
+    pills.set_value(2).run()  # the third pair, one click
+    _no_exception(at)
+    assert any("most against" in c.value and "alpha" not in c.value for c in at.caption)
+    at.selectbox(key="img_ranking").set_value("confidence in the label").run()
+    _no_exception(at)
+    agree = at.dataframe[-1].value
+    assert list(agree.columns)[0] == "runs" and "Spearman" in agree.columns
+    assert agree["Spearman"].between(-1, 1).all()
