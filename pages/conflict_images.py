@@ -100,8 +100,9 @@ def images_tab(runs, labels) -> None:
         "Class pair (most conflicting first; one click)",
         list(range(len(pairs))),
         default=0,
-        format_func=lambda k: f"{classes[pairs[k][0]]} ↔ {classes[pairs[k][1]]} "
-        f"({mean[pairs[k]]:+.2f})",
+        format_func=lambda k: (
+            f"{classes[pairs[k][0]]} ↔ {classes[pairs[k][1]]} ({mean[pairs[k]]:+.2f})"
+        ),
         key="img_pair",
         required=True,
     )

@@ -616,5 +616,5 @@ def test_conflict_images_tab(runs_root):
     at.selectbox(key="img_ranking").set_value("confidence in the label").run()
     _no_exception(at)
     agree = at.dataframe[-1].value
-    assert list(agree.columns)[0] == "runs" and "Spearman" in agree.columns
+    assert next(iter(agree.columns)) == "runs" and "Spearman" in agree.columns
     assert agree["Spearman"].between(-1, 1).all()
