@@ -241,6 +241,7 @@ def test_protocol_workers_get_exactly_the_serial_config():
     argv += ["--keep", "last", "--no-cuda-graph", "--dataset", "elpv8", "--out", "o"]
     argv += ["--precision", "fp32", "--split-seed", "4", "--batch-size", "8", "--patience", "5"]
     argv += ["--backbone", "resnet18", "--pretrained", "w.safetensors", "--la-tau", "0.5"]
+    argv += ["--label-noise", "0.05", "--label-noise-seed", "2"]
 
     def options(a):
         return {n: getattr(a, n) for n in PROTOCOL_OPTIONS}
