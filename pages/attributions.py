@@ -37,7 +37,9 @@ from csba.attributions import METHODS, ImageExplanation, explain_image
 from csba.data import IMAGE_EXTENSIONS, DataError, ImageLoadError, load_dataset, load_image
 from csba.typicality import JSON_FILE, TypicalityError, TypicalityResult, score_image
 from csba.workqueue import WorkQueue, redraw_due
+from pages.attr_links import SOURCE, apply_link, linked_image, read_link
 from pages.common import download_df, get_run, plotly_chart, run_labels, select_runs
+from pages.conflict_images import bundle_for
 from pages.fig_attributions import attribution_grid, attribution_grid_png
 
 MAX_RUNS = 5  # columns side by side (the paper's five variants)
@@ -232,6 +234,14 @@ def _test_image(info, sizes: list[int]) -> tuple[bytes, str, str | None] | None:
     )
 
 
+def _chosen_image(source: str, link, infos, sizes) -> tuple[bytes, str, str | None] | None:
+    """The image the source radio names: a test image, an upload, or the linked one."""
+    if source == SOURCE and link is not None:
+        got = linked_image(link, bundle_for)
+        return None if got is None else (_png(got[0]), got[1], got[2])
+    return _test_image(infos[0], sizes) if source == "Test image" else _uploaded()
+
+
 def _uploaded() -> tuple[bytes, str, None] | None:
     limit = int(st.get_option("server.maxUploadSize"))
     up = st.file_uploader(
@@ -262,6 +272,9 @@ def main() -> None:
         "visualiser does (the strongest 2% of the evidence saturates); Grad-CAM to its maximum. "
         "Each run also says how typical the image is of its own validation images."
     )
+    link = read_link()
+    if link is not None:
+        apply_link(link, "attributions")
     infos = select_runs("attributions", label="Runs", needs_weights=True)
     if not infos:
         return
@@ -274,7 +287,7 @@ def main() -> None:
     src, tgt = st.columns([2, 2])
     source = src.radio(
         "Image",
-        ["Test image", "Upload"],
+        ["Test image", "Upload", *([SOURCE] if link is not None else [])],
         horizontal=True,
         key="attr_source",
         label_visibility="collapsed",
@@ -285,7 +298,7 @@ def main() -> None:
     explained = tgt.selectbox("Explain class", options, key="attr_target")
     target = None if explained == PREDICTED else classes.index(explained)
 
-    chosen = _test_image(infos[0], sizes) if source == "Test image" else _uploaded()
+    chosen = _chosen_image(source, link, infos, sizes)
     if chosen is None:
         return
     data, caption, true_class = chosen

@@ -189,6 +189,36 @@ def all_runs() -> list[RunInfo]:
     return _read_runs(tuple(str(r) for r in roots), _scan(roots))
 
 
+def run_ref(info: RunInfo) -> str | None:
+    """A run's name in a link (query parameter ``run``): its folder relative to the runs root,
+    POSIX; None for a run outside it (added in the sidebar, which exists in that browser
+    session only)."""
+    try:
+        return Path(info.path).resolve().relative_to(runs_root().resolve()).as_posix()
+    except (OSError, ValueError):
+        return None
+
+
+def linked_run(ref: str) -> RunInfo | None:
+    """The known run a link names: compared with every run's :func:`run_ref`, never joined to
+    a path, so no string reaches a folder that is not a listed run."""
+    for info in all_runs():
+        if info.meta is not None and run_ref(info) == ref:
+            return info
+    return None
+
+
+def attribution_link(info: RunInfo, split: str, index: int) -> str | None:
+    """The Attributions page on one dataset image of a run (percent-encoded query: run, split,
+    index), or None for a run outside the runs root."""
+    from urllib.parse import urlencode
+
+    ref = run_ref(info)
+    if ref is None:
+        return None
+    return "attributions?" + urlencode({"run": ref, "split": split, "index": int(index)})
+
+
 RECORDS = REPO_ROOT / "benchmarks" / "results"  # our archived runs: run.json + logs, no weights
 
 

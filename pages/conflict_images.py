@@ -22,7 +22,7 @@ from csba.diagnostics.browse import (
     ranking_values,
 )
 from csba.diagnostics.examples import FILE, ExampleScores, load_scores
-from pages.common import diagnostics_of
+from pages.common import attribution_link, diagnostics_of, run_ref
 
 MAX_RUNS = 3  # side by side
 K = 6  # thumbnails per list
@@ -45,16 +45,18 @@ def scores_of(info, split: str = "train") -> ExampleScores | None:
     return _scores(str(info.path), f.stat().st_mtime, split) if f.is_file() else None
 
 
+def bundle_for(meta: dict):
+    """The run's dataset, decoded once per server (cached); raises DataError, KeyError,
+    OSError or ValueError when it cannot be read."""
+    ds, cfg = meta.get("dataset") or {}, meta.get("config") or {}
+    root = ds.get("data_root") or cfg.get("data_root")
+    return _bundle(ds["name"], int(ds["image_size"]), root, int(ds["split_seed"]))
+
+
 def bundle_of(meta: dict):
     """The run's dataset (cached), or None with a one-line notice."""
-    ds, cfg = meta.get("dataset") or {}, meta.get("config") or {}
     try:
-        return _bundle(
-            ds["name"],
-            int(ds["image_size"]),
-            ds.get("data_root") or cfg.get("data_root"),
-            int(ds["split_seed"]),
-        )
+        return bundle_for(meta)
     except (DataError, KeyError, OSError, ValueError) as e:
         st.warning(f"Images not available: {e}")
         return None
@@ -68,8 +70,9 @@ def _pairs(runs, C: int) -> list[tuple[int, int]]:
     return sorted(pairs, key=lambda p: (np.nan_to_num(mean[p], nan=2.0), p)), mean
 
 
-def thumbs(bundle, s: ExampleScores, idx, classes, values, what: str) -> None:
-    """Thumbnails with label, prediction and the score (text, never HTML)."""
+def thumbs(info, bundle, s: ExampleScores, idx, classes, values, what: str) -> None:
+    """Thumbnails with label, prediction and the score (text, never HTML); each opens the
+    Attributions page on that training image (runs under the runs root)."""
     if len(idx) == 0:
         st.caption("None.")
         return
@@ -77,7 +80,9 @@ def thumbs(bundle, s: ExampleScores, idx, classes, values, what: str) -> None:
     for n, i in enumerate(idx):
         label, pred = classes[int(s.labels[i])], classes[int(s.prediction[i])]
         cap = f"#{int(i)} {label} → {pred}, {what} {values[i]:.2f}"
-        cols[n % 3].image(image(bundle, "train", int(i)), caption=cap, width="stretch")
+        link = attribution_link(info, "train", int(i))
+        px = image(bundle, "train", int(i))
+        cols[n % 3].image(px, caption=cap, width="stretch", link=link)
 
 
 def images_tab(runs, labels) -> None:
@@ -95,6 +100,11 @@ def images_tab(runs, labels) -> None:
     if not scored:
         st.info("None of the chosen runs has per-example scores yet.")
         return
+    if any(run_ref(i) is None for i in scored):
+        st.caption(
+            "Thumbnails open the Attributions page on that image. Runs added in the sidebar "
+            "exist only in this browser session, so their thumbnails carry no link."
+        )
     pairs, mean = _pairs(scored, len(classes))
     choice = st.pills(
         "Class pair (most conflicting first; one click)",
@@ -121,7 +131,8 @@ def _pair_column(info, label: str, classes, a: int, b: int) -> None:
         return
     for x, y in ((a, b), (b, a)):
         st.caption(f"Training images of {classes[x]} most against {classes[y]} (alignment)")
-        thumbs(bundle, s, pulling_against(s, x, y, K), classes, s.alignment[:, y], "align")
+        idx = pulling_against(s, x, y, K)
+        thumbs(info, bundle, s, idx, classes, s.alignment[:, y], "align")
 
 
 def _label_errors(scored, labels, classes) -> None:
@@ -144,7 +155,7 @@ def _label_errors(scored, labels, classes) -> None:
             s, bundle = scores_of(info), bundle_of(info.meta)
             if bundle is not None:
                 idx = label_error_candidates(s, ranking, K, label=cls)
-                thumbs(bundle, s, idx, classes, ranking_values(s, ranking), "score")
+                thumbs(info, bundle, s, idx, classes, ranking_values(s, ranking), "score")
     if len(scored) >= 2:
         _agreement(scored, labels, ranking)
 

@@ -318,3 +318,69 @@ def test_a_cancelled_training_run_changes_no_default(tiny_runs, tiny_folder, tmp
     assert str(run_dir) not in box.value
     assert "baseline s0 (16px) [cancelled]" in box.options, box.options
     assert any("did not finish" in c.value for c in at.sidebar.caption)
+
+
+# --------------------------------------------------------------------------------------------
+# From a thumbnail to the Attributions page: links by query parameters
+# --------------------------------------------------------------------------------------------
+
+
+def _attributions(query: dict) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
+    for k, v in query.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page("pages/attributions.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.mark.slow
+def test_a_thumbnail_link_opens_attributions_on_that_training_image(two_backbones, env):
+    """A HEAD+METHOD run's folder (csba+ldam_drw-s0) survives the link's percent-encoding; the
+    page chooses that run and that training image."""
+    from urllib.parse import parse_qs, urlsplit
+
+    root = env(two_backbones)
+    run = next(p for p in _runs(root) if p.endswith("/csba+ldam_drw-s0"))
+    from csba.store import RunInfo, read_run_json
+    from pages.common import attribution_link
+
+    link = attribution_link(RunInfo(Path(run), read_run_json(run)), "train", 3)
+    assert "csba%2Bldam_drw-s0" in link and link.startswith("attributions?")
+    query = {k: v[0] for k, v in parse_qs(urlsplit(link).query).items()}
+    assert query["run"].endswith("/csba+ldam_drw-s0") and query["split"] == "train"
+    at = _attributions(query)
+    assert at.sidebar.multiselect(key="attributions_runs").value == [run]
+    assert at.radio(key="attr_source").value == "Linked image"
+    from csba.runs import load_run_and_data
+
+    _, bundle = load_run_and_data(run)
+    true = bundle.classes[int(bundle.train.labels[3])]  # training image 3, not a test image
+    text = " ".join(m.value for m in at.markdown)
+    assert f"(true: {true})" in text, text
+    assert not at.error, [e.value for e in at.error]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"run": "../../../etc/passwd", "split": "train", "index": "0"},
+        {"run": "imagefolder-32px/../../x", "split": "train", "index": "0"},
+        {"run": "/etc", "split": "test", "index": "0"},
+        {"run": "imagefolder-32px/baseline-s0", "split": "secret", "index": "0"},
+        {"run": "imagefolder-32px/baseline-s0", "split": "train", "index": "-1"},
+        {"run": "imagefolder-32px/baseline-s0", "split": "train", "index": "99999"},
+        {"run": "imagefolder-32px/baseline-s0", "split": "train", "index": "<b>1</b>"},
+    ],
+)
+def test_a_bad_link_is_ignored_with_a_notice(two_backbones, env, query):
+    env(two_backbones)
+    at = _attributions(query)
+    notes = [i.value for i in at.info]
+    assert any(
+        n.startswith(("The link was ignored", "The link's image was ignored")) for n in notes
+    )
+    assert not at.error, [e.value for e in at.error]
+    assert "attr_link_applied" not in at.session_state or query["index"] == "99999"
