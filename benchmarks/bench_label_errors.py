@@ -79,13 +79,16 @@ def one_seed(folder: Path, out: Path, seed: int, args) -> dict:
         epochs=args.epochs,
         patience=args.patience,
         label_noise=args.rate,
+        resume=True,  # an interrupted run continues from its last finished epoch
         label_noise_seed=seed,
         out=str(out),
         seed=0,
     )
     run_dir = config_run_dir(cfg)
-    if not (run_dir / "run.json").is_file() or load_scores(run_dir, "train") is None:
+    done = (run_dir / "run.json").is_file() and read_run_json(run_dir)["status"] == "completed"
+    if not done:
         train(cfg)
+    if not done or load_scores(run_dir, "train") is None:  # scores of this version
         diagnose_run(str(run_dir), per_class=None)
     meta = read_run_json(run_dir)
     flipped = np.asarray(meta["dataset"]["label_noise"]["flipped"])
