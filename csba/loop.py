@@ -353,7 +353,7 @@ class Loop:
 
     # ---- resume -------------------------------------------------------------------------------
 
-    def save_state(self, run_dir, epoch: int, t_start: float) -> None:
+    def save_state(self, run_dir, epoch: int) -> None:
         """Write the resume state after ``epoch`` (csba.resume.LoopState)."""
         rng = {
             "torch": torch.get_rng_state(),
@@ -378,7 +378,7 @@ class Loop:
             conflict_history=self.tracker.history if self.tracker is not None else [],
             finished=self.finished,
             stop_reason=self.stop_reason,
-            train_seconds=self.elapsed + time.perf_counter() - t_start,
+            train_seconds=self.elapsed + time.perf_counter() - self.t_start,
             resumed_at=self.resumed_at,
             threads=torch.get_num_threads(),
         ).save(run_dir)

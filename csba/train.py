@@ -180,8 +180,7 @@ def _run_loop(loop: Loop, run_dir: Path | None) -> str:
     """Run the epoch loop; returns the run's status (its stop reason: ``loop.stop_reason``).
     Ctrl-C and cancel end it early (the kept weights so far stand); out of GPU memory is a
     TrainingError saying what to lower."""
-    t_start = time.perf_counter()
-    loop.t_start = t_start
+    loop.t_start = time.perf_counter()  # this session's start: train_seconds adds earlier ones
     loop.emit(
         {
             "type": "start",
@@ -192,7 +191,7 @@ def _run_loop(loop: Loop, run_dir: Path | None) -> str:
             "resumed_from": loop.start_epoch - 1,
         }
     )
-    write = None if run_dir is None else (lambda epoch: loop.save_state(run_dir, epoch, t_start))
+    write = None if run_dir is None else (lambda epoch: loop.save_state(run_dir, epoch))
     status = "completed"
     try:
         loop.run(write)

@@ -62,8 +62,9 @@ def bundle_of(meta: dict):
         return None
 
 
-def _pairs(runs, C: int) -> list[tuple[int, int]]:
-    """Unordered class pairs, most negative mean cosine over the runs first."""
+def _pairs(runs, C: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Unordered class pairs, most negative mean cosine over the runs first, and that (C, C)
+    mean."""
     mats = [np.array(diagnostics_of(i.meta)["gcm"]["matrix"], float) for i in runs]
     mean = np.nanmean(np.stack(mats), 0) if mats else np.zeros((C, C))
     pairs = [(a, b) for a in range(C) for b in range(a + 1, C)]
