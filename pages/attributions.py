@@ -39,8 +39,8 @@ from csba.typicality import JSON_FILE, TypicalityError, TypicalityResult, score_
 from csba.workqueue import WorkQueue, redraw_due
 from pages.attr_links import SOURCE, apply_link, linked_image, read_link
 from pages.common import download_df, get_run, plotly_chart, run_labels, select_runs
-from pages.conflict_images import bundle_for
 from pages.fig_attributions import attribution_grid, attribution_grid_png
+from pages.thumbs import bundle_for
 
 MAX_RUNS = 5  # columns side by side (the paper's five variants)
 SHOW_PX = 176  # display size of the small images (nearest-neighbour upscaling, no blur)

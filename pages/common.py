@@ -22,7 +22,7 @@ import re
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -44,6 +44,7 @@ __all__ = [
     "VARIANT_ORDER",
     "all_runs",
     "clear_run_caches",
+    "clicked_cell",
     "compare",
     "dataset_name",
     "default_runs",
@@ -673,12 +674,30 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "download"
 
 
-def plotly_chart(fig, key: str, **kwargs) -> None:
+def plotly_chart(fig, key: str, on_click: Callable[[], None] | None = None, **kwargs) -> None:
     """``st.plotly_chart`` drawn with the figure's own template (pages.fig_base: plotly_white,
     our font) rather than Streamlit's theme, which the browser merges into every figure before
     drawing it: about a quarter of a chart's drawing time (benchmarks/bench_dashboard.py, the
-    'cpu' column). No plotly logo in the toolbar."""
+    'cpu' column). No plotly logo in the toolbar. ``on_click``: called when a click selects a
+    point (a cell of a heatmap drawn with pages.fig_base.clickable_cells: read it with
+    :func:`clicked_cell`)."""
+    if on_click is not None:
+        kwargs |= {"on_select": on_click, "selection_mode": "points"}
     st.plotly_chart(fig, key=key, theme=None, config={"displaylogo": False}, **kwargs)
+
+
+def clicked_cell(key: str) -> tuple[int, int, int] | None:
+    """(tag, row i, column j) of the heatmap cell last clicked in chart ``key`` (see
+    pages.fig_base.clickable_cells), or None."""
+    state = st.session_state.get(key) or {}
+    points = (state.get("selection") or {}).get("points") or []
+    data = points[0].get("customdata") if points else None
+    if isinstance(data, dict):  # a row of a binary-sent array comes back as {"0": v, ...}
+        data = [data.get(str(k), data.get(k)) for k in range(3)]
+    try:
+        return int(data[0]), int(data[1]), int(data[2])
+    except (IndexError, KeyError, TypeError, ValueError):  # no cell, or not our overlay
+        return None
 
 
 def download_df(df: pd.DataFrame, name: str, *, index: bool = False) -> None:

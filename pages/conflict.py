@@ -3,6 +3,7 @@ the most adversarial pairs, the evolution over training, branch gradient shares 
 optimisation-generalisation table."""
 
 import math
+from functools import partial
 
 import pandas as pd
 import streamlit as st
@@ -27,7 +28,7 @@ from pages.common import (
     sections,
     select_runs,
 )
-from pages.conflict_images import images_tab
+from pages.conflict_images import IMAGES, images_tab, open_pair
 from pages.fig_base import as_matrix, matrix_frame, number
 from pages.fig_conflict import (
     conflict_difference,
@@ -90,8 +91,11 @@ def heatmaps_section(diagnosed, labels, group) -> dict:
         for col, name in zip(st.columns(COLS), names[start : start + COLS]):
             with col:
                 b = blocks[name]
-                fig = conflict_heatmap(b["matrix"], b["classes"], title=name)
-                plotly_chart(fig, width="stretch", key=f"gcm_{group}_{name}")
+                fig = conflict_heatmap(b["matrix"], b["classes"], title=name, click_tag=0)
+                key = f"gcm_{group}_{name}"
+                plotly_chart(
+                    fig, width="stretch", key=key, on_click=partial(open_pair, key, b["classes"])
+                )
                 st.caption(f"mean off-diagonal cos **{b['mean']:+.3f}**, std {b['std']:.3f}")
                 download_fig(fig, f"gcm_{group}_{name}")
     if blocks:
@@ -158,10 +162,12 @@ def difference_section(blocks, group) -> None:
         blocks[a]["classes"],
         (a, b),
         f"{a} minus {b} ({group})",
+        click_tag=0,
     )
     left, right = st.columns([2, 1])
     with left:
-        plotly_chart(fig, width="stretch", key="gcm_diff")
+        on_click = partial(open_pair, "gcm_diff", blocks[a]["classes"])
+        plotly_chart(fig, width="stretch", key="gcm_diff", on_click=on_click)
         download_fig(fig, f"gcm_diff_{a}_minus_{b}")
     with right:
         st.markdown(
@@ -417,10 +423,10 @@ def matrices_tab(diagnosed, labels) -> None:
 
 
 MATRICES, GAIN, HISTORY = "Matrices", "Conflict vs minority gain", "Over training"
-IMAGES = "Images behind a conflict"
 SHARES, OPT_GEN = "Branch shares", "Optimisation and generalisation"
 SECTIONS = {  # tab -> what it shows; only the open tab is built
-    MATRICES: "Per-run matrices of one layer group, the most adversarial pairs, a difference.",
+    MATRICES: "Per-run matrices of one layer group, the most adversarial pairs, a difference. "
+    "Click a cell of any matrix to see the training images behind it.",
     IMAGES: "For a class pair, the training images of each class that pull against the other "
     "(per-example alignment with the class's mean gradient), candidate label errors, and how "
     "far two runs agree.",
@@ -445,7 +451,11 @@ def main() -> None:
     labels = run_labels(runs)
     diagnosed = [i for i in runs if diagnostics_of(i.meta)]
     not_diagnosed_note([i for i in runs if not diagnostics_of(i.meta)], labels)
-    name, tab = sections(list(SECTIONS), key="gcm_section", keep=["gcm_group"])
+    name, tab = sections(
+        list(SECTIONS),
+        key="gcm_section",
+        keep=["gcm_group", "img_a", "img_b", "img_ranking", "img_class"],
+    )
     with tab:
         st.caption(SECTIONS[name])
         if name == MATRICES:

@@ -12,25 +12,21 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from csba.data import DataError, load_dataset
 from csba.diagnostics.browse import (
     RANKINGS,
     agreement,
-    image,
     label_error_candidates,
     pulling_against,
     ranking_values,
 )
 from csba.diagnostics.examples import FILE, ExampleScores, load_scores
-from pages.common import attribution_link, diagnostics_of, run_ref
+from pages.common import clicked_cell, diagnostics_of, run_ref
+from pages.thumbs import bundle_of, thumb_grid
 
 MAX_RUNS = 3  # side by side
 K = 6  # thumbnails per list
-
-
-@st.cache_resource(show_spinner="Loading the images...", max_entries=4)
-def _bundle(name: str, size: int, data_root: str | None, split_seed: int):
-    return load_dataset(name, size, data_root=data_root, split_seed=split_seed)
+QUICK = 5  # one-click buttons: the most conflicting pairs
+IMAGES = "Images behind a conflict"  # the conflict page's tab this module draws
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
@@ -45,23 +41,6 @@ def scores_of(info, split: str = "train") -> ExampleScores | None:
     return _scores(str(info.path), f.stat().st_mtime, split) if f.is_file() else None
 
 
-def bundle_for(meta: dict):
-    """The run's dataset, decoded once per server (cached); raises DataError, KeyError,
-    OSError or ValueError when it cannot be read."""
-    ds, cfg = meta.get("dataset") or {}, meta.get("config") or {}
-    root = ds.get("data_root") or cfg.get("data_root")
-    return _bundle(ds["name"], int(ds["image_size"]), root, int(ds["split_seed"]))
-
-
-def bundle_of(meta: dict):
-    """The run's dataset (cached), or None with a one-line notice."""
-    try:
-        return bundle_for(meta)
-    except (DataError, KeyError, OSError, ValueError) as e:
-        st.warning(f"Images not available: {e}")
-        return None
-
-
 def _pairs(runs, C: int) -> tuple[list[tuple[int, int]], np.ndarray]:
     """Unordered class pairs, most negative mean cosine over the runs first, and that (C, C)
     mean."""
@@ -72,18 +51,23 @@ def _pairs(runs, C: int) -> tuple[list[tuple[int, int]], np.ndarray]:
 
 
 def thumbs(info, bundle, s: ExampleScores, idx, classes, values, what: str) -> None:
-    """Thumbnails with label, prediction and the score (text, never HTML); each opens the
-    Attributions page on that training image (runs under the runs root)."""
-    if len(idx) == 0:
-        st.caption("None.")
-        return
-    cols = st.columns(3)
-    for n, i in enumerate(idx):
-        label, pred = classes[int(s.labels[i])], classes[int(s.prediction[i])]
-        cap = f"#{int(i)} {label} → {pred}, {what} {values[i]:.2f}"
-        link = attribution_link(info, "train", int(i))
-        px = image(bundle, "train", int(i))
-        cols[n % 3].image(px, caption=cap, width="stretch", link=link)
+    """Training-image thumbnails with label, prediction and the score."""
+    caps = [
+        f"#{int(i)} {classes[int(s.labels[i])]} → {classes[int(s.prediction[i])]}, "
+        f"{what} {values[i]:.2f}"
+        for i in idx
+    ]
+    thumb_grid(info, bundle, "train", idx, caps)
+
+
+def open_pair(key: str, classes: list[str], section_key: str = "gcm_section") -> None:
+    """``on_click`` of a clickable conflict heatmap ``key``: its clicked cell (a, b) becomes
+    this tab's pair and the tab opens (a callback runs before the rerun, so it may set both)."""
+    cell = clicked_cell(key)
+    if cell is not None:
+        _, i, j = cell
+        st.session_state["img_a"], st.session_state["img_b"] = classes[i], classes[j]
+        st.session_state[section_key] = IMAGES
 
 
 def images_tab(runs, labels) -> None:
@@ -106,18 +90,7 @@ def images_tab(runs, labels) -> None:
             "Thumbnails open the Attributions page on that image. Runs added in the sidebar "
             "exist only in this browser session, so their thumbnails carry no link."
         )
-    pairs, mean = _pairs(scored, len(classes))
-    choice = st.pills(
-        "Class pair (most conflicting first; one click)",
-        list(range(len(pairs))),
-        default=0,
-        format_func=lambda k: (
-            f"{classes[pairs[k][0]]} ↔ {classes[pairs[k][1]]} ({mean[pairs[k]]:+.2f})"
-        ),
-        key="img_pair",
-        required=True,
-    )
-    a, b = pairs[choice if choice is not None else 0]
+    a, b = _pair_picker(scored, classes)
     cols = st.columns(len(scored))
     for col, info in zip(cols, scored, strict=True):
         with col:
@@ -125,13 +98,48 @@ def images_tab(runs, labels) -> None:
     _label_errors(scored, labels, classes)
 
 
+def _quick(pairs, classes) -> None:
+    k = st.session_state.get("img_quick")
+    if k is not None:  # a button, not a state: the two pickers hold the pair
+        st.session_state["img_a"], st.session_state["img_b"] = (classes[c] for c in pairs[k])
+        st.session_state["img_quick"] = None
+
+
+def _pair_picker(scored, classes) -> tuple[int, int]:
+    """Class a and class b (indices): a cell clicked in any heatmap of the Matrices tab, a
+    one-click button of the most conflicting pairs, or the two pickers; the diagonal (a, a)
+    asks which images of a pull against their own class."""
+    pairs, mean = _pairs(scored, len(classes))
+    top = pairs[:QUICK]
+    for k, default in (("img_a", top[0][0] if top else 0), ("img_b", top[0][1] if top else 0)):
+        if st.session_state.get(k) not in classes:  # unset, or a class of other runs
+            st.session_state[k] = classes[default]
+    st.pills(
+        "Most conflicting pairs (one click; or click a cell of any heatmap in Matrices)",
+        list(range(len(top))),
+        format_func=lambda k: f"{classes[top[k][0]]} ↔ {classes[top[k][1]]} ({mean[top[k]]:+.2f})",
+        key="img_quick",
+        on_change=_quick,
+        args=(top, classes),
+    )
+    c1, c2 = st.columns(2)
+    a = c1.selectbox("Class a", classes, key="img_a")
+    b = c2.selectbox("Class b", classes, key="img_b")
+    return classes.index(a), classes.index(b)
+
+
 def _pair_column(info, label: str, classes, a: int, b: int) -> None:
     st.markdown(f"**{label}**")
     bundle, s = bundle_of(info.meta), scores_of(info)
     if bundle is None:
         return
-    for x, y in ((a, b), (b, a)):
-        st.caption(f"Training images of {classes[x]} most against {classes[y]} (alignment)")
+    for x, y in ((a, b), (b, a)) if a != b else ((a, a),):
+        st.caption(
+            f"Training images of {classes[x]} most against {classes[y]} (alignment)"
+            if x != y
+            else f"Training images of {classes[x]} least aligned with their own class "
+            "(leave-one-out alignment)"
+        )
         idx = pulling_against(s, x, y, K)
         thumbs(info, bundle, s, idx, classes, s.alignment[:, y], "align")
 

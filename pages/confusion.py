@@ -1,5 +1,7 @@
 """Confusion matrices of chosen runs side by side, counts or row-normalised, and a difference."""
 
+from functools import partial
+
 import streamlit as st
 
 from pages.common import (
@@ -10,6 +12,7 @@ from pages.common import (
     sections,
     select_runs,
 )
+from pages.confusion_images import cell_images, open_cell
 from pages.fig_confusion import confusion_difference, confusion_grid, confusion_long, confusion_of
 
 COLS = 3  # matrices per row
@@ -30,7 +33,7 @@ def main() -> None:
     split = c2.radio("Split", ["test", "val"], horizontal=True, key="cm_split")
     labels = run_labels(runs)
     classes = [str(c) for c in runs[0].meta["classes"]]
-    mats = {}
+    mats, infos = {}, {}
     for info in runs:
         name = labels[str(info.path)]
         if [str(c) for c in info.meta["classes"]] != classes:
@@ -40,14 +43,17 @@ def main() -> None:
         if cm is None or cm.shape != (len(classes), len(classes)):
             st.error(f"{name}: run.json holds no {split} confusion matrix; left out")
             continue
-        mats[name] = cm
+        mats[name], infos[name] = cm, info
     if not mats:
         return
     names = list(mats)
-    name, tab = sections(SECTIONS, key="cm_section", keep=("cm_a", "cm_b"))  # one tab is built
+    name, tab = sections(
+        SECTIONS, key="cm_section", keep=("cm_a", "cm_b", "cm_true", "cm_pred", "cm_ra", "cm_rb")
+    )  # one tab is built
     with tab:
         if name == SECTIONS[0]:
             _matrices(mats, classes, normalize, split)
+            cell_images(infos, classes, split)
         else:
             _difference(mats, names, classes, normalize)
 
@@ -59,7 +65,9 @@ def _matrices(mats, classes, normalize: bool, split: str) -> None:
     zmax = max(float(m.max()) for m in mats.values()) or 1.0  # one count scale for all runs
     # every run in one figure: one chart for the browser to draw instead of one per run
     fig = confusion_grid(mats, classes, normalize=normalize, zmax=zmax, cols=min(COLS, len(mats)))
-    plotly_chart(fig, width="stretch", key="cm_grid")
+    plotly_chart(
+        fig, width="stretch", key="cm_grid", on_click=partial(open_cell, "cm_grid", classes)
+    )
     c1, c2 = st.columns(2)
     with c1:
         download_fig(fig, f"confusion_{split}")

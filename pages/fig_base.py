@@ -47,6 +47,7 @@ __all__ = [
     "as_array",
     "as_matrix",
     "category_ticks",
+    "clickable_cells",
     "clip_label",
     "finish_layout",
     "fmt_ci",
@@ -283,6 +284,7 @@ def matrix_heatmap(
     height: int | None = None,
     width: float = HEATMAP_WIDTH,
     square: bool | None = None,
+    click_tag: int | None = None,
 ) -> go.Figure:
     """An annotated heatmap with the first row at the top, laid out for ``width`` px (the
     column the page gives it, see :func:`heatmap_layout`): square cells (``square``, by default
@@ -335,6 +337,74 @@ def matrix_heatmap(
         margin=geo["margin"],
         height=height or geo["height"],
     )
+    if click_tag is not None:
+        cell = min(geo["cell"])
+        clickable_cells(
+            fig, x, y, z=z, hover=hover, cell_px=cell, tag=click_tag, customdata=customdata
+        )
+    return fig
+
+
+CLICK_MAX_CELLS = 2_500  # above this (50 classes) no click overlay: the pickers choose a cell
+
+
+def clickable_cells(
+    fig: go.Figure,
+    x: Sequence[str],
+    y: Sequence[str],
+    *,
+    z: np.ndarray,
+    hover: str,
+    cell_px: float,
+    tag: int = 0,
+    customdata: np.ndarray | None = None,
+    row: int | None = None,
+    col: int | None = None,
+) -> go.Figure:
+    """Make a heatmap's cells clickable in Streamlit: plotly heatmaps send no selection event
+    (streamlit issues 8760, 15042), scatter points do, so an invisible marker sits on the centre
+    of each cell (len(y) x len(x); half of ``cell_px``, the cell's size as laid out, at most
+    28 px); a click anywhere in a cell selects its marker (drawn as a ring) and the event's
+    point carries ``customdata`` = [tag, row i, column j, z, *customdata[i, j]].
+    ``hover`` is the heatmap's hovertemplate (%{z}, %{customdata[k]}), moved onto the markers
+    since they are on top. Left out above CLICK_MAX_CELLS cells (the page's pickers remain)."""
+    z = np.asarray(z, dtype=float)
+    if z.size > CLICK_MAX_CELLS:
+        return fig
+    rows, cols = np.indices(z.shape)  # (R, C) each
+    extra = np.zeros((*z.shape, 0)) if customdata is None else np.asarray(customdata, float)
+    extra = extra.reshape((*z.shape, -1))
+    data = np.concatenate(
+        [np.full((*z.shape, 1), tag), rows[..., None], cols[..., None], z[..., None], extra], -1
+    ).reshape(z.size, -1)
+    template = re.sub(
+        r"%\{customdata\[(\d+)\]", lambda m: f"%{{customdata[{int(m[1]) + 4}]", hover
+    ).replace("%{z", "%{customdata[3]")
+    fig.add_trace(
+        go.Scatter(
+            x=[str(x[j]) for j in cols.ravel()],
+            y=[str(y[i]) for i in rows.ravel()],
+            mode="markers",
+            customdata=data,
+            hovertemplate=template + ("" if "<extra>" in template else "<extra></extra>"),
+            marker={
+                "symbol": "square",
+                "size": max(8.0, min(0.5 * cell_px, 28.0)),  # a ring in the chosen cell
+                "color": "rgba(0,0,0,0)",
+                "opacity": 0,
+                "line": {"width": 3, "color": "#111"},
+            },
+            selected={"marker": {"opacity": 1}},
+            unselected={"marker": {"opacity": 0}},
+            showlegend=False,
+        ),
+        row=row,
+        col=col,
+    )
+    # A click anywhere in a cell selects the nearest marker, its own (on a grid the nearest
+    # centre is the cell's): no distance cutoff, since the page may draw cells larger than
+    # the marker.
+    fig.update_layout(hoverdistance=-1)
     return fig
 
 

@@ -32,8 +32,11 @@ __all__ = [
 
 
 @cached_figure
-def conflict_heatmap(m: np.ndarray, classes: Sequence[str], *, title: str) -> go.Figure:
-    """Cosines between class gradients (C, C) on -1..1: red = conflict, blue = agreement."""
+def conflict_heatmap(
+    m: np.ndarray, classes: Sequence[str], *, title: str, click_tag: int | None = None
+) -> go.Figure:
+    """Cosines between class gradients (C, C) on -1..1: red = conflict, blue = agreement;
+    ``click_tag``: a click selects a cell (pages.fig_base.clickable_cells)."""
     return matrix_heatmap(
         m,
         classes,
@@ -44,12 +47,18 @@ def conflict_heatmap(m: np.ndarray, classes: Sequence[str], *, title: str) -> go
         colorscale=CONFLICT_SCALE,
         colorbar="cos",
         hover="%{y} / %{x}<br>cos %{z:+.3f}",
+        click_tag=click_tag,
     )
 
 
 @cached_figure
 def conflict_difference(
-    a: np.ndarray, b: np.ndarray, classes: Sequence[str], names: tuple[str, str], title: str
+    a: np.ndarray,
+    b: np.ndarray,
+    classes: Sequence[str],
+    names: tuple[str, str],
+    title: str,
+    click_tag: int | None = None,
 ) -> go.Figure:
     """Run a's cosines (C, C) minus run b's (-2..2, the diagonal blank); both in the hover."""
     d = np.asarray(a, float) - np.asarray(b, float)
@@ -67,6 +76,7 @@ def conflict_difference(
         hover=f"%{{y}} / %{{x}}<br>{names[0]}: %{{customdata[0]:+.3f}}"
         f"<br>{names[1]}: %{{customdata[1]:+.3f}}<br>difference %{{z:+.3f}}",
         width=DIFF_WIDTH,
+        click_tag=click_tag,
     )
 
 

@@ -24,6 +24,7 @@ from pages.fig_base import (
     TICK_FONT,
     as_matrix,
     category_ticks,
+    clickable_cells,
     matrix_heatmap,
     short_labels,
     text_px,
@@ -89,7 +90,53 @@ def _grid_layout(titles: Sequence[str], classes: Sequence[str], cols: int, chars
         and per_row / n >= LINE_EM * CELL_FONT,
         "margin": margin,
         "height": round(plot_h + margin["t"] + margin["b"]),
+        "cell_px": min(sub_w, per_row) / n,  # the side of the largest square in a cell
     }
+
+
+def _add_run(fig, name, counts, classes, normalize: bool, geo: dict, k: int, cols: int) -> None:
+    """Run k's heatmap (counts (C, C)) in its subplot, and its click overlay tagged k."""
+    rates = row_normalise(counts)
+    show = geo["show_text"]
+    # one line per cell (the rate or the count; the hover gives both): half the text
+    text = [
+        [f"{rates[i, j]:.2f}" if normalize else f"{int(counts[i, j])}" for j in range(len(classes))]
+        for i in range(len(classes))
+    ]
+    hover = (
+        f"<b>{name}</b><br>true %{{y}}<br>predicted %{{x}}"
+        "<br>count %{customdata[0]:.0f}<br>rate (of true row) %{customdata[1]:.3f}"
+        "<extra></extra>"
+    )
+    z, where = (rates if normalize else counts), {"row": k // cols + 1, "col": k % cols + 1}
+    fig.add_trace(
+        go.Heatmap(
+            z=z,
+            x=list(classes),
+            y=list(classes),
+            coloraxis="coloraxis",
+            text=text if show else None,
+            texttemplate="%{text}" if show else None,
+            textfont={"size": CELL_FONT},
+            customdata=np.dstack([counts, rates]),
+            hovertemplate=hover,
+            xgap=1,
+            ygap=1,
+        ),
+        **where,
+    )
+    # a click on any run's cell selects it (tag: the run's place)
+    clickable_cells(
+        fig,
+        classes,
+        classes,
+        z=z,
+        hover=hover,
+        customdata=np.dstack([counts, rates]),
+        cell_px=geo["cell_px"],
+        tag=k,
+        **where,
+    )
 
 
 @cached_figure
@@ -110,7 +157,6 @@ def confusion_grid(
     top = 1.0 if normalize else float(zmax or max(float(m.max()) for m in mats.values()) or 1)
     titles = [f"{name} (n={int(np.asarray(mats[name]).sum())})" for name in names]
     geo = _grid_layout(titles, classes, cols, chars=4 if normalize else len(str(int(top))))
-    show = geo["show_text"]
     fig = make_subplots(
         rows=geo["rows"],
         cols=cols,
@@ -121,35 +167,7 @@ def confusion_grid(
     )
     fig.update_annotations(font={"size": SUBTITLE_FONT})  # the subplot titles
     for k, name in enumerate(names):
-        counts = np.asarray(mats[name], dtype=float)
-        rates = row_normalise(counts)
-        # one line per cell (the rate or the count; the hover gives both): half the text
-        text = [
-            [
-                f"{rates[i, j]:.2f}" if normalize else f"{int(counts[i, j])}"
-                for j in range(len(classes))
-            ]
-            for i in range(len(classes))
-        ]
-        fig.add_trace(
-            go.Heatmap(
-                z=rates if normalize else counts,
-                x=list(classes),
-                y=list(classes),
-                coloraxis="coloraxis",
-                text=text if show else None,
-                texttemplate="%{text}" if show else None,
-                textfont={"size": CELL_FONT},
-                customdata=np.dstack([counts, rates]),
-                hovertemplate=f"<b>{name}</b><br>true %{{y}}<br>predicted %{{x}}"
-                "<br>count %{customdata[0]:.0f}<br>rate (of true row) %{customdata[1]:.3f}"
-                "<extra></extra>",
-                xgap=1,
-                ygap=1,
-            ),
-            row=k // cols + 1,
-            col=k % cols + 1,
-        )
+        _add_run(fig, name, np.asarray(mats[name], dtype=float), classes, normalize, geo, k, cols)
     fig.update_yaxes(autorange="reversed", type="category", **geo["yaxis"])
     fig.update_xaxes(type="category", **geo["xaxis"])
     for k in range(max(0, len(names) - cols), len(names)):  # (rows: true class, in the caption)

@@ -282,11 +282,18 @@ def test_confusion_page(runs_root):
     charts = at.get("plotly_chart")
     assert len(charts) == 1  # every run's matrix in one figure; the difference's tab not built
     grid = json.loads(charts[0].proto.spec)
-    assert [t["type"] for t in grid["data"]] == ["heatmap"] * 5
+    # per run a heatmap and its click overlay (one marker per cell, tagged with the run's place)
+    assert [t["type"] for t in grid["data"]] == ["heatmap", "scatter"] * 5
+    data = [_plotly_array(t["customdata"]) for t in grid["data"][1::2]]
+    assert [set(d[:, 0].astype(int)) for d in data] == [{k} for k in range(5)]
+    n_cells = len(at.selectbox(key="cm_true").options) ** 2
+    assert all(d.shape[0] == n_cells for d in data)
+    _confusion_cell_images(at)
     at.toggle(key="cm_norm").set_value(False).run()
     _no_exception(at)
     at.radio(key="cm_split").set_value("val").run()
     _no_exception(at)
+    assert any("test predictions only" in c.value for c in at.caption)
     at.session_state["cm_section"] = "Difference of two runs"
     at.run()
     _no_exception(at)
@@ -296,6 +303,40 @@ def test_confusion_page(runs_root):
     at.sidebar.multiselect(key="confusion_runs").set_value(chosen[:1]).run()
     _no_exception(at)
     assert any("at least two runs" in i.value for i in at.info)
+
+
+def _plotly_array(v) -> np.ndarray:
+    """An array of a figure spec: plotly sends numeric arrays as base64 (dtype, bdata, shape)."""
+    if not isinstance(v, dict):
+        return np.asarray(v)
+    import base64
+
+    a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+    return a.reshape([int(n) for n in str(v.get("shape", a.size)).split(",")])
+
+
+def _confusion_cell_images(at) -> None:
+    """A cell (true a, predicted b) chosen with the pickers (what a click on the grid sets):
+    its test images per run (three side by side), most confident first, counted as the matrix
+    counts them; two runs: the images one gets right and the other wrong, both ways."""
+    assert at.subheader[0].value == "Images of a cell"
+    classes = at.selectbox(key="cm_true").options
+    at.selectbox(key="cm_true").set_value(classes[0])
+    for b in classes:  # the first column of row 0 that holds an image (tiny runs: few do)
+        at.selectbox(key="cm_pred").set_value(b).run()
+        _no_exception(at)
+        assert not at.error, [e.value for e in at.error]
+        counts = [c.value for c in at.caption if " test images of " in c.value]
+        assert len(counts) == 3  # MAX_RUNS side by side
+        n = [int(c.split()[0]) for c in counts]
+        if sum(n):
+            break
+    assert sum(n) > 0
+    caps = [c.value for c in at.caption if c.value.startswith("Right in ")]
+    assert len(caps) == 2  # both ways
+    assert _count(at, "Image") == sum(min(6, k) for k in n) + sum(
+        min(6, int(c.split(": ")[1].split()[0])) for c in caps
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,18 +418,24 @@ def test_confusion_grid_shows_each_run_on_one_shared_scale():
     a = np.array([[3.0, 1.0], [0.0, 2.0]])
     b = np.array([[2.0, 2.0], [1.0, 9.0]])
     fig = F.confusion_grid({"a": a, "b": b}, ["x", "y"], normalize=True, cols=3)
-    ha, hb = fig.data
+    ha, oa, hb, ob = fig.data  # per run: the heatmap and its click overlay
     np.testing.assert_allclose(ha.z, [[0.75, 0.25], [0.0, 1.0]])  # rows sum to one
+    # overlay: one marker per cell (row-major), customdata [tag, i, j, z, count, rate]
+    assert list(ob.x) == ["x", "y", "x", "y"] and list(ob.y) == ["x", "x", "y", "y"]
+    np.testing.assert_allclose(np.asarray(ob.customdata)[2], [1, 1, 0, 1 / 10, 1.0, 0.1])
+    np.testing.assert_allclose(np.asarray(oa.customdata)[1], [0, 0, 1, 0.25, 1.0, 0.25])
+    assert "count %{customdata[4]:.0f}" in ob.hovertemplate  # the heatmap's hover, moved
+    assert ob.xaxis == "x2" and ob.marker.opacity == 0 and ob.selected.marker.opacity == 1
     assert ha.text[0][1] == "0.25"  # the rate in the cell, the count in the hover
     np.testing.assert_allclose(np.asarray(ha.customdata)[0, 1], [1.0, 0.25])
     assert ha.coloraxis == hb.coloraxis == "coloraxis"
     assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0, 1)
     assert [x.text for x in fig.layout.annotations] == ["a (n=6)", "b (n=14)"]
     counts = F.confusion_grid({"a": a, "b": b}, ["x", "y"], normalize=False, zmax=9.0)
-    np.testing.assert_allclose(counts.data[1].z, b)
-    assert counts.layout.coloraxis.cmax == 9.0 and counts.data[1].text[1][1] == "9"
+    np.testing.assert_allclose(counts.data[2].z, b)
+    assert counts.layout.coloraxis.cmax == 9.0 and counts.data[2].text[1][1] == "9"
     # the second matrix sits in the second column of the first row
-    assert counts.data[1].xaxis == "x2" and counts.data[1].yaxis == "y2"
+    assert counts.data[2].xaxis == "x2" and counts.data[2].yaxis == "y2"
 
 
 def test_attribution_grid_puts_every_run_in_one_figure():

@@ -11,10 +11,12 @@ import torch
 
 from csba.diagnostics.browse import (
     agreement,
+    confusion_cell,
     image,
     label_error_candidates,
     pulling_against,
     ranking_values,
+    right_wrong,
 )
 from csba.diagnostics.examples import ExampleScores
 
@@ -78,3 +80,35 @@ def test_image_accessor_and_its_refusals():
     for split, index in (("../etc", 0), ("train", 2), ("train", -1), ("train", "1")):
         with pytest.raises(ValueError):
             image(bundle, split, index)
+
+
+def test_confusion_cell_and_right_wrong_known_answers():
+    # 6 test images, 3 classes; y_pred as stored (not re-derived from the rounded probs)
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    probs_a = np.array(
+        [
+            [0.2, 0.7, 0.1],
+            [0.1, 0.8, 0.1],
+            [0.6, 0.3, 0.1],
+            [0.1, 0.9, 0.0],
+            [0.5, 0.5, 0.0],
+            [0.3, 0.3, 0.4],
+        ]
+    )
+    pred_a = np.array([1, 1, 0, 1, 0, 2])  # image 4: a tie the stored argmax broke to 0
+    # true 0 predicted 1: images 0 (0.7) and 1 (0.8), most confident first
+    assert confusion_cell(y_true, pred_a, probs_a, 0, 1).tolist() == [1, 0]
+    assert confusion_cell(y_true, pred_a, probs_a, 0, 1, k=1).tolist() == [1]
+    assert confusion_cell(y_true, pred_a, probs_a, 1, 0).tolist() == [4]  # the stored argmax
+    assert confusion_cell(y_true, pred_a, probs_a, 2, 0).tolist() == []
+    pred_b = np.array([0, 1, 1, 1, 1, 0])
+    probs_b = np.eye(3)[pred_b]
+    # class 0: A right on 2, B wrong on 1 and 2 -> right in A, wrong in B: [2]
+    assert right_wrong(y_true, pred_a, pred_b, probs_a, 0).tolist() == [2]
+    # and the other way: B right on 0, A wrong on 0
+    assert right_wrong(y_true, pred_b, pred_a, probs_b, 0).tolist() == [0]
+    # class 1: A right on 3, B right on 3 and 4 -> A-not-B empty, B-not-A [4]
+    assert right_wrong(y_true, pred_a, pred_b, probs_a, 1).tolist() == []
+    assert right_wrong(y_true, pred_b, pred_a, probs_b, 1).tolist() == [4]
+    with pytest.raises(ValueError, match="different images"):
+        right_wrong(y_true, pred_a, pred_b[:5], probs_a, 0)

@@ -7,11 +7,13 @@ each page's time to interactive (first visit and warm).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import streamlit_server
 
@@ -227,3 +229,93 @@ def test_four_users_at_a_cold_server(server):
             _no_exception(page, f"cold server, user {i}")
         browser.close()
     assert "cannot import name" not in server["log"].read_text()
+
+
+def _click_marker(page, chart, n: int) -> None:
+    """Click cell ``n`` (row-major) of a clickable heatmap near a corner of the cell: the
+    middle of its overlay marker (pages.fig_base.clickable_cells) shifted by a third of the
+    cell. Hovers first until plotly shows a label: its click handler is bound by then."""
+    cells = chart.locator(".heatmaplayer").first.bounding_box()
+    box = chart.locator(".scatterlayer .trace .points path.point").nth(n).bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    k = round(chart.locator(".scatterlayer .trace").first.locator("path.point").count() ** 0.5)
+    x, y = x + cells["width"] / k / 3, y - cells["height"] / k / 3  # towards the top right
+    for _ in range(50):
+        page.mouse.move(x, y)
+        if chart.locator(".hoverlayer .hovertext").count():
+            break
+        page.mouse.move(x - 5, y + 5)
+        page.wait_for_timeout(100)
+    page.mouse.click(x, y)
+
+
+def _click_shows(page, chart, n: int, shown, tries: int = 3) -> None:
+    """Click cell ``n`` until ``shown`` appears: on a loaded machine a click made while
+    Streamlit still redraws the chart can be lost (a user would click again)."""
+    for attempt in range(tries):
+        _click_marker(page, chart, n)
+        try:
+            shown.wait_for(timeout=20_000)
+            return
+        except sync_api.TimeoutError:
+            if attempt == tries - 1:
+                raise
+
+
+def _thumbnails(page):
+    return page.locator('[data-testid="stImage"] img, [data-testid="stImageContainer"] img')
+
+
+def test_a_click_on_a_conflict_cell_or_a_confusion_cell_shows_its_images(server):
+    """Chromium: a click on cell (0, 1) of a conflict heatmap opens "Images behind a conflict"
+    on that pair with thumbnails; a thumbnail's link opens the Attributions page on that
+    training image; a click on a confusion cell shows its test images."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(90_000)
+        page.goto(server["url"] + "/conflict")
+        _settle(page, "Gradient conflict")
+        chart = page.locator('[data-testid="stPlotlyChart"]').first
+        chart.locator(".scatterlayer .trace .points path.point").first.wait_for(state="attached")
+        t0 = time.perf_counter()  # row 0, column 1: (class 0, class 1)
+        _click_shows(page, chart, 1, page.get_by_text("most against", exact=False).first)
+        _settle(page, "Gradient conflict")
+        _thumbnails(page).first.wait_for()
+        print(f"conflict cell -> thumbnails: {time.perf_counter() - t0:.2f} s")
+        _no_exception(page, "conflict cell click")
+        _shot(page, "conflict_cell_images")
+        assert page.get_by_role("tab", name="Images behind a conflict", selected=True).count()
+        texts = page.locator('[data-testid="stCaptionContainer"]').all_inner_texts()
+        pair = [t for t in texts if t.startswith("Training images of ")]
+        assert len(pair) >= 2 and " most against " in pair[0], pair
+        assert _thumbnails(page).count() >= 2
+        href = page.locator('[data-testid="stImage"] a, a:has(img)').first.get_attribute("href")
+        assert href and "attributions?run=" in href and "split=train" in href, href
+        page.goto(server["url"] + "/" + href.split("/")[-1])
+        _settle(page, "Attributions")
+        _no_exception(page, "a thumbnail's link")
+        assert page.get_by_text("Linked image", exact=False).count()
+
+        page.goto(server["url"] + "/confusion")
+        _settle(page, "Confusion matrices")
+        chart = page.locator('[data-testid="stPlotlyChart"]').first
+        chart.locator(".scatterlayer .trace .points path.point").first.wait_for(state="attached")
+        # the first run (baseline s0) and its fullest cell, from its stored test predictions
+        pred = json.loads(next(server["root"].glob("*/baseline-s0/run.json")).read_text())
+        yt, yp = pred["predictions"]["test"]["y_true"], pred["predictions"]["test"]["y_pred"]
+        C = len(pred["classes"])
+        counts = np.bincount(np.asarray(yt) * C + np.asarray(yp), minlength=C * C)
+        cell = int(counts.argmax())
+        t0 = time.perf_counter()
+        want = f"{counts[cell]} test images of {pred['classes'][cell // C]} predicted "
+        _click_shows(page, chart, cell, page.get_by_text(want + pred["classes"][cell % C]).first)
+        _settle(page, "Confusion matrices")
+        print(f"confusion cell -> images: {time.perf_counter() - t0:.2f} s")
+        _no_exception(page, "confusion cell click")
+        _shot(page, "confusion_cell_images")
+        block = page.locator('[data-testid="stColumn"]', has_text=want).last
+        assert block.locator("img").count() == min(6, int(counts[cell]))
+        browser.close()

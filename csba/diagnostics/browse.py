@@ -7,6 +7,9 @@ every thumbnail is read through.
 * :func:`label_error_candidates`: per class, the images a chosen score ranks as likely label
   errors (self-influence highest first by default, own-class alignment or confidence lowest);
 * :func:`agreement`: how much two runs' rankings agree (top-k overlap, Spearman correlation);
+* :func:`confusion_cell`: the test images of a confusion-matrix cell (true a, predicted b),
+  most confident first; :func:`right_wrong`: the images of a class one run gets right and
+  another wrong;
 * :func:`image`: ``image(bundle, split, index)`` -> (H, W, 3) uint8, the only way a view reads
   a picture, so streamed datasets can serve the same pages.
 """
@@ -20,10 +23,12 @@ from .examples import ExampleScores
 __all__ = [
     "RANKINGS",
     "agreement",
+    "confusion_cell",
     "image",
     "label_error_candidates",
     "pulling_against",
     "ranking_values",
+    "right_wrong",
 ]
 
 # name -> (what it reads, highest first?): how candidate label errors are ranked
@@ -80,6 +85,35 @@ def agreement(x: np.ndarray, y: np.ndarray, k: int) -> dict[str, float]:
 
     rho = float(spearmanr(x[ok], y[ok]).statistic) if ok.sum() > 2 else float("nan")
     return {"top_k_overlap": len(top_x & top_y) / max(1, k), "spearman": rho, "k": int(k)}
+
+
+def confusion_cell(
+    y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray, a: int, b: int, k: int | None = None
+) -> np.ndarray:
+    """Indices of the images of true class ``a`` predicted ``b`` (``y_pred`` as stored, the
+    argmax of the unrounded ``probs`` (N, C)), highest probability of ``b`` first (ties: lower
+    index first); at most ``k``."""
+    y_true, y_pred, probs = np.asarray(y_true), np.asarray(y_pred), np.asarray(probs, float)
+    idx = np.flatnonzero((y_true == a) & (y_pred == b))
+    return idx[np.argsort(-probs[idx, b], kind="stable")][:k]
+
+
+def right_wrong(
+    y_true: np.ndarray,
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    probs_a: np.ndarray,
+    cls: int,
+    k: int | None = None,
+) -> np.ndarray:
+    """Indices of the images of true class ``cls`` that run A (predictions ``pred_a``, (N,)
+    and ``probs_a`` (N, C)) classifies right and run B (``pred_b``) wrong, A's confidence in
+    the label highest first; at most ``k``."""
+    y_true, pa, pb = np.asarray(y_true), np.asarray(pred_a), np.asarray(pred_b)
+    if not len(y_true) == len(pa) == len(pb) == len(probs_a):
+        raise ValueError(f"predictions over different images: {len(pa)} and {len(pb)}")
+    idx = np.flatnonzero((y_true == cls) & (pa == cls) & (pb != cls))
+    return idx[np.argsort(-np.asarray(probs_a, float)[idx, cls], kind="stable")][:k]
 
 
 def image(bundle, split: str, index: int) -> np.ndarray:

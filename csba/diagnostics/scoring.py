@@ -64,12 +64,18 @@ def write_run_scores(run, bundle, result, subset, *, progress: bool = False) -> 
     return save_scores(run.path, scores, info)
 
 
+# How closely the recomputed matrix must match the stored one. Another CPU sums float32 in
+# another order: the shipped ELPV runs (diagnosed on another machine) reproduce to 4.5e-5
+# (baseline-s0); other weights or another data split move cosines by 1e-2 or more.
+REPRODUCE_ATOL = 1e-3
+
+
 def score_run(
     run_dir: str, data_root: str | None = None, device: str | None = None, progress: bool = False
 ) -> Path:
     """Scores for a diagnosed run from its stored diagnosis settings: the class gradient sums
-    are recomputed (one pass, as diagnose does) and must reproduce the stored matrix to 1e-5;
-    only ``example_scores.safetensors`` is written."""
+    are recomputed (one pass, as diagnose does) and must reproduce the stored matrix to
+    REPRODUCE_ATOL; only ``example_scores.safetensors`` is written."""
     from ..runs import load_run_and_data
     from ..store import RunError
     from .gcm import (
@@ -95,8 +101,16 @@ def score_run(
         x, y = next(_batches_of(bundle, subset))
         result = gradient_conflict_matrix(run.model, x, y, C, batch_size=BATCH, keep_sums=True)
     stored = np.array(diag["gcm"]["matrix"], dtype=float)
-    if not np.allclose(result.matrix, stored, atol=1e-5, equal_nan=True):
-        raise RunError(f"'{run_dir}': the recomputed conflict matrix differs from the stored one")
+    gap = (
+        float(np.nanmax(np.abs(result.matrix - stored)))
+        if stored.shape == result.matrix.shape
+        else np.inf
+    )
+    if not gap <= REPRODUCE_ATOL:
+        raise RunError(
+            f"'{run_dir}': the recomputed conflict matrix differs from the stored one by {gap:.1e} "
+            f"(more than {REPRODUCE_ATOL:g}): other weights or data than the diagnosis used"
+        )
     return write_run_scores(run, bundle, result, subset, progress=progress)
 
 
