@@ -90,7 +90,7 @@ QUIET_MS = 500
 # "view cpu": the page's renderer main thread's CPU seconds from the click to "drawn" (Chrome
 # DevTools Performance.getMetrics TaskDuration in thread ticks): the browser's own work for a
 # view (layout, scripts, plotly drawing), whatever else shares the machine's cores
-EXTRA_KINDS = ("view served", "view drawn", "interaction drawn", "view cpu")
+EXTRA_KINDS = ("view served", "view drawn", "interaction drawn", "view cpu", "cell")
 # True once a run started after t0 (or was still running at t0: a click during a rerun joins
 # it without a new 'running' edge) and the app is idle again; returns the idle time then.
 # A view whose script is fast may never show 'running' (the browser draws both state changes
@@ -116,6 +116,21 @@ IDLE_AFTER = """(t0) => {
   const ran = busy || s.some(x => x[1] === 'running');
   const last = window.__states[window.__states.length - 1];
   return ran && last[1] === 'notRunning' ? last[0] : null;
+}"""
+
+# The first moment no `stSkeleton` placeholder is on the page (Streamlit shows one where an
+# element is still to come, e.g. while a tab's content or a chart waits for the script).
+NO_SKELETON = """() => document.querySelector('[data-testid="stSkeleton"]')
+    ? null : performance.now()"""
+# Pages with clickable heatmaps: the timed "cell" step clicks cell (0, 1) of the first one and
+# waits for the thumbnails it opens (every <img> under the images' heading loaded).
+CELL_PAGES = {"conflict": "most against", "confusion": " test images of "}
+THUMBS_LOADED = """(text) => {
+  const caps = [...document.querySelectorAll('[data-testid="stCaptionContainer"]')];
+  if (!caps.some(c => c.innerText.includes(text))) return null;
+  const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
+  return imgs.length && imgs.every(i => i.complete && i.naturalWidth > 0)
+      && !document.querySelector('[data-testid="stSkeleton"]') ? performance.now() : null;
 }"""
 
 
@@ -268,7 +283,12 @@ async def _wait_idle(page, t0: float, timeout_s: float) -> float | None:
         await page.wait_for_timeout(SETTLE_MS)  # a queued rerun (fragment) must finish too
         handle = await page.wait_for_function(IDLE_AFTER, arg=t0, timeout=timeout_s * 1000)
         last = await handle.json_value()
-        return (max(first, last) - t0) / 1000 - (SETTLE_MS / 1000 if last > first else 0)
+        done = max(first, last)
+        # a view is not shown while a placeholder stands in for an element still to come
+        handle = await page.wait_for_function(NO_SKELETON, timeout=timeout_s * 1000)
+        if (gone := await handle.json_value()) > done + SETTLE_MS:
+            return (gone - t0) / 1000
+        return (done - t0) / 1000 - (SETTLE_MS / 1000 if last > first else 0)
     except Exception:  # playwright's TimeoutError
         return None
 
@@ -376,6 +396,36 @@ async def _interact(page, name: str, image: Path) -> bool:
     return True
 
 
+async def _cell(page, name: str, timeout_s: float) -> float | None:
+    """Seconds from a click on cell (0, 1) of the page's first heatmap to its thumbnails on
+    screen (THUMBS_LOADED) and the app idle; None when they never came. Untimed first: a hover
+    until plotly answers (its click handler is bound then), as a user's pointer would."""
+    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    point = chart.locator(".scatterlayer .trace .points path.point").nth(1)
+    try:
+        await chart.wait_for(timeout=timeout_s * 1000)
+        await point.wait_for(state="attached", timeout=5_000)  # none: heatmaps not clickable
+        box = await point.bounding_box()
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        for _ in range(50):
+            await page.mouse.move(x, y)
+            if await chart.locator(".hoverlayer .hovertext").count():
+                break
+            await page.mouse.move(x - 5, y + 5)
+            await page.wait_for_timeout(100)
+        t0 = await page.evaluate("performance.now()")
+        await page.mouse.click(x, y)
+        handle = await page.wait_for_function(
+            THUMBS_LOADED, arg=CELL_PAGES[name], timeout=timeout_s * 1000
+        )
+        shown = await handle.json_value()
+        idle = await _wait_idle(page, t0, timeout_s)
+        return max((shown - t0) / 1000, idle or 0.0)
+    except Exception as e:  # playwright's TimeoutError: no thumbnails
+        print(f"{name}: cell click failed: {e!s:.120}")
+        return None
+
+
 # After an upload, marks (performance.now(), ms) the first moment each stage shows, polled in
 # the page while the benchmark waits for idle: the page's answer (this upload's caption, with
 # maps or queue places), the first run's complete maps (an Integrated Gradients caption is a
@@ -452,7 +502,12 @@ async def session(browser, server: Server, pages, image: Path, timeout_s: float,
         await page.evaluate(OBSERVE)
         for name in pages:
             link, heading = PAGES[name]
-            for kind in ("view", "interaction"):
+            for kind in ("view", "interaction", "cell"):
+                if kind == "cell":  # the view's first heatmap cell to its thumbnails
+                    if name in CELL_PAGES:
+                        took = await _cell(page, name, timeout_s)
+                        rec.append({"page": name, "kind": "cell", "seconds": took, "errors": 0})
+                    continue
                 t0 = await page.evaluate("performance.now()")
                 t0_py = time.perf_counter()
                 cpu0 = await _cpu_s(cdp)
@@ -590,6 +645,12 @@ def _print(label: str, users: int, summary: dict, rss: float) -> None:
             f"{a['p95']:>8.2f} {ad['median']:>8.2f} {v['errors'] + a['errors']:>6} "
             f"{v['timeouts'] + a['timeouts']:>8}"
         )
+        if "cell" in r:
+            m = r["cell"]
+            print(
+                f"  cell click -> thumbnails: median {m['median']:.2f} s, p95 {m['p95']:.2f} s, "
+                f"{m['timeouts']} failed"
+            )
         for kind in MAP_KINDS:
             if kind in r:
                 m = r[kind]

@@ -33,6 +33,7 @@ from pages.fig_base import as_matrix, matrix_frame, number
 from pages.fig_conflict import (
     conflict_difference,
     conflict_gain_scatter,
+    conflict_grid,
     conflict_heatmap,
     conflict_history_figure,
     shares_heatmap,
@@ -71,7 +72,8 @@ def not_diagnosed_note(infos, labels) -> None:
     st.code(cmds, language="bash", wrap_lines=True)
 
 
-def heatmaps_section(diagnosed, labels, group) -> dict:
+def collect_blocks(diagnosed, labels, group) -> dict:
+    """label -> gcm_block of each run that stores ``group``, with a notice for the others."""
     blocks = {}
     for i in diagnosed:
         b = gcm_block(i.meta, group)
@@ -80,24 +82,28 @@ def heatmaps_section(diagnosed, labels, group) -> dict:
     missing = [labels[str(i.path)] for i in diagnosed if labels[str(i.path)] not in blocks]
     if missing:
         st.warning(f"No '{group}' matrix stored for: {', '.join(missing)}")
-    names = list(blocks)
     backbones = sorted({b["backbone"] for b in blocks.values()})
     if group != WHOLE and len(backbones) > 1:
         st.info(
             f"'{group}' names a different set of layers in each backbone "
             f"({', '.join(backbones)}): compare its matrices only within one backbone."
         )
-    for start in range(0, len(names), COLS):
-        for col, name in zip(st.columns(COLS), names[start : start + COLS]):
-            with col:
-                b = blocks[name]
-                fig = conflict_heatmap(b["matrix"], b["classes"], title=name, click_tag=0)
-                key = f"gcm_{group}_{name}"
-                plotly_chart(
-                    fig, width="stretch", key=key, on_click=partial(open_pair, key, b["classes"])
-                )
-                st.caption(f"mean off-diagonal cos **{b['mean']:+.3f}**, std {b['std']:.3f}")
-                download_fig(fig, f"gcm_{group}_{name}")
+    return blocks
+
+
+def heatmaps_section(blocks, group) -> None:
+    names = list(blocks)
+    classes = blocks[names[0]]["classes"] if names else []
+    if names and all(b["classes"] == classes for b in blocks.values()):
+        # one figure for every run: the browser draws one chart, not one per run
+        titles = [f"{n}: mean cos {b['mean']:+.3f}, std {b['std']:.3f}" for n, b in blocks.items()]
+        mats = {n: b["matrix"] for n, b in blocks.items()}
+        fig = conflict_grid(mats, classes, titles, cols=min(COLS, len(names)))
+        key = f"gcm_{group}"
+        plotly_chart(fig, width="stretch", key=key, on_click=partial(open_pair, key, classes))
+        download_fig(fig, f"gcm_{group}")
+    else:  # runs of other class sets: a chart each
+        _per_run_heatmaps(blocks, group)
     if blocks:
         long = pd.concat(
             matrix_frame(b["matrix"], b["classes"], b["classes"])
@@ -107,7 +113,20 @@ def heatmaps_section(diagnosed, labels, group) -> dict:
             for name, b in blocks.items()
         )
         download_df(long, f"gcm_{group}")
-    return blocks
+
+
+def _per_run_heatmaps(blocks: dict, group: str) -> None:
+    names = list(blocks)
+    for start in range(0, len(names), COLS):
+        for col, name in zip(st.columns(COLS), names[start : start + COLS]):
+            with col:
+                b = blocks[name]
+                fig = conflict_heatmap(b["matrix"], b["classes"], title=name, click_tag=0)
+                key = f"gcm_{group}_{name}"
+                on_click = partial(open_pair, key, b["classes"])
+                plotly_chart(fig, width="stretch", key=key, on_click=on_click)
+                st.caption(f"mean off-diagonal cos **{b['mean']:+.3f}**, std {b['std']:.3f}")
+                download_fig(fig, f"gcm_{group}_{name}")
 
 
 def pairs_section(blocks) -> None:
@@ -128,7 +147,6 @@ def pairs_section(blocks) -> None:
 
 
 def difference_section(blocks, group) -> None:
-    st.subheader("Difference of two runs")
     names = list(blocks)
     if len(names) < 2:
         st.info("Choose at least two diagnosed runs to compare their matrices.")
@@ -400,8 +418,9 @@ GAIN_COLUMNS = {  # conflict_gain's method keys -> the column names of docs/resu
 }
 
 
-def matrices_tab(diagnosed, labels) -> None:
-    """The matrices of one layer group, their most adversarial pairs and a difference."""
+def matrices_tab(diagnosed, labels, difference: bool = False) -> None:
+    """The matrices of one layer group and their most adversarial pairs, or (``difference``)
+    the difference of two of them."""
     if not diagnosed:
         st.info("None of the chosen runs is diagnosed yet.")
         return
@@ -416,17 +435,23 @@ def matrices_tab(diagnosed, labels) -> None:
         key="gcm_group",
         help="Conflict measured on the gradients of one group of layers only.",
     )
-    blocks = heatmaps_section(diagnosed, labels, group)
+    blocks = collect_blocks(diagnosed, labels, group)
+    if difference:
+        difference_section(blocks, group)
+        return
+    heatmaps_section(blocks, group)
     if blocks:
         pairs_section(blocks)
-        difference_section(blocks, group)
 
 
 MATRICES, GAIN, HISTORY = "Matrices", "Conflict vs minority gain", "Over training"
+DIFFERENCE = "Difference of two runs"
 SHARES, OPT_GEN = "Branch shares", "Optimisation and generalisation"
 SECTIONS = {  # tab -> what it shows; only the open tab is built
-    MATRICES: "Per-run matrices of one layer group, the most adversarial pairs, a difference. "
-    "Click a cell of any matrix to see the training images behind it.",
+    MATRICES: "Per-run matrices of one layer group and their most adversarial pairs. Click a "
+    "cell of any matrix to see the training images behind it.",
+    DIFFERENCE: "One run's matrix minus another's, for one layer group (a click on a cell opens "
+    "its images too).",
     IMAGES: "For a class pair, the training images of each class that pull against the other "
     "(per-example alignment with the class's mean gradient), candidate label errors, and how "
     "far two runs agree.",
@@ -458,8 +483,8 @@ def main() -> None:
     )
     with tab:
         st.caption(SECTIONS[name])
-        if name == MATRICES:
-            matrices_tab(diagnosed, labels)
+        if name in (MATRICES, DIFFERENCE):
+            matrices_tab(diagnosed, labels, difference=name == DIFFERENCE)
         elif name == IMAGES:
             images_tab(runs, labels)
         elif name == GAIN:

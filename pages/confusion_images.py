@@ -51,11 +51,12 @@ def cell_images(infos: dict, classes: list[str], split: str) -> None:
         st.info("None of the chosen runs stores its test predictions.")
         return
     for k in ("cm_true", "cm_pred"):
-        if st.session_state.get(k) not in classes:
-            st.session_state[k] = classes[0]
+        if st.session_state.get(k) not in (None, *classes):  # a class of other runs
+            st.session_state[k] = None
     c1, c2 = st.columns(2)
-    a = classes.index(c1.selectbox("True class (row)", classes, key="cm_true"))
-    b = classes.index(c2.selectbox("Predicted class (column)", classes, key="cm_pred"))
+    pick = {"index": None, "placeholder": "click a cell, or pick"}  # none until asked: a light view
+    a = c1.selectbox("True class (row)", classes, key="cm_true", **pick)
+    b = c2.selectbox("Predicted class (column)", classes, key="cm_pred", **pick)
     st.caption(
         "Click a cell of the matrices, or pick it here. Most confident first; each thumbnail "
         "opens the Attributions page on that test image."
@@ -65,6 +66,9 @@ def cell_images(infos: dict, classes: list[str], split: str) -> None:
             else ""
         )
     )
+    if a is None or b is None:
+        return
+    a, b = classes.index(a), classes.index(b)
     for col, name in zip(st.columns(len(runs)), runs, strict=True):
         with col:
             _cell_column(infos[name], name, preds[name], classes, a, b)

@@ -51,6 +51,7 @@ __all__ = [
     "clip_label",
     "finish_layout",
     "fmt_ci",
+    "grid_layout",
     "heatmap_layout",
     "matrix_frame",
     "matrix_heatmap",
@@ -261,6 +262,40 @@ def heatmap_layout(
         "yaxis": yaxis,
         "height": round(min(MAX_HEIGHT, top + cell_h * len(y) + bottom)),
         "margin": {"l": 10, "r": 10, "t": round(top), "b": 10},
+    }
+
+
+def grid_layout(titles: Sequence[str], classes: Sequence[str], cols: int, chars: int) -> dict:
+    """A grid of heatmaps' layout (confusion, conflict) across PAGE_WIDTH px, ``cols``
+    subplots per row: ``titles`` wrapped to a subplot's width at SUBTITLE_FONT (so neighbours
+    never run into each other), the tick settings of :func:`category_ticks`, whether cell
+    numbers of ``chars`` characters fit at CELL_FONT, the spacings (fractions of the plot
+    area), margins and height (px)."""
+    n, rows = len(classes), max(1, math.ceil(len(titles) / cols))
+    labels = short_labels(classes)
+    spacing = 0.04  # of the plot width, between neighbouring subplots (and their titles)
+    left = max(text_px(v, TICK_FONT) for v in labels) + 8  # px: class names left of each row
+    sub_w = (PAGE_WIDTH - left - COLORBAR_PX - 20) * (1 - spacing * (cols - 1)) / cols  # px
+    wrapped = [wrap(t, sub_w, SUBTITLE_FONT) for t in titles]
+    title_px = max((t.count("<br>") + 1 for t in wrapped), default=1) * LINE_EM * SUBTITLE_FONT
+    per_row = max(220, 60 * n)  # plot height per row (px)
+    xaxis, x_px = category_ticks(classes, labels, sub_w / n, across=True)
+    yaxis, _ = category_ticks(classes, labels, per_row / n, across=False)
+    gap = x_px + 35 + title_px  # px between rows: class names, 'predicted', the next titles
+    plot_h = per_row * rows + gap * (rows - 1)
+    margin = {"l": 10, "r": 10, "t": round(18 + title_px), "b": round(x_px + 35)}
+    return {
+        "rows": rows,
+        "titles": wrapped,
+        "spacing": spacing,
+        "vertical_spacing": gap / plot_h if rows > 1 else 0.0,
+        "xaxis": xaxis,
+        "yaxis": yaxis,
+        "show_text": sub_w / n >= chars * CHAR_EM * CELL_FONT + 4
+        and per_row / n >= LINE_EM * CELL_FONT,
+        "margin": margin,
+        "height": round(plot_h + margin["t"] + margin["b"]),
+        "cell_px": min(sub_w, per_row) / n,  # the side of the largest square in a cell
     }
 
 

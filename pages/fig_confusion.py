@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,22 +12,14 @@ from plotly.subplots import make_subplots
 
 from pages.fig_base import (
     CELL_FONT,
-    CHAR_EM,
-    COLORBAR_PX,
     DIFF_SCALE,
     DIFF_WIDTH,
-    LINE_EM,
-    PAGE_WIDTH,
     SEQ_SCALE,
     SUBTITLE_FONT,
-    TICK_FONT,
     as_matrix,
-    category_ticks,
     clickable_cells,
+    grid_layout,
     matrix_heatmap,
-    short_labels,
-    text_px,
-    wrap,
 )
 from pages.figcache import cached_figure
 
@@ -59,39 +50,6 @@ def confusion_of(meta: Mapping[str, Any], split: str = "test") -> np.ndarray | N
             cm = np.zeros((c, c))
             np.add.at(cm, (np.asarray(yt, int), np.asarray(yp, int)), 1)
     return cm
-
-
-def _grid_layout(titles: Sequence[str], classes: Sequence[str], cols: int, chars: int) -> dict:
-    """The confusion grid's layout across PAGE_WIDTH px, ``cols`` subplots per row: ``titles``
-    wrapped to a subplot's width at SUBTITLE_FONT (so neighbours never run into each other),
-    the tick settings of :func:`category_ticks`, whether cell numbers of ``chars`` characters
-    fit at CELL_FONT, the spacings (fractions of the plot area), margins and height (px)."""
-    n, rows = len(classes), max(1, math.ceil(len(titles) / cols))
-    labels = short_labels(classes)
-    spacing = 0.04  # of the plot width, between neighbouring subplots (and their titles)
-    left = max(text_px(v, TICK_FONT) for v in labels) + 8  # px: class names left of each row
-    sub_w = (PAGE_WIDTH - left - COLORBAR_PX - 20) * (1 - spacing * (cols - 1)) / cols  # px
-    wrapped = [wrap(t, sub_w, SUBTITLE_FONT) for t in titles]
-    title_px = max((t.count("<br>") + 1 for t in wrapped), default=1) * LINE_EM * SUBTITLE_FONT
-    per_row = max(220, 60 * n)  # plot height per row (px)
-    xaxis, x_px = category_ticks(classes, labels, sub_w / n, across=True)
-    yaxis, _ = category_ticks(classes, labels, per_row / n, across=False)
-    gap = x_px + 35 + title_px  # px between rows: class names, 'predicted', the next titles
-    plot_h = per_row * rows + gap * (rows - 1)
-    margin = {"l": 10, "r": 10, "t": round(18 + title_px), "b": round(x_px + 35)}
-    return {
-        "rows": rows,
-        "titles": wrapped,
-        "spacing": spacing,
-        "vertical_spacing": gap / plot_h if rows > 1 else 0.0,
-        "xaxis": xaxis,
-        "yaxis": yaxis,
-        "show_text": sub_w / n >= chars * CHAR_EM * CELL_FONT + 4
-        and per_row / n >= LINE_EM * CELL_FONT,
-        "margin": margin,
-        "height": round(plot_h + margin["t"] + margin["b"]),
-        "cell_px": min(sub_w, per_row) / n,  # the side of the largest square in a cell
-    }
 
 
 def _add_run(fig, name, counts, classes, normalize: bool, geo: dict, k: int, cols: int) -> None:
@@ -156,7 +114,7 @@ def confusion_grid(
     names = list(mats)
     top = 1.0 if normalize else float(zmax or max(float(m.max()) for m in mats.values()) or 1)
     titles = [f"{name} (n={int(np.asarray(mats[name]).sum())})" for name in names]
-    geo = _grid_layout(titles, classes, cols, chars=4 if normalize else len(str(int(top))))
+    geo = grid_layout(titles, classes, cols, chars=4 if normalize else len(str(int(top))))
     fig = make_subplots(
         rows=geo["rows"],
         cols=cols,

@@ -62,6 +62,7 @@ from pages.fig_base import (
     clip_label,
     finish_layout,
     fmt_ci,
+    grid_layout,
     heatmap_layout,
     matrix_frame,
     matrix_heatmap,
@@ -96,6 +97,7 @@ conflict_difference = fig_conflict.conflict_difference.__wrapped__
 conflict_history_figure = fig_conflict.conflict_history_figure.__wrapped__
 shares_heatmap = fig_conflict.shares_heatmap.__wrapped__
 conflict_gain_scatter = fig_conflict.conflict_gain_scatter.__wrapped__
+conflict_grid = fig_conflict.conflict_grid.__wrapped__
 attention_heatmaps = fig_attention.attention_heatmaps.__wrapped__
 overlap_heatmap = fig_attention.overlap_heatmap.__wrapped__
 angle_heatmap = fig_attention.angle_heatmap.__wrapped__
@@ -143,6 +145,7 @@ __all__ = [
     "clip_label",
     "conflict_difference",
     "conflict_gain_scatter",
+    "conflict_grid",
     "conflict_heatmap",
     "conflict_history_figure",
     "confusion_difference",
@@ -153,6 +156,7 @@ __all__ = [
     "distribution_bars",
     "finish_layout",
     "fmt_ci",
+    "grid_layout",
     "heatmap_layout",
     "matrix_frame",
     "matrix_heatmap",

@@ -320,6 +320,8 @@ def _confusion_cell_images(at) -> None:
     its test images per run (three side by side), most confident first, counted as the matrix
     counts them; two runs: the images one gets right and the other wrong, both ways."""
     assert at.subheader[0].value == "Images of a cell"
+    assert at.selectbox(key="cm_true").value is None  # no cell until one is asked for
+    assert not [c for c in at.caption if " test images of " in c.value] and not _count(at, "Image")
     classes = at.selectbox(key="cm_true").options
     at.selectbox(key="cm_true").set_value(classes[0])
     for b in classes:  # the first column of row 0 that holds an image (tiny runs: few do)
@@ -385,7 +387,12 @@ def test_conflict_page(runs_root):
     texts = _texts(at)
     assert "Not diagnosed yet" in texts and "python -m csba diagnose" in at.code[0].value
     charts = at.get("plotly_chart")
-    assert len(charts) >= 3  # csba, gradnorm, class_heads matrices
+    assert len(charts) == 1  # every diagnosed run's matrix in one figure; the difference: a tab
+    grid = json.loads(charts[0].proto.spec)
+    heatmaps = [t for t in grid["data"] if t["type"] == "heatmap"]
+    assert len(heatmaps) >= 3 and len(grid["data"]) == 2 * len(heatmaps)  # each with its overlay
+    titles = [a["text"] for a in grid["layout"]["annotations"]]
+    assert all(": mean cos " in t for t in titles), titles
     pairs = at.dataframe[0].value
     assert set(pairs.columns) == {"run", "rank", "class a", "class b", "cos"}
     assert (pairs["cos"] <= 1).all()
@@ -410,6 +417,12 @@ def test_conflict_page(runs_root):
         _no_exception(at)
         assert not at.error, (section, [e.value for e in at.error])
     assert at.session_state["gcm_group"] == "fire8"  # the matrices' choice survives the tabs
+    at.session_state["gcm_section"] = "Difference of two runs"
+    at.run()
+    at.selectbox(key="gcm_group").set_value("whole model").run()
+    _no_exception(at)
+    diff = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    assert [t["type"] for t in diff] == ["heatmap", "scatter"]  # clickable too
 
 
 def test_confusion_grid_shows_each_run_on_one_shared_scale():

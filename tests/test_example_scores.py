@@ -4,6 +4,7 @@ round trip."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -153,6 +154,13 @@ def test_diagnose_writes_scores_and_scores_only_touches_nothing_else(tiny_folder
     np.testing.assert_allclose(a.alignment, b.alignment, atol=1e-6, equal_nan=True)
     np.testing.assert_array_equal(a.rule, b.rule)
     assert len(again) == len(first)
+    # a stored matrix the weights no longer give (moved by 0.05): refused in one line, and
+    # the scores file left as it was
+    meta = json.loads((Path(run) / "run.json").read_text())
+    meta["diagnostics"]["gcm"]["matrix"][0][1] += 0.05
+    (Path(run) / "run.json").write_text(json.dumps(meta))
+    assert main(["diagnose", run, "--scores-only"]) == 2
+    assert (Path(run) / "example_scores.safetensors").read_bytes() == again
 
 
 def test_label_noise_moves_training_labels_only_and_is_rebuilt(tiny_folder, tmp_path):

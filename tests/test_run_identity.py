@@ -245,6 +245,8 @@ def test_layer_group_difference_across_backbones_is_refused(two_backbones, env):
     trifire = next(p for p in _runs(two_backbones) if p.endswith("/baseline-s0"))
     resnet = next(p for p in _runs(two_backbones) if p.endswith("/baseline-resnet18-s0"))
     at.sidebar.multiselect(key="conflict_runs").set_value([trifire, resnet]).run()
+    at.session_state["gcm_section"] = "Difference of two runs"  # its own tab
+    at.run()
     groups = at.selectbox(key="gcm_group").options
     shared = next(g for g in groups if g != "whole model")
     at.selectbox(key="gcm_group").set_value(shared).run()
