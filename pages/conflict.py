@@ -137,12 +137,9 @@ def pairs_section(blocks) -> None:
         for rank, (a, c, cos) in enumerate(adversarial_pairs(b["matrix"], b["classes"])[:top]):
             rows.append({"run": name, "rank": rank + 1, "class a": a, "class b": c, "cos": cos})
     df = pd.DataFrame(rows, columns=["run", "rank", "class a", "class b", "cos"])
-    st.dataframe(
-        df,
-        hide_index=True,
-        width="stretch",
-        column_config={"cos": st.column_config.NumberColumn(format="%+.3f")},
-    )
+    # a static table: a few rows need no data grid, whose script a fresh browser session
+    # loads first (the page's last placeholder to go, ~2 s: docs/performance.md)
+    st.table(df.style.format({"cos": "{:+.3f}"}).hide(axis="index"))
     download_df(df, "adversarial_pairs")
 
 

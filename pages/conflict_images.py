@@ -186,4 +186,5 @@ def _agreement(scored, labels, ranking) -> None:
         )
     if rows:
         st.caption(f"Agreement of the rankings ({ranking}) over the same training images")
-        st.dataframe(pd.DataFrame(rows), hide_index=True)
+        df = pd.DataFrame(rows)  # a static table: a data grid's script would load first
+        st.table(df.style.format(precision=3).hide(axis="index"))
