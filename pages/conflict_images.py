@@ -24,7 +24,7 @@ from pages.common import clicked_cell, diagnostics_of, run_ref
 from pages.thumbs import bundle_of, thumb_grid
 
 MAX_RUNS = 3  # side by side
-K = 6  # thumbnails per list
+K = 4  # thumbnails per list (one row: the view draws 4 x 3 per run, not 6 x 3)
 QUICK = 5  # one-click buttons: the most conflicting pairs
 IMAGES = "Images behind a conflict"  # the conflict page's tab this module draws
 

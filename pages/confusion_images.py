@@ -12,7 +12,7 @@ from csba.diagnostics.browse import confusion_cell, right_wrong
 from pages.common import clicked_cell, run_ref
 from pages.thumbs import bundle_of, thumb_grid
 
-K = 6  # thumbnails per list
+K = 4  # thumbnails per list, one row each
 MAX_RUNS = 3  # side by side
 
 

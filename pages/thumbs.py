@@ -15,7 +15,7 @@ from pages.common import attribution_link
 
 __all__ = ["bundle_for", "bundle_of", "thumb_grid"]
 
-PER_ROW = 3
+PER_ROW = 4  # thumbnails per row (K of the pages: one row per list)
 
 
 @st.cache_resource(show_spinner="Loading the images...", max_entries=4)

@@ -319,6 +319,8 @@ def _confusion_cell_images(at) -> None:
     """A cell (true a, predicted b) chosen with the pickers (what a click on the grid sets):
     its test images per run (three side by side), most confident first, counted as the matrix
     counts them; two runs: the images one gets right and the other wrong, both ways."""
+    from pages.confusion_images import K
+
     assert at.subheader[0].value == "Images of a cell"
     assert at.selectbox(key="cm_true").value is None  # no cell until one is asked for
     assert not [c for c in at.caption if " test images of " in c.value] and not _count(at, "Image")
@@ -336,8 +338,8 @@ def _confusion_cell_images(at) -> None:
     assert sum(n) > 0
     caps = [c.value for c in at.caption if c.value.startswith("Right in ")]
     assert len(caps) == 2  # both ways
-    assert _count(at, "Image") == sum(min(6, k) for k in n) + sum(
-        min(6, int(c.split(": ")[1].split()[0])) for c in caps
+    assert _count(at, "Image") == sum(min(K, k) for k in n) + sum(
+        min(K, int(c.split(": ")[1].split()[0])) for c in caps
     )
 
 
@@ -666,8 +668,8 @@ def test_conflict_images_tab(runs_root):
     assert not at.error, [e.value for e in at.error]
     caps = [c.value for c in at.caption]
     assert any(c.startswith("No per-example scores") and "gradnorm s0" in c for c in caps)
-    # 2 runs x (a against b, b against a, candidates), 6 thumbnails each (tiny classes: fewer)
-    assert _count(at, "Image") == 36
+    # 2 runs x (a against b, b against a, candidates), K = 4 thumbnails each (tiny classes: fewer)
+    assert _count(at, "Image") == 24
     assert caps.count("Training images of alpha most against beta (alignment)") == 2
     pills = at.get("button_group")[0]
     pills.set_value(2).run()  # the third pair, one click

@@ -317,5 +317,7 @@ def test_a_click_on_a_conflict_cell_or_a_confusion_cell_shows_its_images(server)
         _no_exception(page, "confusion cell click")
         _shot(page, "confusion_cell_images")
         block = page.locator('[data-testid="stColumn"]', has_text=want).last
-        assert block.locator("img").count() == min(6, int(counts[cell]))
+        from pages.confusion_images import K
+
+        assert block.locator("img").count() == min(K, int(counts[cell]))
         browser.close()
