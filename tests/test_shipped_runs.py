@@ -65,17 +65,40 @@ def test_shipped_runs_are_complete_and_diagnosed():
         assert {"gcm", "branches", "attention"} <= set(meta["diagnostics"]), info.path
         assert meta["conflict_history"], info.path
         assert meta["dataset"]["name"] == "elpv" and meta["dataset"]["skipped"] == 0
-    # no stray files: run.json + model.safetensors + the typicality reference, nothing else;
-    # an experiment record is its run.json alone (benchmarks/ship_records.py), with its log
-    want = ["model.safetensors", "run.json", "typicality.json", "typicality.safetensors"]
+    # no stray files: run.json + model.safetensors + the typicality reference + the
+    # per-example scores, nothing else; an experiment record is its run.json alone
+    # (benchmarks/ship_records.py), with its log
+    want = [
+        "example_scores.safetensors",
+        "model.safetensors",
+        "run.json",
+        "typicality.json",
+        "typicality.safetensors",
+    ]
     for info in MODELS:
-        assert sorted(p.name for p in info.path.iterdir()) == want
+        assert sorted(p.name for p in info.path.iterdir()) == want, info.path
         assert info.meta["variant"] in PAPER_VARIANTS
         assert (info.meta["config"].get("backbone") or "trifire") == "trifire"
     for info in RECORDS:
         assert sorted(p.name for p in info.path.iterdir()) == ["run.json"], info.path
         assert (SHIPPED / "logs" / f"elpv-{info.path.name}.log").is_file(), info.path
     assert len(MODELS) == 15
+
+
+def test_shipped_runs_carry_per_example_scores_of_their_whole_training_split():
+    """Every run with weights: scores for each training image (the matrix's own sum, the whole
+    split: every image leave-one-out) and each test image (class means), 4 classes."""
+    from csba.diagnostics.examples import load_scores
+
+    for info in MODELS:
+        counts = info.meta["diagnostics"]["subset"]["counts"]  # the matrix's images per class
+        train, test = load_scores(info.path, "train"), load_scores(info.path, "test")
+        assert train.alignment.shape == (sum(counts), 4), info.path
+        assert np.bincount(train.labels, minlength=4).tolist() == counts, info.path
+        assert train.rule.all() and not test.rule.any(), info.path
+        assert len(test.labels) == len(info.meta["predictions"]["test"]["y_true"]), info.path
+        assert np.array_equal(test.labels, info.meta["predictions"]["test"]["y_true"])
+        assert np.isfinite(train.self_influence).all() and (train.confidence <= 1).all()
 
 
 def test_shipped_conflict_changes_are_against_the_matched_baselines(tmp_path):
