@@ -24,6 +24,7 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import plotly.io as pio
+from plotly.subplots import make_subplots
 
 __all__ = [
     "CELL_FONT",
@@ -44,14 +45,17 @@ __all__ = [
     "SUBTITLE_FONT",
     "TICK_FONT",
     "TITLE_FONT",
+    "add_grid_heatmap",
     "as_array",
     "as_matrix",
     "category_ticks",
     "clickable_cells",
     "clip_label",
+    "finish_grid",
     "finish_layout",
     "fmt_ci",
     "grid_layout",
+    "heatmap_grid",
     "heatmap_layout",
     "matrix_frame",
     "matrix_heatmap",
@@ -297,6 +301,68 @@ def grid_layout(titles: Sequence[str], classes: Sequence[str], cols: int, chars:
         "height": round(plot_h + margin["t"] + margin["b"]),
         "cell_px": min(sub_w, per_row) / n,  # the side of the largest square in a cell
     }
+
+
+def heatmap_grid(titles: Sequence[str], classes: Sequence[str], cols: int, chars: int):
+    """An empty grid of square-class heatmaps laid out by :func:`grid_layout` (one subplot per
+    title, class names once left of each row): returns (figure, layout)."""
+    geo = grid_layout(titles, classes, cols, chars)
+    fig = make_subplots(
+        rows=geo["rows"],
+        cols=cols,
+        subplot_titles=geo["titles"],
+        shared_yaxes=True,  # class names once, left of each row
+        horizontal_spacing=geo["spacing"],
+        vertical_spacing=geo["vertical_spacing"],
+    )
+    fig.update_annotations(font={"size": SUBTITLE_FONT})  # the subplot titles
+    return fig, geo
+
+
+def add_grid_heatmap(
+    fig: go.Figure,
+    geo: dict,
+    k: int,
+    cols: int,
+    z: np.ndarray,
+    classes: Sequence[str],
+    *,
+    text: Sequence[Sequence[str]],
+    hover: str,
+    customdata: np.ndarray | None = None,
+) -> None:
+    """Subplot k of a :func:`heatmap_grid`: the heatmap z (C, C) on the shared colour axis,
+    ``text`` in the cells where they fit, and its click overlay tagged k."""
+    where = {"row": k // cols + 1, "col": k % cols + 1}
+    show = geo["show_text"]
+    fig.add_trace(
+        go.Heatmap(
+            z=z,
+            x=list(classes),
+            y=list(classes),
+            coloraxis="coloraxis",
+            text=text if show else None,
+            texttemplate="%{text}" if show else None,
+            textfont={"size": CELL_FONT},
+            customdata=customdata,
+            hovertemplate=hover,
+            xgap=1,
+            ygap=1,
+        ),
+        **where,
+    )
+    clickable_cells(
+        fig, classes, classes, z=z, hover=hover, customdata=customdata,
+        cell_px=geo["cell_px"], tag=k, **where,
+    )  # fmt: skip
+
+
+def finish_grid(fig: go.Figure, geo: dict, coloraxis: dict) -> go.Figure:
+    """A :func:`heatmap_grid`'s axes (first row at the top), colour axis, margins and height."""
+    fig.update_yaxes(autorange="reversed", type="category", **geo["yaxis"])
+    fig.update_xaxes(type="category", **geo["xaxis"])
+    fig.update_layout(coloraxis=coloraxis, margin=geo["margin"], height=geo["height"])
+    return fig
 
 
 def matrix_heatmap(

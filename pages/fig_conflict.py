@@ -10,18 +10,16 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from pages.fig_base import (
-    CELL_FONT,
     CONFLICT_SCALE,
     DIFF_WIDTH,
     PALETTE,
     SEQ_SCALE,
-    SUBTITLE_FONT,
-    clickable_cells,
+    add_grid_heatmap,
+    finish_grid,
     finish_layout,
-    grid_layout,
+    heatmap_grid,
     matrix_heatmap,
     number,
 )
@@ -65,48 +63,16 @@ def conflict_grid(
     each), ``cols`` per row, one -1..1 scale: one chart for the browser to draw instead of one
     per run (as the confusion grid). A click on any run's cell selects it (tag: the run's
     place; pages.fig_base.clickable_cells)."""
-    names = list(mats)
-    geo = grid_layout(titles, classes, cols, chars=5)  # "-0.28"
-    fig = make_subplots(
-        rows=geo["rows"],
-        cols=cols,
-        subplot_titles=geo["titles"],
-        shared_yaxes=True,
-        horizontal_spacing=geo["spacing"],
-        vertical_spacing=geo["vertical_spacing"],
-    )
-    fig.update_annotations(font={"size": SUBTITLE_FONT})
-    for k, name in enumerate(names):
-        m, where = np.asarray(mats[name], float), {"row": k // cols + 1, "col": k % cols + 1}
+    fig, geo = heatmap_grid(titles, classes, cols, chars=5)  # "-0.28"
+    for k, name in enumerate(mats):
+        m = np.asarray(mats[name], float)
         text = [["" if not np.isfinite(v) else f"{v:.2f}" for v in row] for row in m]
         hover = f"<b>{name}</b><br>%{{y}} / %{{x}}<br>cos %{{z:+.3f}}<extra></extra>"
-        fig.add_trace(
-            go.Heatmap(
-                z=m,
-                x=list(classes),
-                y=list(classes),
-                coloraxis="coloraxis",
-                text=text if geo["show_text"] else None,
-                texttemplate="%{text}" if geo["show_text"] else None,
-                textfont={"size": CELL_FONT},
-                hovertemplate=hover,
-                xgap=1,
-                ygap=1,
-            ),
-            **where,
-        )
-        clickable_cells(
-            fig, classes, classes, z=m, hover=hover, cell_px=geo["cell_px"], tag=k, **where
-        )
-    fig.update_yaxes(autorange="reversed", type="category", **geo["yaxis"])
-    fig.update_xaxes(type="category", **geo["xaxis"])
+        add_grid_heatmap(fig, geo, k, cols, m, classes, text=text, hover=hover)
     bar = {"title": {"text": "cos"}, "thickness": 12}
-    fig.update_layout(
-        coloraxis={"colorscale": CONFLICT_SCALE, "cmin": -1, "cmax": 1, "colorbar": bar},
-        margin=geo["margin"],
-        height=geo["height"],
+    return finish_grid(
+        fig, geo, {"colorscale": CONFLICT_SCALE, "cmin": -1, "cmax": 1, "colorbar": bar}
     )
-    return fig
 
 
 @cached_figure

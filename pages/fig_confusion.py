@@ -8,17 +8,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from pages.fig_base import (
-    CELL_FONT,
     DIFF_SCALE,
     DIFF_WIDTH,
     SEQ_SCALE,
-    SUBTITLE_FONT,
+    add_grid_heatmap,
     as_matrix,
-    clickable_cells,
-    grid_layout,
+    finish_grid,
+    heatmap_grid,
     matrix_heatmap,
 )
 from pages.figcache import cached_figure
@@ -55,7 +53,6 @@ def confusion_of(meta: Mapping[str, Any], split: str = "test") -> np.ndarray | N
 def _add_run(fig, name, counts, classes, normalize: bool, geo: dict, k: int, cols: int) -> None:
     """Run k's heatmap (counts (C, C)) in its subplot, and its click overlay tagged k."""
     rates = row_normalise(counts)
-    show = geo["show_text"]
     # one line per cell (the rate or the count; the hover gives both): half the text
     text = [
         [f"{rates[i, j]:.2f}" if normalize else f"{int(counts[i, j])}" for j in range(len(classes))]
@@ -66,35 +63,8 @@ def _add_run(fig, name, counts, classes, normalize: bool, geo: dict, k: int, col
         "<br>count %{customdata[0]:.0f}<br>rate (of true row) %{customdata[1]:.3f}"
         "<extra></extra>"
     )
-    z, where = (rates if normalize else counts), {"row": k // cols + 1, "col": k % cols + 1}
-    fig.add_trace(
-        go.Heatmap(
-            z=z,
-            x=list(classes),
-            y=list(classes),
-            coloraxis="coloraxis",
-            text=text if show else None,
-            texttemplate="%{text}" if show else None,
-            textfont={"size": CELL_FONT},
-            customdata=np.dstack([counts, rates]),
-            hovertemplate=hover,
-            xgap=1,
-            ygap=1,
-        ),
-        **where,
-    )
-    # a click on any run's cell selects it (tag: the run's place)
-    clickable_cells(
-        fig,
-        classes,
-        classes,
-        z=z,
-        hover=hover,
-        customdata=np.dstack([counts, rates]),
-        cell_px=geo["cell_px"],
-        tag=k,
-        **where,
-    )
+    z, data = (rates if normalize else counts), np.dstack([counts, rates])
+    add_grid_heatmap(fig, geo, k, cols, z, classes, text=text, hover=hover, customdata=data)
 
 
 @cached_figure
@@ -114,32 +84,13 @@ def confusion_grid(
     names = list(mats)
     top = 1.0 if normalize else float(zmax or max(float(m.max()) for m in mats.values()) or 1)
     titles = [f"{name} (n={int(np.asarray(mats[name]).sum())})" for name in names]
-    geo = grid_layout(titles, classes, cols, chars=4 if normalize else len(str(int(top))))
-    fig = make_subplots(
-        rows=geo["rows"],
-        cols=cols,
-        subplot_titles=geo["titles"],
-        shared_yaxes=True,  # class names once, left of each row
-        horizontal_spacing=geo["spacing"],
-        vertical_spacing=geo["vertical_spacing"],
-    )
-    fig.update_annotations(font={"size": SUBTITLE_FONT})  # the subplot titles
+    fig, geo = heatmap_grid(titles, classes, cols, chars=4 if normalize else len(str(int(top))))
     for k, name in enumerate(names):
         _add_run(fig, name, np.asarray(mats[name], dtype=float), classes, normalize, geo, k, cols)
-    fig.update_yaxes(autorange="reversed", type="category", **geo["yaxis"])
-    fig.update_xaxes(type="category", **geo["xaxis"])
+    bar = {"title": {"text": "rate" if normalize else "count"}, "thickness": 12}
+    finish_grid(fig, geo, {"colorscale": SEQ_SCALE, "cmin": 0, "cmax": top, "colorbar": bar})
     for k in range(max(0, len(names) - cols), len(names)):  # (rows: true class, in the caption)
         fig.update_xaxes(title_text="predicted", row=k // cols + 1, col=k % cols + 1)
-    fig.update_layout(
-        coloraxis={
-            "colorscale": SEQ_SCALE,
-            "cmin": 0,
-            "cmax": top,
-            "colorbar": {"title": {"text": "rate" if normalize else "count"}, "thickness": 12},
-        },
-        margin=geo["margin"],
-        height=geo["height"],
-    )
     return fig
 
 
