@@ -3,12 +3,15 @@
     python benchmarks/bench_dashboard.py [--runs checkpoints] [--users 1 4 8] [--repeats 1]
                                          [--pages home confusion ...] [--timeout 30]
                                          [--compare REV] [--json FILE] [--profile DIR]
+                                         [--fresh-browser]
 
 Starts ``streamlit run app.py`` headless on a free port against --runs (default: the shipped
 runs), with ``CSBA_SCRIPT_LOG`` set so the server logs the time of each script run itself. For
 each user count N it opens N browser sessions at once (one Chromium, one context each); every
-session visits every page through the sidebar (default selections), then makes one interaction
-there: it removes the last run from the page's run picker (Runs: picks an extra backbone,
+session first visits every page once (its "first view": Streamlit loads each element's script,
+plotly.js included, the first time a browser session draws it; --fresh-browser measures those
+visits instead), then visits every page again through the sidebar (default selections), timed,
+and makes one interaction there: it removes the last run from the page's run picker (Runs: picks an extra backbone,
 its name typed untimed; Protocols and Training: none), and on Attributions it uploads an image
 of its own (a different ELPV test cell per session; measured rounds upload cells no earlier
 round did, so their attributions are computed, not cached) and then records the time to the
@@ -54,6 +57,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = os.environ.get("BENCH_SHOTS")  # a folder: a screenshot of every view that timed out
+# each session visits every page once (timed as "first view") before the measured pass;
+# --fresh-browser: measure the first visits instead (a browser that has never seen the app)
+FIRST_PASS = True
 SETTLE_MS = 150  # a rerun queued right after the first (a fragment): waited for, subtracted
 
 # url path -> (sidebar link title, heading the page shows)
@@ -90,7 +96,10 @@ QUIET_MS = 500
 # "view cpu": the page's renderer main thread's CPU seconds from the click to "drawn" (Chrome
 # DevTools Performance.getMetrics TaskDuration in thread ticks): the browser's own work for a
 # view (layout, scripts, plotly drawing), whatever else shares the machine's cores
-EXTRA_KINDS = ("view served", "view drawn", "interaction drawn", "view cpu", "cell")
+EXTRA_KINDS = (
+    "view served", "view drawn", "interaction drawn", "view cpu", "cell", "first view",
+    "first cell",
+)  # fmt: skip
 # True once a run started after t0 (or was still running at t0: a click during a rerun joins
 # it without a new 'running' edge) and the app is idle again; returns the idle time then.
 # A view whose script is fast may never show 'running' (the browser draws both state changes
@@ -474,6 +483,35 @@ async def _cpu_s(cdp) -> float:
     return next(m["value"] for m in metrics if m["name"] == "TaskDuration")
 
 
+async def _open(page, server: Server, name: str, timeout_s: float) -> float | None:
+    """Click page ``name``'s sidebar link; seconds to the app idle on it, or None."""
+    t0 = await page.evaluate("performance.now()")
+    link, heading = PAGES[name]
+    await page.evaluate(MARK_VIEW, ["/" + ("" if name == "home" else name), heading])
+    await (
+        page.locator('[data-testid="stSidebarNav"]')
+        .get_by_role("link", name=link, exact=True)
+        .click()
+    )
+    took = await _wait_idle(page, t0, timeout_s)
+    await page.wait_for_url(_url(server, name), timeout=timeout_s * 1000)
+    return took
+
+
+async def _first_pass(page, server: Server, pages, away: str, timeout_s: float, rec) -> None:
+    """A browser session's first visit to each page (and its cell step), timed as "first view"
+    and "first cell": Streamlit loads each element's script (plotly.js: about 1.3 s here) the
+    first time a session draws that element, which a user pays once, not on every view. Then
+    back to ``away``, so that the measured pass opens every page afresh."""
+    for name in pages:
+        took = await _open(page, server, name, timeout_s)
+        rec.append({"page": name, "kind": "first view", "seconds": took, "errors": 0})
+        if name in CELL_PAGES:
+            took = await _cell(page, name, timeout_s)
+            rec.append({"page": name, "kind": "first cell", "seconds": took, "errors": 0})
+    await _open(page, server, away, timeout_s)
+
+
 async def session(browser, server: Server, pages, image: Path, timeout_s: float, rec: list):
     """One user: every page through the sidebar, then its interaction; appends to rec."""
     ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -500,6 +538,8 @@ async def session(browser, server: Server, pages, image: Path, timeout_s: float,
             timeout=120_000
         )
         await page.evaluate(OBSERVE)
+        if FIRST_PASS:  # a user who has been here before: the browser holds the app's scripts
+            await _first_pass(page, server, pages, away, timeout_s, rec)
         for name in pages:
             link, heading = PAGES[name]
             for kind in ("view", "interaction", "cell"):
@@ -645,6 +685,10 @@ def _print(label: str, users: int, summary: dict, rss: float) -> None:
             f"{a['p95']:>8.2f} {ad['median']:>8.2f} {v['errors'] + a['errors']:>6} "
             f"{v['timeouts'] + a['timeouts']:>8}"
         )
+        if "first view" in r:
+            m, c = r["first view"], r.get("first cell")
+            cell = f", its cell -> thumbnails {c['median']:.2f} s" if c else ""
+            print(f"  first view in a fresh browser session: median {m['median']:.2f} s{cell}")
         if "cell" in r:
             m = r["cell"]
             print(
@@ -667,6 +711,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=1, help="measured rounds per user count")
     ap.add_argument("--pages", nargs="+", choices=list(PAGES), default=list(PAGES))
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds before a view times out")
+    ap.add_argument(
+        "--fresh-browser",
+        action="store_true",
+        help="measure each session's first visit to each page (the browser loads the app's "
+        "scripts then) instead of a visit by a browser that has opened every page once",
+    )
     ap.add_argument("--compare", metavar="REV", help="also measure this git revision, interleaved")
     ap.add_argument("--json", type=Path, help="write every measurement here")
     ap.add_argument(
@@ -676,6 +726,8 @@ def main(argv: list[str] | None = None) -> dict:
         help="py-spy each server during the measured rounds; raw profiles and a summary here",
     )
     args = ap.parse_args(argv)
+    global FIRST_PASS
+    FIRST_PASS = not args.fresh_browser
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"needs Debian's chromium at {CHROMIUM}")
     work = Path(tempfile.mkdtemp(prefix="bench-dash-"))

@@ -15,7 +15,9 @@ training images ranked by each score:
   low confidence    p(label | x), lowest first;
   random            a seeded shuffle (expected: RATE).
 
-Runs already complete under --out are reused. Prints one markdown table (mean and per seed).
+Runs already complete under --out are reused. Prints one markdown table (mean and per seed),
+then per seed how the moved images differ: gradient norm, share of their class's summed gradient
+norm, mean own-class alignment.
 """
 
 from __future__ import annotations
@@ -58,11 +60,27 @@ def shares(scores, flipped: np.ndarray, seed: int) -> dict[str, tuple[float, flo
         "low confidence": np.argsort(scores.confidence, kind="stable"),
         "random": np.random.default_rng(seed).permutation(n),
     }
-    out = {}
+    out: dict = {"_moved": moved_profile(scores, moved)}
     for name, idx in order.items():
         k5, k10 = max(1, round(0.05 * n)), max(1, round(0.10 * n))
         out[name] = (float(moved[idx[:k5]].mean()), float(moved[idx[:k10]].mean()))
     return out
+
+
+def moved_profile(scores, moved: np.ndarray) -> dict[str, float]:
+    """Why a ranking finds moved images or not: their gradient norm against the clean images'
+    (median ratio), their share of each class's summed gradient norm (mean over classes; their
+    share of the images is RATE) and the mean own-class alignment of both."""
+    g = np.sqrt(scores.self_influence)  # |g_x|
+    classes = np.unique(scores.labels)
+    share = [g[(scores.labels == c) & moved].sum() / g[scores.labels == c].sum() for c in classes]
+    own = scores.own_alignment
+    return {
+        "norm ratio": float(np.median(g[moved]) / np.median(g[~moved])),
+        "norm share": float(np.mean(share)),
+        "own moved": float(np.nanmean(own[moved])),
+        "own clean": float(np.nanmean(own[~moved])),
+    }
 
 
 def one_seed(folder: Path, out: Path, seed: int, args) -> dict:
@@ -115,6 +133,13 @@ def main(argv=None) -> int:
         a = np.array([results[s][name] for s in args.seeds])
         per = ", ".join(f"{x:.2f} / {y:.2f}" for x, y in a)
         print(f"| {name} | {a[:, 0].mean():.2f} | {a[:, 1].mean():.2f} | {per} |")
+    for seed in args.seeds:
+        m = results[seed]["_moved"]
+        print(
+            f"seed {seed}: moved images' |g| {m['norm ratio']:.0f}x the clean median, "
+            f"{m['norm share']:.2f} of their class's summed |g|; own-class alignment "
+            f"{m['own moved']:+.3f} moved vs {m['own clean']:+.3f} clean (mean)"
+        )
     acc = ", ".join(f"{results[s]['_test_accuracy']:.3f}" for s in args.seeds)
     print(f"test accuracy (clean test labels) per seed: {acc}")
     return 0
