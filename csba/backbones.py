@@ -1,5 +1,6 @@
-"""Backbones (docs/design.md §1): the paper's tri-path Fire extractor (``trifire``, the default)
-and torchvision families built by torchvision's own builders. Every backbone maps images
+"""Backbones (docs/design.md §1): the paper's tri-path Fire extractor (``trifire``, the default),
+torchvision families built by torchvision's own builders and any timm model with
+``features_only`` (``timm:NAME``, csba.timm_backbone). Every backbone maps images
 (B, 3, H, W) to one feature map Z (B, out_channels, h, w) that the heads of csba.models sit on,
 and names its stages, the layer groups of the per-layer conflict.
 
@@ -21,12 +22,15 @@ from torch import Tensor, nn
 __all__ = [
     "BACKBONES",
     "DEFAULT_BACKBONE",
+    "TIMM_PREFIX",
     "BackboneError",
     "TorchvisionBackbone",
     "build_backbone",
     "list_backbones",
     "load_pretrained",
+    "read_safetensors",
     "register_backbone",
+    "register_backbone_family",
 ]
 
 DEFAULT_BACKBONE = "trifire"
@@ -34,9 +38,11 @@ DEFAULT_BACKBONE = "trifire"
 # module or ResNet layout works through build_backbone(name) as well.
 TORCHVISION = ("resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny")
 BACKBONES = (DEFAULT_BACKBONE, *TORCHVISION)
+TIMM_PREFIX = "timm:"  # --backbone timm:NAME: any timm model with features_only (timm_backbone)
 
 
 _BUILDERS: dict = {}  # name -> builder(in_channels) of our own backbones (csba.models: trifire)
+_FAMILIES: dict = {}  # prefix -> builder(rest of the name) (csba.timm_backbone: "timm:")
 
 
 def register_backbone(name: str, builder) -> None:
@@ -44,12 +50,18 @@ def register_backbone(name: str, builder) -> None:
     _BUILDERS[name] = builder
 
 
+def register_backbone_family(prefix: str, builder) -> None:
+    """Make ``build_backbone(prefix + NAME)`` call ``builder(NAME)`` (3-channel images)."""
+    _FAMILIES[prefix] = builder
+
+
 class BackboneError(ValueError):
     """A backbone cannot be built or its weights cannot be loaded; one line, says what to do."""
 
 
 def list_backbones() -> list[str]:
-    """Names ``--backbone`` accepts: trifire and the torchvision families."""
+    """The backbones we name: trifire and the torchvision families (``--backbone`` also takes
+    any torchvision classifier and ``timm:NAME``, csba.timm_backbone)."""
     return list(BACKBONES)
 
 
@@ -136,24 +148,49 @@ class TorchvisionBackbone(nn.Module):
 
 
 def build_backbone(name: str = DEFAULT_BACKBONE, in_channels: int = 3) -> nn.Module:
-    """A backbone by name, randomly initialised (trifire: csba.models' init; torchvision: its
-    builder's). Weights come later, from a run or from :func:`load_pretrained`."""
+    """A backbone by name, randomly initialised (trifire: csba.models' init; torchvision and
+    ``timm:NAME``: their builders'). Weights come later, from a run or :func:`load_pretrained`."""
     if name in _BUILDERS:  # trifire: registered by csba.models (no import cycle)
         return _BUILDERS[name](in_channels)
     if in_channels != 3:
         raise BackboneError(f"backbone {name!r} takes 3-channel images, got {in_channels}")
+    for prefix, builder in _FAMILIES.items():  # timm:NAME (registered by csba.timm_backbone)
+        if name.startswith(prefix):
+            return builder(name.removeprefix(prefix))
     return TorchvisionBackbone(name)
 
 
-def load_pretrained(backbone: nn.Module, source: str) -> dict:
-    """Load pretrained weights into a torchvision ``backbone``; returns what to record.
+def read_safetensors(source: str) -> tuple[dict[str, Tensor], str]:
+    """``(state dict, resolved path)`` of a local safetensors file (never a pickle); raises
+    BackboneError in one line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-    ``source``: ``imagenet`` (torchvision's download of its default ImageNet weights) or the
-    path of a safetensors file holding a torchvision state dict of this architecture (the
-    classifier's tensors, e.g. ``fc.*``, are ignored). Raises BackboneError in one line.
+    path = Path(os.path.expanduser(source))
+    if not path.is_file():
+        raise BackboneError(f"--pretrained '{path}': no such file (imagenet or a .safetensors)")
+    try:
+        return load_file(str(path)), str(path.resolve())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BackboneError(
+            f"--pretrained '{path}' is not a readable safetensors file ({e}); convert a "
+            ".pth as docs/design.md#backbones shows"
+        ) from None
+
+
+def load_pretrained(backbone: nn.Module, source: str) -> dict:
+    """Load pretrained weights into a torchvision or timm ``backbone``; returns what to record.
+
+    ``source``: ``imagenet`` (the library's download of its default ImageNet weights) or the
+    path of a safetensors file holding a state dict of this architecture (the classifier's
+    tensors, e.g. ``fc.*``, are ignored). Raises BackboneError in one line.
     """
+    if hasattr(backbone, "load_pretrained"):  # timm: csba.timm_backbone
+        return backbone.load_pretrained(source)
     if not isinstance(backbone, TorchvisionBackbone):
-        raise BackboneError("--pretrained needs a torchvision backbone (trifire has no weights)")
+        raise BackboneError(
+            "--pretrained needs a torchvision or timm backbone (trifire has no weights)"
+        )
     name = backbone.name
     if source == "imagenet":
         from torchvision.models import get_model_builder, get_model_weights
@@ -172,20 +209,7 @@ def load_pretrained(backbone: nn.Module, source: str) -> dict:
             ) from None
         origin = str(weights)
     else:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        path = Path(os.path.expanduser(source))
-        if not path.is_file():
-            raise BackboneError(f"--pretrained '{path}': no such file (imagenet or a .safetensors)")
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise BackboneError(
-                f"--pretrained '{path}' is not a readable safetensors file ({e}); convert a "
-                ".pth as docs/design.md#backbones shows"
-            ) from None
-        origin = str(path.resolve())
+        state, origin = read_safetensors(source)
     own = backbone.state_dict()
     missing = sorted(set(own) - set(state))
     bad = [k for k in own if k in state and state[k].shape != own[k].shape]

@@ -62,12 +62,13 @@ class TrainConfig:
     backbone: str = _opt(
         "trifire",  # csba.backbones.list_backbones(); part of the run folder's name otherwise
         "feature extractor under the head: one of {names} (default %(default)s: the paper's "
-        "tri-path Fire network; the others are torchvision's builders)",
+        "tri-path Fire network; the others are torchvision's builders), or timm:NAME for any "
+        "timm model with features_only",
         metavar="NAME",
     )
     pretrained: str | None = _opt(
-        None,  # torchvision backbones only
-        "start a torchvision backbone from 'imagenet' (torchvision's download) or from a local "
+        None,  # torchvision and timm backbones only
+        "start a torchvision or timm backbone from 'imagenet' (the library's download) or a local "
         ".safetensors state dict; pretrained runs normalise with ImageNet statistics (default: "
         "from scratch)",
         metavar="imagenet|PATH",

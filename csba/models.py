@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import timm_backbone  # noqa: F401 - registers timm:NAME (timm itself loads lazily)
 from .backbones import register_backbone
 from .heads import (
     HEADS,

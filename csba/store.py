@@ -159,7 +159,8 @@ def run_dir_for(
     ``-imagenet`` (``pretrained="imagenet"``) or ``-pretrained`` (a local file) after the
     backbone, moved labels ``-noise<R>n<S>``, so that no two kinds of run share a folder."""
     key = dataset if image_size == DEFAULT_IMAGE_SIZE else f"{dataset}-{image_size}px"
-    name = variant if backbone == "trifire" else f"{variant}-{backbone}"
+    # timm:NAME -> timm-NAME (no colon in a folder name; timm's names are [a-z0-9_.])
+    name = variant if backbone == "trifire" else f"{variant}-{backbone.replace(':', '-')}"
     if pretrained:
         name += "-imagenet" if pretrained == "imagenet" else "-pretrained"
     if label_noise:

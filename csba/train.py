@@ -167,6 +167,8 @@ def _build_model(cfg: TrainConfig, num_classes: int, model_kwargs: dict | None, 
         model_kwargs["backbone"] = cfg.backbone  # run.json "model": what rebuilds the model
     try:
         model = create_model(cfg.variant, num_classes, **model_kwargs)
+        if hasattr(model.backbone, "check_input"):  # timm: the run's image size must fit
+            model.backbone.check_input(cfg.image_size)
         pretrained = load_pretrained(model.backbone, cfg.pretrained) if cfg.pretrained else None
     except (BackboneError, ValueError) as e:
         raise TrainingError(str(e)) from None

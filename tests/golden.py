@@ -8,6 +8,7 @@ variants into head x method presets must reproduce them (tests/test_golden_varia
 keys, shapes, weight hash and method record exactly, losses to 1e-4 relative.
 
     python tests/golden.py            # rewrite tests/golden/variants.json (only before a refactor)
+    python tests/golden.py --losses   # losses-<CPU class>.json: this CPU class's short runs
 """
 
 from __future__ import annotations
@@ -95,9 +96,44 @@ def check_phases(entry: dict, variant: str) -> None:
         assert entry["method"]["stage2_start"] is not None, "cRT never reached stage 2"
 
 
+LOSS_KEYS = ("train_loss", "val_loss", "epochs_run", "best_epoch")
+# The CPU class (ATen's dispatch level) of the machine that wrote variants.json: fp32 sums in
+# another order (AVX-512 kernels) move the short runs' losses by up to 0.5% within 6 epochs.
+WRITTEN_ON = "AVX2"
+
+
+def cpu_class() -> str:
+    """ATen's CPU capability: 'AVX2', 'AVX512', 'DEFAULT', ..."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def losses_file(cap: str) -> Path:
+    """The short runs' losses on CPUs of class ``cap`` (variants.json holds WRITTEN_ON's)."""
+    return HERE / "golden" / f"losses-{cap}.json"
+
+
+def write_losses() -> None:
+    """``--losses``: this CPU class's losses of the current code, for the test to compare with
+    on such machines (the structure, hash and method records stay variants.json's)."""
+    from csba.models import list_models
+
+    torch.set_num_threads(1)
+    out = {"cpu_capability": cpu_class(), "variants": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = tiny_folder(Path(tmp))
+        for v in list_models():
+            run = short_run(v, data)
+            check_phases(run, v)
+            out["variants"][v] = {k: run[k] for k in LOSS_KEYS}
+    losses_file(cpu_class()).write_text(json.dumps(out, indent=1) + "\n")
+
+
 def main() -> None:
     from csba.models import list_models
 
+    if sys.argv[1:] == ["--losses"]:
+        write_losses()
+        return
     torch.set_num_threads(1)
     out = {"num_classes": NUM_CLASSES, "image_size": SIZE, "run": RUN, "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:

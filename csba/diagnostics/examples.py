@@ -22,6 +22,7 @@ per run in ``example_scores.safetensors`` (never pickle; read lazily by :func:`l
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -83,6 +84,16 @@ def _per_example_grads(model: nn.Module, names: list[str], x: Tensor, y: Tensor)
     return flat, logits.float()
 
 
+def _plain_cpu_kernels(device: torch.device):
+    """On the CPU, PyTorch's own kernels instead of oneDNN's while per-sample gradients are
+    taken: on AVX-512 CPUs oneDNN's batched first-layer weight gradient under vmap came out 5%
+    off for one image of four (torch 2.14.1; tests/test_example_scores.py's plain loop found
+    it), the plain kernels agree with the loop to 1e-6. A process-wide flag, restored after."""
+    if device.type != "cpu":
+        return contextlib.nullcontext()
+    return torch.backends.mkldnn.flags(enabled=False)
+
+
 def example_scores(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
@@ -106,7 +117,7 @@ def example_scores(
     n = torch.as_tensor(np.asarray(counts), dtype=torch.float64, device=device)
     inside_iter = iter(inside) if inside is not None else None
     parts: list[tuple[Tensor, ...]] = []
-    with eval_mode(model), float32_compute(device):
+    with eval_mode(model), float32_compute(device), _plain_cpu_kernels(device):
         for xb, yb in batches:
             for i in range(0, len(yb), chunk):
                 x = xb[i : i + chunk].to(device=device, dtype=torch.float32)
