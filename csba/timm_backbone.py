@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .backbones import TIMM_PREFIX, BackboneError, read_safetensors, register_backbone_family
 
-__all__ = ["TimmBackbone"]
+__all__ = ["TimmBackbone", "search_timm"]
 
 
 def _timm():
@@ -36,6 +36,21 @@ def _timm():
             "timm backbones need timm: pip install timm (it is in requirements.txt)"
         ) from None
     return timm
+
+
+def search_timm(query: str, limit: int = 50) -> list[str]:
+    """``timm:NAME`` of timm's architectures whose name contains ``query`` (case-insensitive;
+    pickers search rather than list timm's ~1,400 models), at most ``limit``, sorted; [] where
+    timm is not installed or the query is blank. Names that start with it come first."""
+    query = query.strip().lower().removeprefix(TIMM_PREFIX)
+    if not query:
+        return []
+    try:
+        import timm
+    except ImportError:
+        return []
+    names = sorted((not n.startswith(query), n) for n in timm.list_models() if query in n)
+    return [TIMM_PREFIX + n for _, n in names[:limit]]  # names starting with it first
 
 
 def _first_line(e: Exception) -> str:

@@ -612,6 +612,31 @@ def seed_mean_bootstrap(
     return _seed_mean(tuple(run_stamp(i) for i in infos), ref, int(n_resamples), int(seed))
 
 
+def timm_picker(where, key: str, multi: bool = False) -> list[str]:
+    """timm backbones by name search (timm has ~1,400 models: pickers search rather than list
+    them): a text box, then a pick among its first 50 matches (``multi``: several). Returns the
+    picked ``timm:NAME``s; [] until one is picked."""
+    from csba.timm_backbone import search_timm
+
+    query = where.text_input(
+        "timm backbone: name contains",
+        key=f"{key}_q",
+        placeholder="e.g. resnet10t, efficientnet_b0, convnext",
+        help="Any timm model that builds with features_only: --backbone timm:NAME",
+    )
+    kept = st.session_state.get(key) or []
+    kept = kept if isinstance(kept, list) else [kept]
+    hits = list(dict.fromkeys([*search_timm(query), *kept]))  # a kept pick stays an option
+    if query.strip() and not search_timm(query):
+        where.caption(f"No timm model name contains '{query.strip()}' (or timm is not installed).")
+    if not hits:
+        return []
+    if multi:
+        return where.multiselect("timm backbones", hits, key=key)
+    pick = where.selectbox("timm model", hits, key=key)
+    return [pick] if pick else []
+
+
 @st.cache_resource(show_spinner="Counting parameters...")
 def parameter_table(num_classes: int, backbones: tuple[str, ...] = ()) -> pd.DataFrame:
     """Paper Table 2: every registered variant's trainable parameters at ``num_classes`` on

@@ -17,6 +17,7 @@ from pages.common import (
     run_labels,
     runs_root,
     sort_key,
+    timm_picker,
 )
 from pages.fig_runs import (
     class_distribution,
@@ -190,7 +191,8 @@ def _parameter_table(num_classes: int | None) -> None:
     )
     from csba.backbones import list_backbones
 
-    others = st.multiselect(
+    c1, c2 = st.columns(2)
+    others = c1.multiselect(
         "Also on backbones",
         [b for b in list_backbones() if b != "trifire"],
         default=[],
@@ -198,6 +200,7 @@ def _parameter_table(num_classes: int | None) -> None:
         help="torchvision backbones (python -m csba train --backbone NAME); counts at the "
         "number of classes above",
     )
+    others += timm_picker(c2, "home_timm", multi=True)
     df = parameter_table(int(c), tuple(others))
     st.dataframe(
         df,

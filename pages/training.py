@@ -23,9 +23,10 @@ from csba.jobs import FINISHED, Job, JobManager, RunProgress, check_data_root, d
 from csba.methods import METHODS, list_methods
 from csba.models import describe_heads, variant_name
 from csba.options import train_option
-from pages.common import clear_run_caches, job_manager, plotly_chart, runs_root
+from pages.common import clear_run_caches, job_manager, plotly_chart, runs_root, timm_picker
 from pages.common import data_root as allowed_data_root
 
+TIMM = "timm (search by name)"  # the backbone picker's entry for timm:NAME
 NEEDS_ROOT = {"imagefolder": "a folder of class folders", "cifar10-lt": "CIFAR-10 batches"}
 DATASET_HELP = {
     "elpv": "2,624 EL images of solar cells, 4 classes (installed with the elpv-dataset package)",
@@ -219,18 +220,22 @@ def _more_settings() -> dict:
     )
     backbone = e3.selectbox(
         "Backbone",
-        list_backbones(),
+        [*list_backbones(), TIMM],
         key="train_backbone",
         help=_help("backbone") + "; every head sits on its last feature map",
     )
+    if backbone == TIMM:  # timm's ~1,400 models: searched by name, not listed
+        picked = timm_picker(st.columns([2, 3])[0], "train_timm")
+        backbone = picked[0] if picked else "trifire"
+        if not picked:
+            st.caption("No timm model picked yet: trifire until one is.")
     pretrained = e4.selectbox(
         "Pretrained weights",
         ["none", "imagenet"],
         key="train_pretrained",
         disabled=backbone == "trifire",
-        help="imagenet: torchvision's ImageNet weights (downloaded by torchvision where the "
-        "server has internet). A local safetensors file: python -m csba train --pretrained "
-        "PATH.",
+        help="imagenet: torchvision's or timm's ImageNet weights (downloaded where the server "
+        "has internet). A local safetensors file: python -m csba train --pretrained PATH.",
     )
     out["backbone"] = backbone
     out["pretrained"] = None if pretrained == "none" or backbone == "trifire" else pretrained

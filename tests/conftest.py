@@ -75,8 +75,9 @@ def tiny_runs(tmp_path_factory, tiny_folder) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_extra_runs(tmp_path_factory, tiny_folder) -> dict[str, Path]:
-    """One-epoch runs of the long-tail methods (trifire) and of baseline and csba on resnet18,
-    seed 0, on the tiny dataset (32 px), keyed by folder name; each diagnosed."""
+    """One-epoch runs of the long-tail methods (trifire), of baseline and csba on resnet18 and
+    of csba on timm's mobilenetv3_small_050, seed 0, on the tiny dataset (32 px), keyed by
+    folder name; each diagnosed."""
     from csba.diagnostics.run import diagnose_run
     from csba.models import PAPER_VARIANTS, list_models
     from csba.train import TrainConfig, train
@@ -84,6 +85,7 @@ def tiny_extra_runs(tmp_path_factory, tiny_folder) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("extra")
     todo = [(v, "trifire") for v in list_models() if v not in PAPER_VARIANTS]
     todo += [("baseline", "trifire"), ("baseline", "resnet18"), ("csba", "resnet18")]
+    todo += [("csba", "timm:mobilenetv3_small_050")]  # a timm backbone through every page
     runs = {}
     for variant, backbone in todo:
         meta = train(

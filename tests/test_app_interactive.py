@@ -212,6 +212,38 @@ def test_training_page_trains_a_head_with_a_method(runs_root, tiny_folder):
     assert meta["method"]["scale"] == 30.0
 
 
+@pytest.mark.slow
+def test_training_page_trains_on_a_timm_backbone_found_by_name(runs_root, tiny_folder):
+    from pages.training import TIMM
+
+    at = _page("pages/training.py")
+    at.selectbox(key="train_dataset").set_value("imagefolder")
+    at.run()
+    at.text_input(key="train_root_imagefolder").set_value(str(tiny_folder))
+    at.multiselect(key="train_variants").set_value(["csba"])
+    at.number_input(key="train_epochs").set_value(1)
+    at.number_input(key="train_size").set_value(32)
+    at.selectbox(key="train_backbone").set_value(TIMM)
+    at.run()
+    assert "No timm model picked yet: trifire until one is." in [c.value for c in at.caption]
+    at.text_input(key="train_timm_q").set_value("mobilenetv3_small_05")
+    at.run()
+    assert at.selectbox(key="train_timm").options[0] == "timm:mobilenetv3_small_050"
+    at.button(key="train_start").click()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    run_dir = runs_root / "imagefolder-32px" / "csba-timm-mobilenetv3_small_050-s0"
+    deadline = time.monotonic() + 240
+    while not any("csba s0" in s.value for s in at.success):
+        assert time.monotonic() < deadline, _texts(at)
+        time.sleep(0.5)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["backbone"]["name"] == "timm:mobilenetv3_small_050"
+    assert meta["backbone"]["stages"] == ["bn1", "blocks.0", "blocks.1", "blocks.3", "blocks.5"]
+
+
 def test_training_page_cancel_and_failure(runs_root, tiny_folder):
     at = _page("pages/training.py")
     at.selectbox(key="train_dataset").set_value("imagefolder")

@@ -133,6 +133,17 @@ def test_home_lists_every_run_and_the_broken_one(runs_root):
     assert got == want["resnet18"]["csba"] == 11_377_737  # 3 classes: 11,176,512 + 201,225
     assert params.loc[params["variant"] == "baseline", "parameters"].iloc[0] > 0
     assert at.get("plotly_chart") == [] and len(at.image) == 1  # the distribution: a picture
+    # timm backbones: searched by name (no picker until a query), counted like the others
+    at.text_input(key="home_timm_q").set_value("resnet10").run()
+    hits = at.multiselect(key="home_timm").options
+    assert "timm:resnet10t" in hits and all("resnet10" in h for h in hits)
+    at.multiselect(key="home_timm").set_value(["timm:resnet10t"]).run()
+    params = at.dataframe[2].value
+    got = params.loc[params["variant"] == "baseline", "on timm:resnet10t"].iloc[0]
+    assert got == 4_922_488 + 3 * (512 * 3 + 3)  # the backbone + three linear branches
+    at.text_input(key="home_timm_q").set_value("no_such_model_xyz").run()
+    assert at.multiselect(key="home_timm").options == ["timm:resnet10t"]  # the pick stays
+    assert any("No timm model name contains" in c.value for c in at.caption)
 
 
 def test_class_distribution_picture_draws_the_counts():

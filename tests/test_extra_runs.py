@@ -1,7 +1,8 @@
 """The long-tail methods and torchvision backbones through every page and every command.
 
 Runs against a private copy of ``tiny_extra_runs`` (one epoch each, 32 px, diagnosed: the five
-long-tail methods and baseline on trifire, baseline and csba on resnet18), with the weights of
+long-tail methods and baseline on trifire, baseline and csba on resnet18, csba on timm's
+mobilenetv3_small_050), with the weights of
 pcgrad and csba-resnet18 removed: run records as ``checkpoints/`` ships the experiment runs.
 """
 
@@ -91,7 +92,9 @@ def test_run_pages_show_every_method_and_backbone(pages_env, page):
 def test_home_lists_methods_backbones_and_records(pages_env):
     at = _open("pages/home.py")
     runs = at.dataframe[0].value
-    assert len(runs) == len(_all_runs(pages_env)) == 8
+    assert len(runs) == len(_all_runs(pages_env)) == 9
+    timm_run = runs[runs["variant"] == "csba"].astype(str)
+    assert timm_run.apply(lambda r: "timm:mobilenetv3_small_050" in " ".join(r), axis=1).any()
     assert set(NEW) | {"baseline", "csba"} == set(runs["variant"])
     assert not at.error, [e.value for e in at.error]
 
@@ -208,7 +211,11 @@ def test_compare_json_names_methods_and_conflict_gain(extra_root):
     res = _cli("compare", base, *[p for p in runs if p != base], "--json", "--resamples", "50")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
-    assert {r["backbone"] for r in out["runs"]} == {"trifire", "resnet18"}
+    assert {r["backbone"] for r in out["runs"]} == {
+        "trifire",
+        "resnet18",
+        "timm:mobilenetv3_small_050",
+    }
     gain = out["conflict_gain"]
     assert set(gain["backbones"]) == {"trifire", "resnet18"}
     assert {m["method"] for m in gain["backbones"]["trifire"]["methods"]} == set(NEW)
@@ -225,14 +232,17 @@ def test_report_and_pair_group_by_method(extra_root, tmp_path):
     assert "#### Does reducing gradient conflict help the minority class?" in text
     # the shipping bar holds the paper's five on trifire only (here: baseline)
     assert info["bar"]["runs"] == 1 and set(info["bar"]["variants"]) == {"baseline"}
-    assert "| experiment |" in text and "the other 7 (status: experiment)" in text
+    assert "| experiment |" in text and "the other 8 (status: experiment)" in text
+    assert "| csba-timm:mobilenetv3_small_050 " in text
     res = _cli(
         "pair", str(extra_root), str(extra_root), "--dataset", "imagefolder", "--json",
         "--resamples", "50",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     pairs = {r["variant"] for r in json.loads(res.stdout)["pairs"]}
-    assert {"baseline", "baseline-resnet18", "csba-resnet18", *NEW} == pairs
+    timm_csba = "csba-timm:mobilenetv3_small_050"
+    assert {"baseline", "baseline-resnet18", "csba-resnet18", timm_csba, *NEW} >= pairs
+    assert {"baseline", "baseline-resnet18", "csba-resnet18", *NEW} <= pairs
 
 
 def test_diagnose_a_record_without_weights_is_one_clear_line(extra_root):

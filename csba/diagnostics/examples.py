@@ -84,14 +84,21 @@ def _per_example_grads(model: nn.Module, names: list[str], x: Tensor, y: Tensor)
     return flat, logits.float()
 
 
-def _plain_cpu_kernels(device: torch.device):
+@contextlib.contextmanager
+def _plain_cpu_kernels(device: torch.device) -> Iterator[None]:
     """On the CPU, PyTorch's own kernels instead of oneDNN's while per-sample gradients are
     taken: on AVX-512 CPUs oneDNN's batched first-layer weight gradient under vmap came out 5%
     off for one image of four (torch 2.14.1; tests/test_example_scores.py's plain loop found
     it), the plain kernels agree with the loop to 1e-6. A process-wide flag, restored after."""
     if device.type != "cpu":
-        return contextlib.nullcontext()
-    return torch.backends.mkldnn.flags(enabled=False)
+        yield
+        return
+    was = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = was
 
 
 def example_scores(
