@@ -55,7 +55,7 @@ OUTLIER_PERC = 2  # Captum visualize_image_attr's default: the top 2% of |attrib
 _LABELS = {
     "integrated_gradients": "Integrated Gradients",
     "saliency": "Saliency |d logit / d x|",
-    "gradcam": "Grad-CAM (fire8)",
+    "gradcam": "Grad-CAM (backbone output Z)",  # fire8 on trifire, the last stage otherwise
 }
 
 

@@ -55,7 +55,7 @@ def _choose_runs(at: AppTest, variants: list[str]) -> None:
 def _maps_then_branch_cams(at: AppTest) -> list[str]:
     """The maps each run shows, then with the per-branch Grad-CAM toggle on: every caption."""
     captions = [c for img in at.image for c in img.captions]
-    for title in ("Integrated Gradients", "Saliency", "Grad-CAM (fire8)"):
+    for title in ("Integrated Gradients", "Saliency", "Grad-CAM (backbone output Z)"):
         assert any(title in c for c in captions), captions
     assert not any("Grad-CAM, branch" in c for c in captions)  # behind the toggle
     maps = len(captions)

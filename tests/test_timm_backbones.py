@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -180,6 +181,34 @@ def test_a_timm_run_trains_evaluates_and_diagnoses(tiny_folder, tmp_path):
     stages = ["bn1", "blocks.0", "blocks.1", "blocks.3", "blocks.5"]
     assert list(diag["layers"])[: len(stages)] == stages
     assert all(len(diag["layers"][s]["matrix"]) == 3 for s in stages)
+    # Captum's maps on an image (Grad-CAM on the last feature stage) and a per-branch one
+    from PIL import Image
+
+    from csba.attributions import explain_image
+    from csba.store import load_run
+
+    loaded = load_run(run)
+    png = next(p for p in sorted(tiny_folder.rglob("*.png")) if p.name != "broken.png")
+    ex = explain_image(loaded.model, loaded.meta, Image.open(png))
+    assert {"gradcam", "integrated_gradients"} <= set(ex.maps)
+    assert all(m.shape == (32, 32) and np.isfinite(m).all() for m in ex.maps.values())
+
+
+@pytest.mark.slow
+def test_train_from_a_local_safetensors_file(tiny_folder, tmp_path):
+    torch.manual_seed(2)
+    src = build_backbone("timm:mobilenetv3_small_050")
+    save_file(src.net.state_dict(), str(tmp_path / "mnv3.safetensors"))
+    r = _csba(
+        "train", "--dataset", "imagefolder", "--data-root", tiny_folder, "--image-size", 32,
+        "--epochs", 1, "--variant", "baseline", "--backbone", "timm:mobilenetv3_small_050",
+        "--pretrained", tmp_path / "mnv3.safetensors", "--out", tmp_path / "runs",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    run = next((tmp_path / "runs").rglob("run.json")).parent
+    assert run.name == "baseline-timm-mobilenetv3_small_050-pretrained-s0"
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["backbone"]["pretrained"]["weights"].endswith("mnv3.safetensors")
 
 
 def test_timm_is_imported_only_when_a_timm_backbone_is_built():
