@@ -234,7 +234,9 @@ def test_training_page_trains_on_a_timm_backbone_found_by_name(runs_root, tiny_f
     assert not at.exception and not at.error, [e.value for e in at.error]
     run_dir = runs_root / "imagefolder-32px" / "csba-timm-mobilenetv3_small_050-s0"
     deadline = time.monotonic() + 240
-    while not any("csba s0" in s.value for s in at.success):
+    # the job's own success line (it names the folder; earlier tests' jobs show theirs too),
+    # shown once the job's thread is done, so the next test starts with no job running
+    while not any(str(run_dir) in s.value for s in at.success):
         assert time.monotonic() < deadline, _texts(at)
         time.sleep(0.5)
         at.run()
