@@ -70,8 +70,6 @@ def _create(model_name: str, **kwargs) -> nn.Module:
     try:
         with contextlib.redirect_stdout(chatter):
             return timm.create_model(model_name, features_only=True, **kwargs)
-    except BackboneError:
-        raise
     except Exception as e:  # timm raises RuntimeError, AssertionError, ...
         if kwargs.get("pretrained"):
             raise

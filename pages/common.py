@@ -626,8 +626,9 @@ def timm_picker(where, key: str, multi: bool = False) -> list[str]:
     )
     kept = st.session_state.get(key) or []
     kept = kept if isinstance(kept, list) else [kept]
-    hits = list(dict.fromkeys([*search_timm(query), *kept]))  # a kept pick stays an option
-    if query.strip() and not search_timm(query):
+    found = search_timm(query)
+    hits = list(dict.fromkeys([*found, *kept]))  # a kept pick stays an option
+    if query.strip() and not found:
         where.caption(f"No timm model name contains '{query.strip()}' (or timm is not installed).")
     if not hits:
         return []
